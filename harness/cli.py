@@ -1,0 +1,187 @@
+"""`harness` command line: boot, image build, inspect (and the later run/repro/qemu).
+
+Every user mistake ends as one `error: ...` line and a non-zero exit; SIGTERM and
+Ctrl-C unwind through the same cleanup as a normal exit, so no QEMU is left behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import select
+import signal
+import sys
+import termios
+import time
+import tty
+from pathlib import Path
+
+from . import device, images, inspect
+from .errors import DeviceError, HarnessError
+
+QUIT_KEY = b"\x1d"  # Ctrl-], as in telnet and idf.py monitor
+
+
+def _recipe_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--flash-size", help="2MB, 4MB, 8MB or 16MB (default: the firmware's own)")
+    p.add_argument("--layout", choices=images.LAYOUTS, default="keep",
+                   help="keep the firmware's partition table, or convert it to --table ota")
+    p.add_argument("--resize", help="mp-image-tool-esp32 --resize (default vfs=0 when growing)")
+    p.add_argument("--app", type=Path, help="app image to write into the first app slot")
+    p.add_argument("--vfs", action="append", default=[], metavar="SRC[:DEST]",
+                   help="file or folder to put into the littlefs vfs (repeatable)")
+
+
+def recipe_from(args: argparse.Namespace, firmware: Path) -> images.Recipe:
+    vfs = []
+    for item in args.vfs:
+        src, _, dst = item.partition(":")
+        vfs.append((Path(src), dst or "/" + Path(src).name))
+    return images.Recipe(
+        firmware=firmware,
+        flash_size=images.parse_flash_size(args.flash_size) if args.flash_size else None,
+        layout=args.layout,
+        resize=args.resize,
+        app=args.app,
+        vfs_files=tuple(vfs),
+    )
+
+
+def image_for(args: argparse.Namespace, path: Path) -> Path:
+    """A whole flash image boots as it is; anything else is built from a recipe."""
+    data = inspect.read_input(path)
+    untouched = not (args.flash_size or args.layout != "keep" or args.resize or args.app or args.vfs)
+    if untouched and inspect.classify(data) == "flash":
+        images.parse_flash_size(len(data))  # QEMU refuses other sizes; say so first
+        return path
+    return images.build(recipe_from(args, path))
+
+
+def cmd_boot(args: argparse.Namespace) -> int:
+    image = image_for(args, args.image)
+    psram = {"auto": None, "on": True, "off": False}[args.psram]
+    with device.boot(image, qemu=args.qemu, psram=psram, artifacts=args.artifacts) as dev:
+        if args.exec is None:
+            return interact(dev)
+        dev.repl.wait_prompt(args.timeout)
+        try:
+            out = dev.repl.exec(args.exec, timeout=args.timeout)
+        except DeviceError as exc:
+            sys.stdout.write(exc.output)
+            print(exc.traceback, file=sys.stderr)
+            return 1
+        sys.stdout.write(out)
+        return 0
+
+
+def interact(dev: device.Device) -> int:
+    """A serial monitor: keys go to the REPL, Ctrl-] quits (QEMU is reaped on exit)."""
+    stdin = sys.stdin.fileno()
+    is_tty = os.isatty(stdin)
+    print("--- harness boot: Ctrl-] quits ---", file=sys.stderr, flush=True)
+    saved = termios.tcgetattr(stdin) if is_tty else None
+    if is_tty:
+        tty.setraw(stdin)
+    try:
+        pending = dev.console.child.buffer
+        dev.console.child.buffer = b""
+        os.write(sys.stdout.fileno(), pending)
+        stdin_open = True
+        while True:
+            watch = [dev.console.sock] + ([stdin] if stdin_open else [])
+            ready, _, _ = select.select(watch, [], [], 0.2)
+            dev.machine.check_alive("the interactive session")
+            if stdin in ready:
+                keys = os.read(stdin, 1024)
+                if not keys:  # piped input ended: keep showing output until Ctrl-C
+                    stdin_open = False
+                elif QUIT_KEY in keys:
+                    dev.console.send(keys.split(QUIT_KEY)[0])
+                    return 0
+                else:
+                    dev.console.send(keys.replace(b"\n", b"\r") if not is_tty else keys)
+            if dev.console.sock in ready:
+                os.write(sys.stdout.fileno(), dev.console.read_available())
+    finally:
+        if saved is not None:
+            termios.tcsetattr(stdin, termios.TCSADRAIN, saved)
+            print(file=sys.stderr)
+
+
+def cmd_image_build(args: argparse.Namespace) -> int:
+    recipe = recipe_from(args, args.firmware)
+    built = images.build(recipe)
+    out: Path = args.output
+    if out.resolve() in {args.firmware.resolve(), *(p.resolve() for p in [args.app] if p)}:
+        raise HarnessError(f"-o {out} would overwrite an input file: choose another name")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(built.read_bytes())
+    size = images.size_name(out.stat().st_size)
+    print(f"{out}: {size} flash image ({recipe.layout} layout) from {args.firmware.name}")
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    rep = inspect.report(args.file)
+    if args.json:
+        print(json.dumps(rep, indent=2))
+    else:
+        print(inspect.render(rep))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="harness", description="ESP32 MicroPython OTA and boot failures, reproduced in QEMU"
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    boot = sub.add_parser("boot", help="boot a firmware or flash image in QEMU")
+    boot.add_argument("image", type=Path, help="firmware .bin (at 0x1000) or whole flash image")
+    _recipe_args(boot)
+    boot.add_argument("--exec", help="run this code at the REPL, print its output, exit")
+    boot.add_argument("--qemu", help="path to Espressif's qemu-system-xtensa")
+    boot.add_argument("--psram", choices=["auto", "on", "off"], default="auto",
+                      help="give the machine 4MB PSRAM (auto: when it is a SPIRAM build)")
+    boot.add_argument("--timeout", type=float, default=60.0, help="seconds for boot and --exec")
+    boot.add_argument("--artifacts", type=Path, help="keep serial log, QEMU command line, flash")
+    boot.set_defaults(func=cmd_boot)
+
+    image = sub.add_parser("image", help="flash images").add_subparsers(dest="action", required=True)
+    build = image.add_parser("build", help="build a flash image of an exact size")
+    build.add_argument("firmware", type=Path)
+    _recipe_args(build)
+    build.add_argument("-o", "--output", type=Path, required=True)
+    build.set_defaults(func=cmd_image_build)
+
+    insp = sub.add_parser("inspect", help="say what an image file is and what will boot")
+    insp.add_argument("file", type=Path)
+    insp.add_argument("--json", action="store_true", help="the stable JSON form")
+    insp.set_defaults(func=cmd_inspect)
+    return parser
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)  # unwinds through every `with`, so QEMU is reaped
+
+
+def main(argv: list[str] | None = None) -> int:
+    signal.signal(signal.SIGTERM, _terminate)
+    args = build_parser().parse_args(argv)
+    start = time.monotonic()
+    try:
+        return args.func(args)
+    except HarnessError as exc:
+        print(f"error: {str(exc).splitlines()[0]}", file=sys.stderr)
+        detail = "\n".join(str(exc).splitlines()[1:])
+        if detail:
+            print(detail, file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print(f"\ninterrupted after {time.monotonic() - start:.1f}s", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

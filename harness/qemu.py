@@ -1,0 +1,248 @@
+"""The machine: find Espressif's qemu-system-xtensa, run it on a flash file, reap it.
+
+One `Machine` is one QEMU process. Serial and QMP are Unix sockets in the run's own
+directory that the harness listens on and QEMU connects to, so runs never share a
+port and can go in parallel. QEMU starts paused (`-S`); `start()` attaches the
+serial reader before `cont`, so not one bootloader line is lost.
+
+QEMU never outlives the harness: it runs in its own process group, gets SIGKILL
+from the kernel when its parent dies (PR_SET_PDEATHSIG, which works even when the
+parent is SIGKILLed), and every `Machine` still alive at exit is killed.
+"""
+
+from __future__ import annotations
+
+import atexit
+import ctypes
+import functools
+import glob
+import os
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+from qemu.qmp.legacy import QEMUMonitorProtocol
+
+from .errors import HarnessError, QemuExited, QemuNotFound
+
+QEMU_NAME = "qemu-system-xtensa"
+INSTALL_HINT = (
+    "install Espressif's QEMU with `harness qemu install` (or ESP-IDF's "
+    "`idf_tools.py install qemu-xtensa`), or point --qemu / ESP_QEMU at qemu-system-xtensa"
+)
+_PR_SET_PDEATHSIG = 1
+_live: set[Machine] = set()
+
+
+def idf_tools_dir() -> Path:
+    """Where ESP-IDF's installer keeps its tools (it honours IDF_TOOLS_PATH too)."""
+    return Path(os.environ.get("IDF_TOOLS_PATH") or Path.home() / ".espressif") / "tools"
+
+
+def _candidates(explicit: str | None) -> list[tuple[str, Path]]:
+    found: list[tuple[str, Path]] = []
+    if os.environ.get("ESP_QEMU"):
+        found.append(("ESP_QEMU", Path(os.environ["ESP_QEMU"])))
+    pattern = str(idf_tools_dir() / "qemu-xtensa" / "*" / "qemu" / "bin" / QEMU_NAME)
+    for path in sorted(glob.glob(pattern), reverse=True):  # newest version first
+        found.append(("ESP-IDF tools folder", Path(path)))
+    on_path = shutil.which(QEMU_NAME)
+    if on_path:
+        found.append(("PATH", Path(on_path)))
+    return found
+
+
+@functools.lru_cache(maxsize=None)
+def has_esp32_machine(qemu: Path) -> bool:
+    """Upstream and distribution builds of qemu-system-xtensa lack `-machine esp32`."""
+    try:
+        out = subprocess.run(
+            [str(qemu), "-machine", "help"], capture_output=True, text=True, timeout=20
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return any(line.split()[:1] == ["esp32"] for line in out.splitlines())
+
+
+def find_qemu(explicit: str | os.PathLike[str] | None = None) -> Path:
+    """Return a qemu-system-xtensa that has the esp32 machine.
+
+    Order: `explicit` (--qemu), ESP_QEMU, ~/.espressif/tools/qemu-xtensa/*/qemu/bin,
+    then PATH. An explicit path that does not work is an error, not a fallback.
+    """
+    if explicit is not None:
+        path = Path(explicit)
+        if not path.is_file() or not os.access(path, os.X_OK):
+            raise QemuNotFound(f"--qemu {path} is not an executable file; {INSTALL_HINT}")
+        if not has_esp32_machine(path):
+            raise QemuNotFound(
+                f"{path} has no esp32 machine (not Espressif's QEMU fork); {INSTALL_HINT}"
+            )
+        return path
+    rejected = []
+    for source, path in _candidates(None):
+        if path.is_file() and os.access(path, os.X_OK) and has_esp32_machine(path):
+            return path
+        rejected.append(f"{path} ({source})")
+    why = f" (found but without the esp32 machine: {', '.join(rejected)})" if rejected else ""
+    raise QemuNotFound(f"no qemu-system-xtensa with the esp32 machine{why}; {INSTALL_HINT}")
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+class Machine:
+    """One emulated ESP32 running a flash file.
+
+    Use as a context manager; leaving it, by any path, kills QEMU and waits for it.
+    """
+
+    def __init__(
+        self,
+        qemu: Path,
+        flash: Path,
+        run_dir: Path,
+        *,
+        psram: bool = False,
+        extra_args: list[str] | None = None,
+    ):
+        self.qemu = qemu
+        self.flash = flash
+        self.run_dir = run_dir
+        self.psram = psram
+        self.extra_args = extra_args or []
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.serial: socket.socket | None = None
+        self.qmp: QEMUMonitorProtocol | None = None
+
+    def command(self, serial_path: Path, qmp_path: Path) -> list[str]:
+        cmd = [
+            str(self.qemu),
+            "-machine", "esp32",
+            "-display", "none",
+            "-monitor", "none",
+            "-nic", "none",
+            "-S",
+            "-drive", f"file={self.flash},if=mtd,format=raw",
+            "-chardev", f"socket,id=uart0,path={serial_path}",
+            "-serial", "chardev:uart0",
+            "-chardev", f"socket,id=qmp,path={qmp_path}",
+            "-mon", "chardev=qmp,mode=control",
+        ]  # fmt: skip
+        if self.psram:
+            cmd += ["-m", "4M"]
+        return cmd + self.extra_args
+
+    def start(self, attach: callable | None = None, timeout: float = 20.0) -> socket.socket:
+        """Launch paused, accept serial and QMP, call `attach(serial)`, then resume."""
+        serial_path = self.run_dir / "serial.sock"
+        qmp_path = self.run_dir / "qmp.sock"
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        listener.bind(str(serial_path))
+        listener.listen(1)
+        self.qmp = QEMUMonitorProtocol(str(qmp_path), server=True)
+        cmd = self.command(serial_path, qmp_path)
+        (self.run_dir / "qemu-cmdline.txt").write_text(shlex.join(cmd) + "\n")
+        log = open(self.run_dir / "qemu-stderr.log", "wb")  # noqa: SIM115 - child keeps it
+        try:
+            self.proc = subprocess.Popen(
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
+            )
+        finally:
+            log.close()
+        _live.add(self)
+        try:
+            self.serial = self._accept(listener, timeout)
+            self.qmp.accept(timeout=max(1.0, timeout))
+        except (OSError, TimeoutError) as exc:
+            self.check_alive("startup")
+            raise HarnessError(f"QEMU did not connect its serial/QMP sockets: {exc}") from exc
+        finally:
+            listener.close()
+        if attach:
+            attach(self.serial)
+        self.qmp.cmd("cont")
+        return self.serial
+
+    def _accept(self, listener: socket.socket, timeout: float) -> socket.socket:
+        deadline = time.monotonic() + timeout
+        listener.settimeout(0.1)
+        while True:
+            try:
+                conn, _ = listener.accept()
+                conn.setblocking(True)
+                return conn
+            except TimeoutError:
+                self.check_alive("startup")
+                if time.monotonic() > deadline:
+                    raise
+
+    def exit_status(self) -> int | None:
+        return None if self.proc is None else self.proc.poll()
+
+    def describe_exit(self) -> str:
+        code = self.exit_status()
+        if code is None:
+            return "running"
+        return f"signal {-code}" if code < 0 else f"exit code {code}"
+
+    def check_alive(self, during: str) -> None:
+        """Raise QemuExited, with QEMU's own last words, if the process is gone."""
+        if self.proc is None or self.proc.poll() is None:
+            return
+        stderr = (self.run_dir / "qemu-stderr.log").read_text(errors="replace").strip()
+        said = f": {stderr.splitlines()[-1]}" if stderr else ""
+        raise QemuExited(f"QEMU exited ({self.describe_exit()}) during {during}{said}")
+
+    def reset(self) -> None:
+        """Hard reset, as the EN pin would: the ROM banner shows a fresh boot."""
+        assert self.qmp is not None
+        self.qmp.cmd("system_reset")
+
+    def stop(self) -> None:
+        """Kill QEMU and wait for it. Safe to call more than once, from any path."""
+        proc, self.proc = self.proc, None
+        _live.discard(self)
+        if self.serial is not None:
+            self.serial.close()
+            self.serial = None
+        if proc is not None and proc.poll() is None:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        if proc is not None:
+            proc.wait()
+            self.proc = proc  # keep the exit status readable
+        if self.qmp is not None:
+            try:
+                self.qmp.close()
+            except Exception:  # noqa: BLE001 - the peer is dead; nothing to tell
+                pass
+            self.qmp = None
+
+    def __enter__(self) -> Machine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def stop_all() -> None:
+    """Kill every QEMU this process started (atexit and signal handlers call this)."""
+    for machine in list(_live):
+        machine.stop()
+
+
+atexit.register(stop_all)

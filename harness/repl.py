@@ -1,0 +1,164 @@
+"""The MicroPython REPL over the console: friendly lines and raw-paste code.
+
+Friendly REPL lines end with `\\r` (the device's line discipline), and echo back.
+Anything longer than a line goes through raw-paste mode (Ctrl-A, then Ctrl-E `A`
+Ctrl-A): the device grants a window of bytes and sends `\\x01` each time it has room
+for another, so its few-hundred-byte stdin buffer never overflows. Plain raw mode has
+no such flow control and drops bytes on big inputs.
+
+The raw-paste reply is `stdout \\x04 stderr \\x04 >`; a non-empty stderr means the
+code raised, and becomes a `DeviceError` carrying the device's traceback.
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+import time
+
+import pexpect
+
+from .console import Console
+from .errors import DeviceTimeout, HarnessError
+
+CTRL_A, CTRL_B, CTRL_C, CTRL_D, CTRL_E = b"\x01", b"\x02", b"\x03", b"\x04", b"\x05"
+PROMPT = re.compile(rb">>> $|>>> (?=[^\r\n]*$)")
+RAW_BANNER = b"raw REPL; CTRL-B to exit\r\n>"
+SOFT_REBOOT = b"MPY: soft reboot"
+
+
+class Repl:
+    """Drive MicroPython's REPL on one console."""
+
+    def __init__(self, console: Console):
+        self.console = console
+        self.raw = False
+
+    # -- friendly REPL -------------------------------------------------------------
+    def wait_prompt(self, timeout: float = 30.0) -> None:
+        """Wait for `>>> ` after power-on or reset (fails fast on crash or boot loop)."""
+        self.console.expect(PROMPT, timeout, during="boot to the >>> prompt")
+        self.raw = False
+
+    def interrupt(self, timeout: float = 5.0) -> None:
+        """Ctrl-C whatever runs and get back to a friendly prompt."""
+        if self.raw:
+            self.console.send(CTRL_B)
+            self.raw = False
+        self.console.send(b"\r" + CTRL_C + CTRL_C)
+        self.console.expect(PROMPT, timeout, during="interrupt to the prompt")
+
+    def line(self, code: str, timeout: float = 10.0) -> str:
+        """Type one line at the friendly prompt; return what it printed."""
+        if "\n" in code or "\r" in code:
+            raise HarnessError("Repl.line takes one line; use Repl.exec for multi-line code")
+        self._leave_raw()
+        self.console.send(code.encode() + b"\r")
+        self.console.expect(re.escape(code.encode()) + rb"\r\n", timeout, during=f"echo of {code!r}")
+        self.console.expect(PROMPT, timeout, during=f"running {code!r}")
+        return self.console.child.before.decode("utf-8", "replace").replace("\r\n", "\n").rstrip("\n")
+
+    def soft_reset(self, timeout: float = 30.0) -> None:
+        """Ctrl-D at the friendly prompt: MicroPython restarts, hardware does not."""
+        self._leave_raw()
+        self.console.send(CTRL_D)
+        self.console.expect(SOFT_REBOOT, timeout, during="soft reset")
+        self.wait_prompt(timeout)
+
+    # -- raw-paste -----------------------------------------------------------------
+    def exec(self, code: str | bytes, timeout: float = 30.0) -> str:
+        """Run `code` in raw-paste mode; return its stdout, or raise DeviceError."""
+        out, err = self.exec_raw(code, timeout)
+        if err:
+            from .errors import DeviceError
+
+            raise DeviceError(err, out)
+        return out
+
+    def eval(self, expression: str, timeout: float = 30.0) -> str:
+        """repr() of a device expression, as text."""
+        return self.exec(f"print(repr({expression}))", timeout).strip()
+
+    def exec_raw(self, code: str | bytes, timeout: float = 30.0) -> tuple[str, str]:
+        """Run `code`; return (stdout, stderr) as the device printed them."""
+        data = code.encode() if isinstance(code, str) else code
+        self._enter_raw()
+        self._paste(data, timeout)
+        con = self.console
+        con.expect(CTRL_D, timeout, during="raw-paste execution (stdout)")
+        out = con.child.before
+        con.expect(CTRL_D, timeout, during="raw-paste execution (stderr)")
+        err = con.child.before
+        con.expect(b">", timeout, during="raw-paste execution (prompt)")
+        return _text(out), _text(err)
+
+    def _enter_raw(self) -> None:
+        if self.raw:
+            return
+        self.console.send(b"\r" + CTRL_C + CTRL_C)
+        time.sleep(0.02)  # let a running program die before the mode switch
+        self.console.send(CTRL_A)
+        self.console.expect(RAW_BANNER, 5, during="entering raw REPL")
+        self.raw = True
+
+    def _leave_raw(self) -> None:
+        if self.raw:
+            self.console.send(CTRL_B)
+            self.console.expect(PROMPT, 5, during="leaving raw REPL")
+            self.raw = False
+
+    def _paste(self, data: bytes, timeout: float) -> None:
+        con = self.console
+        con.send(CTRL_E + b"A" + CTRL_A)
+        reply = con.expect(rb"R[\x00\x01]", 5, during="raw-paste handshake").group(0)
+        if reply != b"R\x01":
+            raise HarnessError("this firmware refused raw-paste mode (MicroPython < 1.14?)")
+        window = struct.unpack("<H", self._read_exact(2, timeout))[0]
+        credit, sent = window, 0
+        while sent < len(data):
+            while credit == 0 or self._pending():
+                flag = self._read_exact(1, timeout)
+                if flag == CTRL_A:
+                    credit += window
+                elif flag == CTRL_D:  # the device ended the paste early (e.g. syntax error)
+                    con.send(CTRL_D)
+                    return
+                else:
+                    raise HarnessError(f"unexpected byte {flag!r} from the device during raw-paste")
+            chunk = data[sent : sent + credit]
+            con.send(chunk)
+            sent += len(chunk)
+            credit -= len(chunk)
+        con.send(CTRL_D)
+        con.expect(CTRL_D, timeout, during="raw-paste end of data")
+
+    def _pending(self) -> bool:
+        """True when a flow-control byte is already waiting (without blocking)."""
+        child = self.console.child
+        if child.buffer:
+            return True
+        try:
+            child.buffer = child.read_nonblocking(1, timeout=0)
+        except pexpect.TIMEOUT:
+            return False
+        return bool(child.buffer)
+
+    def _read_exact(self, n: int, timeout: float) -> bytes:
+        child = self.console.child
+        deadline = time.monotonic() + timeout
+        while len(child.buffer) < n:
+            if time.monotonic() > deadline:
+                raise DeviceTimeout(
+                    f"timed out after {timeout:g}s in raw-paste flow control\n"
+                    f"{self.console.log.last_lines()}\n    serial log: {self.console.log.path}"
+                )
+            try:
+                child.buffer += child.read_nonblocking(n - len(child.buffer), timeout=0.5)
+            except pexpect.TIMEOUT:
+                self.console.exit_check("raw-paste")
+        head, child.buffer = child.buffer[:n], child.buffer[n:]
+        return head
+
+
+def _text(data: bytes) -> str:
+    return data.decode("utf-8", "replace").replace("\r\n", "\n")
