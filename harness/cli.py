@@ -25,12 +25,21 @@ QUIT_KEY = b"\x1d"  # Ctrl-], as in telnet and idf.py monitor
 
 def _recipe_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--flash-size", help="2MB, 4MB, 8MB or 16MB (default: the firmware's own)")
-    p.add_argument("--layout", choices=images.LAYOUTS, default="keep",
-                   help="keep the firmware's partition table, or convert it to --table ota")
+    p.add_argument(
+        "--layout",
+        choices=images.LAYOUTS,
+        default="keep",
+        help="keep the firmware's partition table, or convert it to --table ota",
+    )
     p.add_argument("--resize", help="mp-image-tool-esp32 --resize (default vfs=0 when growing)")
     p.add_argument("--app", type=Path, help="app image to write into the first app slot")
-    p.add_argument("--vfs", action="append", default=[], metavar="SRC[:DEST]",
-                   help="file or folder to put into the littlefs vfs (repeatable)")
+    p.add_argument(
+        "--vfs",
+        action="append",
+        default=[],
+        metavar="SRC[:DEST]",
+        help="file or folder to put into the littlefs vfs (repeatable)",
+    )
 
 
 def recipe_from(args: argparse.Namespace, firmware: Path) -> images.Recipe:
@@ -51,7 +60,9 @@ def recipe_from(args: argparse.Namespace, firmware: Path) -> images.Recipe:
 def image_for(args: argparse.Namespace, path: Path) -> Path:
     """A whole flash image boots as it is; anything else is built from a recipe."""
     data = inspect.read_input(path)
-    untouched = not (args.flash_size or args.layout != "keep" or args.resize or args.app or args.vfs)
+    untouched = not (
+        args.flash_size or args.layout != "keep" or args.resize or args.app or args.vfs
+    )
     if untouched and inspect.classify(data) == "flash":
         images.parse_flash_size(len(data))  # QEMU refuses other sizes; say so first
         return path
@@ -142,13 +153,19 @@ def build_parser() -> argparse.ArgumentParser:
     _recipe_args(boot)
     boot.add_argument("--exec", help="run this code at the REPL, print its output, exit")
     boot.add_argument("--qemu", help="path to Espressif's qemu-system-xtensa")
-    boot.add_argument("--psram", choices=["auto", "on", "off"], default="auto",
-                      help="give the machine 4MB PSRAM (auto: when it is a SPIRAM build)")
+    boot.add_argument(
+        "--psram",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="give the machine 4MB PSRAM (auto: when it is a SPIRAM build)",
+    )
     boot.add_argument("--timeout", type=float, default=60.0, help="seconds for boot and --exec")
     boot.add_argument("--artifacts", type=Path, help="keep serial log, QEMU command line, flash")
     boot.set_defaults(func=cmd_boot)
 
-    image = sub.add_parser("image", help="flash images").add_subparsers(dest="action", required=True)
+    image = sub.add_parser("image", help="flash images").add_subparsers(
+        dest="action", required=True
+    )
     build = image.add_parser("build", help="build a flash image of an exact size")
     build.add_argument("firmware", type=Path)
     _recipe_args(build)

@@ -11,6 +11,7 @@ its timeout.
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
 import re
 import socket
@@ -24,7 +25,10 @@ from pexpect import fdpexpect
 from .errors import BootLoop, DeviceTimeout, FirmwareCrash, QemuExited
 
 RESET_BANNER = re.compile(rb"rst:(0x[0-9a-f]+) \((\w+)\)")
-CRASHES = [re.compile(rb"Guru Meditation Error[^\r\n]*"), re.compile(rb"abort\(\) was called[^\r\n]*")]
+CRASHES = [
+    re.compile(rb"Guru Meditation Error[^\r\n]*\r?\n"),
+    re.compile(rb"abort\(\) was called[^\r\n]*\r?\n"),
+]
 MICROPYTHON_UP = re.compile(rb"MicroPython v\d|>>> ")
 BOOT_LOOP_RESETS = 3  # ROM banners in a row without MicroPython starting
 
@@ -103,8 +107,12 @@ class Console:
         self.child.logfile_read = self.log
         self.boot_loop_resets = BOOT_LOOP_RESETS
 
-    def send(self, data: bytes | str) -> None:
-        self.child.send(data.encode() if isinstance(data, str) else data)
+    def send(self, data: bytes | str, during: str = "sending to the device") -> None:
+        try:
+            self.child.send(data.encode() if isinstance(data, str) else data)
+        except OSError:  # the peer is gone: say why, not "broken pipe"
+            self.exit_check(during)
+            raise QemuExited(f"QEMU closed the serial port during {during}") from None
 
     def expect(
         self,
@@ -119,7 +127,10 @@ class Console:
         Raises DeviceTimeout (with the last serial lines and the log path),
         FirmwareCrash, BootLoop or QemuExited instead of returning.
         """
-        wanted = [_compile(p) for p in ([patterns] if isinstance(patterns, str | bytes | re.Pattern) else patterns)]
+        wanted = [
+            _compile(p)
+            for p in ([patterns] if isinstance(patterns, str | bytes | re.Pattern) else patterns)
+        ]
         watch = [*CRASHES, RESET_BANNER] if fail_fast else []
         deadline = time.monotonic() + timeout
         while True:
@@ -160,10 +171,8 @@ class Console:
         )
 
     def _raise_crash(self, line: str, during: str) -> None:
-        try:  # let the backtrace reach the log before reporting
+        with contextlib.suppress(OSError):  # let the backtrace reach the log first
             self.child.expect([pexpect.TIMEOUT, pexpect.EOF], timeout=0.5)
-        except OSError:
-            pass
         raise FirmwareCrash(
             f"firmware crashed during {during}: {line.strip()}\n"
             f"{self.log.last_lines()}\n    serial log: {self.log.path}"

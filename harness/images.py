@@ -113,8 +113,10 @@ def _firmware_bytes(path: Path) -> bytes:
             f"{path} is an app image, without bootloader or partition table: give a full "
             "firmware .bin as the image, and this file as the app (--app) or OTA payload"
         )
-    raise ImageError(f"{path} is not an ESP32 firmware image ({kind}): expected a .bin from "
-                     "micropython.org (bootloader + partition table + app)")
+    raise ImageError(
+        f"{path} is not an ESP32 firmware image ({kind}): expected a .bin from "
+        "micropython.org (bootloader + partition table + app)"
+    )
 
 
 def _check_chip(path: Path, data: bytes) -> None:
@@ -125,17 +127,30 @@ def _check_chip(path: Path, data: bytes) -> None:
 
 def _digest(recipe: Recipe) -> str:
     h = hashlib.sha256()
-    files = [recipe.firmware, *(p for p in [recipe.app] if p),
-             *(src for src, _ in recipe.vfs_files), *(src for _, src in recipe.stage)]
+    files = [
+        recipe.firmware,
+        *(p for p in [recipe.app] if p),
+        *(src for src, _ in recipe.vfs_files),
+        *(src for _, src in recipe.stage),
+    ]
     for path in files:
-        h.update(hashlib.sha256(inspect.read_input(path)).digest())
+        for name, member in _members(path):
+            h.update(name.encode() + hashlib.sha256(inspect.read_input(member)).digest())
     params = {
         "size": recipe.flash_size, "layout": recipe.layout, "resize": recipe.resize,
-        "vfs": [dst for _, dst in recipe.vfs_files], "stage": [p for p, _ in recipe.stage], "format_vfs": recipe.format_vfs,
+        "vfs": [dst for _, dst in recipe.vfs_files], "stage": [p for p, _ in recipe.stage],
+        "format_vfs": recipe.format_vfs,
         "tool": version("mp-image-tool-esp32"), "lfs": LFS_OPTIONS, "v": 2,
     }  # fmt: skip
     h.update(json.dumps(params, sort_keys=True).encode())
     return h.hexdigest()[:24]
+
+
+def _members(path: Path) -> list[tuple[str, Path]]:
+    """A file, or every file under a folder, with names relative to it."""
+    if path.is_dir():
+        return [(p.relative_to(path).as_posix(), p) for p in sorted(path.rglob("*")) if p.is_file()]
+    return [("", path)]
 
 
 def cache_dir() -> Path:
@@ -228,17 +243,16 @@ def _write_partition(flash: bytearray, part: inspect.Partition, data: bytes, src
     flash[part.offset : part.offset + part.size] = data + b"\xff" * (part.size - len(data))
 
 
-def _make_vfs(flash: bytearray, part: inspect.Partition, files: tuple[tuple[Path, str], ...]) -> None:
+def _make_vfs(
+    flash: bytearray, part: inspect.Partition, files: tuple[tuple[Path, str], ...]
+) -> None:
     """Format the vfs as MicroPython would on first boot, with `files` already in it."""
     fs = LittleFS(block_size=VFS_BLOCK, block_count=part.size // VFS_BLOCK, **LFS_OPTIONS)
     with fs.open("boot.py", "w") as f:
         f.write("# This file is executed on every boot (including wake-boot from deepsleep)\n")
     for src, dst in files:
-        if src.is_dir():
-            for path in sorted(p for p in src.rglob("*") if p.is_file()):
-                _put(fs, path, f"{dst.rstrip('/')}/{path.relative_to(src).as_posix()}")
-        else:
-            _put(fs, src, dst)
+        for name, member in _members(src):
+            _put(fs, member, f"{dst.rstrip('/')}/{name}" if name else dst)
     image = bytes(fs.context.buffer)
     flash[part.offset : part.offset + len(image)] = image
 
@@ -249,7 +263,7 @@ def _put(fs: LittleFS, src: Path, dst: str) -> None:
     if parent:
         fs.makedirs(parent, exist_ok=True)
     with fs.open(dst, "wb") as f:
-        f.write(inspect.read_input(src) if src.stat().st_size else b"")
+        f.write(src.read_bytes())
 
 
 def run_copy(image: Path, run_dir: Path) -> Path:

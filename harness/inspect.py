@@ -155,7 +155,7 @@ def check_app(data: bytes, slot_size: int | None = None) -> AppCheck:
 _DESC_FIELDS = [(80, 96), (96, 112), (112, 144)]
 
 
-def _load_esptool_image(data: bytes):  # noqa: ANN202 - esptool's class
+def _load_esptool_image(data: bytes):
     return LoadFirmwareImage("esp32", data)
 
 
@@ -164,8 +164,10 @@ def classify(data: bytes) -> str:
     'app', 'blank' or 'unknown'."""
     if not data or data.count(0xFF) == len(data):
         return "blank"
-    if len(data) > TABLE_OFFSET + 2 and data[BOOTLOADER_OFFSET] == APP_MAGIC and (
-        data[TABLE_OFFSET : TABLE_OFFSET + 2] == b"\xaa\x50"
+    if (
+        len(data) > TABLE_OFFSET + 2
+        and data[BOOTLOADER_OFFSET] == APP_MAGIC
+        and (data[TABLE_OFFSET : TABLE_OFFSET + 2] == b"\xaa\x50")
     ):
         return "flash"
     table = TABLE_OFFSET - BOOTLOADER_OFFSET
@@ -334,12 +336,17 @@ def read_input(path: Path) -> bytes:
 
 def render(rep: dict[str, object]) -> str:
     """The text form of `report()`, for people."""
-    lines = [f"{rep['file']}: {rep['summary']}", f"  size {rep['size']} bytes, sha256 {rep['sha256']}"]
+    lines = [
+        f"{rep['file']}: {rep['summary']}",
+        f"  size {rep['size']} bytes, sha256 {rep['sha256']}",
+    ]
     if rep["partitions"]:
         lines.append("  partition table:")
         for p in rep["partitions"]:
-            lines.append(f"    {p['name']:<10} type {p['type']:#04x}/{p['subtype']:#04x} "
-                         f"at {p['offset']:#09x} size {p['size']:#09x}")
+            lines.append(
+                f"    {p['name']:<10} type {p['type']:#04x}/{p['subtype']:#04x} "
+                f"at {p['offset']:#09x} size {p['size']:#09x}"
+            )
     if rep["otadata"] is not None:
         lines.append("  otadata:")
         for r in rep["otadata"]:
@@ -355,7 +362,9 @@ def render(rep: dict[str, object]) -> str:
     if app:
         for seg in app["segments"]:
             lines.append(f"    segment at {seg['addr_hex']} length {seg['length']}")
-        lines.append(f"    length {app['length']}, checksum {'ok' if app['checksum_ok'] else 'BAD'}"
-                     f", sha256 {'ok' if app['sha256_ok'] else 'BAD' if app['sha256_appended'] else 'none'}")
+        lines.append(
+            f"    length {app['length']}, checksum {'ok' if app['checksum_ok'] else 'BAD'}"
+            f", sha256 {'ok' if app['sha256_ok'] else 'BAD' if app['sha256_appended'] else 'none'}"
+        )
     lines.append(f"  as an OTA payload: {rep['ota_payload']['verdict']}")
     return "\n".join(lines)

@@ -13,6 +13,7 @@ parent is SIGKILLed), and every `Machine` still alive at exit is killed.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import ctypes
 import functools
 import glob
@@ -56,7 +57,7 @@ def _candidates(explicit: str | None) -> list[tuple[str, Path]]:
     return found
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def has_esp32_machine(qemu: Path) -> bool:
     """Upstream and distribution builds of qemu-system-xtensa lack `-machine esp32`."""
     try:
@@ -218,18 +219,14 @@ class Machine:
             self.serial.close()
             self.serial = None
         if proc is not None and proc.poll() is None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         if proc is not None:
             proc.wait()
             self.proc = proc  # keep the exit status readable
         if self.qmp is not None:
-            try:
+            with contextlib.suppress(Exception):
                 self.qmp.close()
-            except Exception:  # noqa: BLE001 - the peer is dead; nothing to tell
-                pass
             self.qmp = None
 
     def __enter__(self) -> Machine:
@@ -246,3 +243,25 @@ def stop_all() -> None:
 
 
 atexit.register(stop_all)
+
+
+def running_qemus(marker: str = "") -> list[tuple[int, str]]:
+    """(pid, command line) of every live qemu-system-xtensa whose command line has `marker`.
+
+    Reads the process table, so it also sees QEMUs that no handle of ours knows of.
+    """
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+            if (entry / "stat").read_text().split(")")[-1].split()[0] == "Z":
+                continue  # a zombie is dead; its parent just has not reaped it yet
+        except OSError:
+            continue
+        if argv and argv[0].endswith(QEMU_NAME.encode()):
+            line = b" ".join(argv).decode(errors="replace")
+            if marker in line:
+                found.append((int(entry.name), line))
+    return found

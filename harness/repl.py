@@ -54,9 +54,13 @@ class Repl:
             raise HarnessError("Repl.line takes one line; use Repl.exec for multi-line code")
         self._leave_raw()
         self.console.send(code.encode() + b"\r")
-        self.console.expect(re.escape(code.encode()) + rb"\r\n", timeout, during=f"echo of {code!r}")
+        self.console.expect(
+            re.escape(code.encode()) + rb"\r\n", timeout, during=f"echo of {code!r}"
+        )
         self.console.expect(PROMPT, timeout, during=f"running {code!r}")
-        return self.console.child.before.decode("utf-8", "replace").replace("\r\n", "\n").rstrip("\n")
+        return (
+            self.console.child.before.decode("utf-8", "replace").replace("\r\n", "\n").rstrip("\n")
+        )
 
     def soft_reset(self, timeout: float = 30.0) -> None:
         """Ctrl-D at the friendly prompt: MicroPython restarts, hardware does not."""

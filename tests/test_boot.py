@@ -1,0 +1,83 @@
+"""Real firmware boots to the >>> prompt in Espressif's QEMU, on 4MB and 16MB flash."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from harness import device, images
+
+MB4, MB16 = getattr(pytest.mark, "4mb"), getattr(pytest.mark, "16mb")
+FIRMWARE = [
+    "ESP32_GENERIC-20230426-v1.20.0.bin",
+    "ESP32_GENERIC-SPIRAM-20231005-v1.21.0.bin",
+    "ESP32_GENERIC-OTA-20231227-v1.22.0.bin",
+    "ESP32_GENERIC-20240602-v1.23.0.bin",
+    "ESP32_GENERIC-20241025-v1.24.0.bin",
+    "ESP32_GENERIC-OTA-20250415-v1.25.0.bin",
+]
+# (firmware, layout): OTA builds keep their table; v1.23.0 is converted to --table ota
+SIXTEEN = [
+    ("ESP32_GENERIC-OTA-20231227-v1.22.0.bin", "keep"),
+    ("ESP32_GENERIC-OTA-20250415-v1.25.0.bin", "keep"),
+    ("ESP32_GENERIC-20240602-v1.23.0.bin", "ota"),
+]
+RUNNING = "import esp32; print(esp32.Partition(esp32.Partition.RUNNING).info()[4])"
+FLASH_SIZE = "import esp; print(esp.flash_size())"
+PSRAM_ERRORS = [
+    "quad_psram: PSRAM ID read error: 0x00000000, PSRAM chip not found or not supported",
+    "esp_psram: PSRAM enabled but initialization failed. Bailing out.",
+]
+
+
+def _version(name: str) -> str:
+    return re.search(r"-(v\d+\.\d+\.\d+)\.", name).group(1)
+
+
+@MB4
+@pytest.mark.parametrize("name", FIRMWARE)
+def test_boots_on_4mb(name, qemu, firmware_dir, build_image, tmp_path) -> None:
+    image = build_image(firmware_dir / name, "4MB")
+    with device.boot(image, qemu=qemu, artifacts=tmp_path) as dev:
+        dev.repl.wait_prompt(30)
+        assert f"MicroPython {_version(name)}" in (dev.run_dir / "serial.log").read_text()
+        assert dev.repl.exec(FLASH_SIZE).strip() == str(4 * images.MB)
+        assert dev.repl.exec("print(6 * 7)").strip() == "42"
+
+
+@MB16
+@pytest.mark.parametrize(("name", "layout"), SIXTEEN)
+def test_boots_on_16mb_as_users_convert_it(
+    name, layout, qemu, firmware_dir, build_image, tmp_path
+) -> None:
+    """`mp-image-tool-esp32 FILE -f 16M [--table ota] --resize vfs=0`, then padded."""
+    image = build_image(firmware_dir / name, "16MB", layout=layout)
+    with device.boot(image, qemu=qemu, artifacts=tmp_path) as dev:
+        dev.repl.wait_prompt(30)
+        assert dev.repl.exec(FLASH_SIZE).strip() == str(16 * images.MB)
+        assert dev.repl.exec(RUNNING).strip() == "ota_0"
+        P = "esp32.Partition"
+        vfs = f"import esp32; print({P}.find({P}.TYPE_DATA, label='vfs')[0].info()[3])"
+        assert int(dev.repl.exec(vfs)) > 11 * images.MB  # --resize vfs=0 grew it
+
+
+@MB4
+def test_spiram_build_without_psram_names_the_psram_error(qemu, fw, build_image, tmp_path):
+    """ESP-IDF 5.0 prints the PSRAM errors, bails out of PSRAM and still starts."""
+    image = build_image(fw("SPIRAM"), "4MB")
+    with device.boot(image, qemu=qemu, psram=False, artifacts=tmp_path) as dev:
+        for line in PSRAM_ERRORS:
+            dev.console.expect(re.escape(line), 30, during="PSRAM init")
+        dev.repl.wait_prompt(30)
+        assert "-m 4M" not in (dev.run_dir / "qemu-cmdline.txt").read_text()
+
+
+@MB4
+def test_spiram_build_with_psram_boots_clean(qemu, fw, build_image, tmp_path) -> None:
+    image = build_image(fw("SPIRAM"), "4MB")
+    with device.boot(image, qemu=qemu, artifacts=tmp_path) as dev:  # psram auto-detected
+        dev.repl.wait_prompt(30)
+        assert "-m 4M" in (dev.run_dir / "qemu-cmdline.txt").read_text()
+        assert "PSRAM" not in (dev.run_dir / "serial.log").read_text()
+        assert dev.repl.exec("print('with SPIRAM' in __import__('os').uname().machine)") == "True\n"

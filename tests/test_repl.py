@@ -1,0 +1,60 @@
+"""The REPL driver against real MicroPython: raw-paste flow control and tracebacks."""
+
+from __future__ import annotations
+
+import pytest
+
+from harness import device
+from harness.errors import DeviceError
+
+
+@pytest.fixture(scope="module")
+def dev(qemu, fw, build_image, tmp_path_factory):
+    image = build_image(fw("OTA-20250415-v1.25.0"), "4MB")
+    with device.boot(image, qemu=qemu, artifacts=tmp_path_factory.mktemp("repl")) as d:
+        d.repl.wait_prompt(30)
+        yield d
+
+
+def _script(lines: int) -> tuple[str, str]:
+    body = ["# a multi-line script, sent in raw-paste mode", "acc = []"]
+    expected = []
+    for i in range(lines):
+        word = f"line-{i:03d}-" + "x" * (i % 17)
+        body.append(f"acc.append({word!r})")
+        body.append(f"print(len(acc), {word!r})")
+        expected.append(f"{i + 1} {word}")
+    body += ["def total(items):", "    return sum(len(s) for s in items)", "print(total(acc))"]
+    expected.append(str(sum(len(f"line-{i:03d}-" + "x" * (i % 17)) for i in range(lines))))
+    return "\n".join(body) + "\n", "\n".join(expected) + "\n"
+
+
+def test_2kb_script_in_raw_paste_returns_exactly_its_output(dev) -> None:
+    code, expected = _script(30)
+    assert 2000 <= len(code) <= 2600
+    assert dev.repl.exec(code, timeout=30) == expected
+
+
+def test_32kb_script_is_not_corrupted_by_the_small_stdin_buffer(dev) -> None:
+    code, expected = _script(480)
+    assert len(code) > 32000
+    assert dev.repl.exec(code, timeout=60) == expected
+
+
+def test_device_exception_carries_the_device_traceback(dev) -> None:
+    code = "def inner():\n    raise ValueError('bad slot %d' % 7)\n\nprint('before')\ninner()\n"
+    with pytest.raises(DeviceError) as info:
+        dev.repl.exec(code)
+    err = info.value
+    assert err.output == "before\n"
+    assert "Traceback (most recent call last):" in err.traceback
+    assert "line 2, in inner" in err.traceback
+    assert err.traceback.endswith("ValueError: bad slot 7")
+
+
+def test_friendly_line_and_soft_reset(dev) -> None:
+    assert dev.repl.line("x = 6 * 7") == ""
+    assert dev.repl.line("print(x)") == "42"
+    dev.repl.soft_reset()
+    with pytest.raises(DeviceError, match="NameError"):
+        dev.repl.exec("print(x)")
