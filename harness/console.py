@@ -98,7 +98,7 @@ class Console:
         self,
         sock: socket.socket,
         log_path: Path,
-        exit_check: Callable[[str], None] = lambda during: None,
+        exit_check: Callable[..., None] = lambda during, wait=0.0: None,
     ):
         self.sock = sock
         self.log = SerialLog(log_path)
@@ -111,7 +111,7 @@ class Console:
         try:
             self.child.send(data.encode() if isinstance(data, str) else data)
         except OSError:  # the peer is gone: say why, not "broken pipe"
-            self.exit_check(during)
+            self.exit_check(during, wait=2.0)
             raise QemuExited(f"QEMU closed the serial port during {during}") from None
 
     def expect(
@@ -147,7 +147,7 @@ class Console:
             if index < len(wanted):
                 return self.child.match
             if index == len(wanted) + len(watch):  # EOF: QEMU closed the serial socket
-                self.exit_check(during)
+                self.exit_check(during, wait=2.0)
                 raise QemuExited(f"QEMU closed the serial port during {during}")
             found = self.child.match
             if found.re is RESET_BANNER:

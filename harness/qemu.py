@@ -198,12 +198,21 @@ class Machine:
             return "running"
         return f"signal {-code}" if code < 0 else f"exit code {code}"
 
-    def check_alive(self, during: str) -> None:
-        """Raise QemuExited, with QEMU's own last words, if the process is gone."""
-        if self.proc is None or self.proc.poll() is None:
+    def check_alive(self, during: str, wait: float = 0.0) -> None:
+        """Raise QemuExited, with QEMU's own last words, if the process is gone.
+
+        `wait`: the serial socket already closed, so give QEMU that long to finish dying.
+        """
+        if self.proc is None:
+            return
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(wait)
+        if self.proc.poll() is None:
             return
         stderr = (self.run_dir / "qemu-stderr.log").read_text(errors="replace").strip()
         said = f": {stderr.splitlines()[-1]}" if stderr else ""
+        if "assertion failed" in stderr or "Bail out!" in stderr:
+            said += " (QEMU itself crashed: a QEMU bug, not the firmware)"
         raise QemuExited(f"QEMU exited ({self.describe_exit()}) during {during}{said}")
 
     def reset(self) -> None:

@@ -19,7 +19,7 @@ import time
 import pexpect
 
 from .console import Console
-from .errors import DeviceTimeout, HarnessError
+from .errors import DeviceError, DeviceTimeout, HarnessError, QemuExited
 
 CTRL_A, CTRL_B, CTRL_C, CTRL_D, CTRL_E = b"\x01", b"\x02", b"\x03", b"\x04", b"\x05"
 PROMPT = re.compile(rb">>> $|>>> (?=[^\r\n]*$)")
@@ -74,8 +74,6 @@ class Repl:
         """Run `code` in raw-paste mode; return its stdout, or raise DeviceError."""
         out, err = self.exec_raw(code, timeout)
         if err:
-            from .errors import DeviceError
-
             raise DeviceError(err, out)
         return out
 
@@ -145,6 +143,8 @@ class Repl:
             child.buffer = child.read_nonblocking(1, timeout=0)
         except pexpect.TIMEOUT:
             return False
+        except pexpect.EOF:
+            self._gone()
         return bool(child.buffer)
 
     def _read_exact(self, n: int, timeout: float) -> bytes:
@@ -160,8 +160,14 @@ class Repl:
                 child.buffer += child.read_nonblocking(n - len(child.buffer), timeout=0.5)
             except pexpect.TIMEOUT:
                 self.console.exit_check("raw-paste")
+            except pexpect.EOF:
+                self._gone()
         head, child.buffer = child.buffer[:n], child.buffer[n:]
         return head
+
+    def _gone(self) -> None:
+        self.console.exit_check("raw-paste", wait=2.0)
+        raise QemuExited("QEMU closed the serial port during raw-paste")
 
 
 def _text(data: bytes) -> str:
