@@ -54,6 +54,7 @@ class SerialLog:
         self._start = time.monotonic()
         self._partial = b""
         self.tail: collections.deque[str] = collections.deque(maxlen=keep)
+        self.lines: list[str] = []  # every line, so a step can look at what it caused
         self.resets_since_up: list[str] = []
 
     def write(self, data: bytes) -> None:
@@ -69,6 +70,7 @@ class SerialLog:
         self._file.write(stamp + line + b"\n")
         text = line.decode("utf-8", "replace")
         self.tail.append(text)
+        self.lines.append(text)
         banner = RESET_BANNER.search(line)
         if banner:
             self.resets_since_up.append(banner.group(2).decode())

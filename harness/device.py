@@ -50,10 +50,12 @@ def boot(
     qemu: str | Path | None = None,
     psram: bool | None = None,
     artifacts: Path | None = None,
+    data_channel: bool = False,
 ) -> Iterator[Device]:
     """Boot `image` (a flash image of an exact size) and yield the Device.
 
     `psram=None` gives the machine PSRAM exactly when the firmware is a SPIRAM build.
+    `data_channel` wires the guest's UART1 to `machine.data`, a socket for payloads.
     """
     qemu_path = find_qemu(qemu)
     if artifacts is not None:
@@ -66,7 +68,7 @@ def boot(
         flash = images.run_copy(image, run_dir)
         if psram is None:
             psram = images.needs_psram(image.read_bytes())
-        with Machine(qemu_path, flash, run_dir, psram=psram) as machine:
+        with Machine(qemu_path, flash, run_dir, psram=psram, data_channel=data_channel) as machine:
 
             def attach(sock: object) -> None:
                 nonlocal console

@@ -127,15 +127,11 @@ def _check_chip(path: Path, data: bytes) -> None:
 
 def _digest(recipe: Recipe) -> str:
     h = hashlib.sha256()
-    files = [
-        recipe.firmware,
-        *(p for p in [recipe.app] if p),
-        *(src for src, _ in recipe.vfs_files),
-        *(src for _, src in recipe.stage),
-    ]
-    for path in files:
-        for name, member in _members(path):
-            h.update(name.encode() + hashlib.sha256(inspect.read_input(member)).digest())
+    for path in [recipe.firmware, *(p for p in [recipe.app] if p), *(s for _, s in recipe.stage)]:
+        h.update(hashlib.sha256(inspect.read_input(path)).digest())
+    for src, _ in recipe.vfs_files:  # vfs files may be empty (an __init__.py)
+        for name, member in _members(src):
+            h.update(name.encode() + hashlib.sha256(member.read_bytes()).digest())
     params = {
         "size": recipe.flash_size, "layout": recipe.layout, "resize": recipe.resize,
         "vfs": [dst for _, dst in recipe.vfs_files], "stage": [p for p, _ in recipe.stage],
@@ -148,6 +144,8 @@ def _digest(recipe: Recipe) -> str:
 
 def _members(path: Path) -> list[tuple[str, Path]]:
     """A file, or every file under a folder, with names relative to it."""
+    if not path.exists():
+        raise ImageError(f"{path}: no such file or folder to put into the vfs")
     if path.is_dir():
         return [(p.relative_to(path).as_posix(), p) for p in sorted(path.rglob("*")) if p.is_file()]
     return [("", path)]

@@ -93,6 +93,13 @@ def find_qemu(explicit: str | os.PathLike[str] | None = None) -> Path:
     raise QemuNotFound(f"no qemu-system-xtensa with the esp32 machine{why}; {INSTALL_HINT}")
 
 
+def _listen(path: Path) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.bind(str(path))
+    sock.listen(1)
+    return sock
+
+
 def _die_with_parent() -> None:  # runs in the child between fork and exec
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
@@ -111,12 +118,15 @@ class Machine:
         run_dir: Path,
         *,
         psram: bool = False,
+        data_channel: bool = False,
         extra_args: list[str] | None = None,
     ):
         self.qemu = qemu
         self.flash = flash
         self.run_dir = run_dir
         self.psram = psram
+        self.data_channel = data_channel
+        self.data: socket.socket | None = None  # UART1: a byte pipe for payloads
         self.extra_args = extra_args or []
         self.proc: subprocess.Popen[bytes] | None = None
         self.serial: socket.socket | None = None
@@ -133,6 +143,8 @@ class Machine:
             "-drive", f"file={self.flash},if=mtd,format=raw",
             "-chardev", f"socket,id=uart0,path={serial_path}",
             "-serial", "chardev:uart0",
+            *(["-chardev", f"socket,id=uart1,path={self.run_dir / 'data.sock'}",
+               "-serial", "chardev:uart1"] if self.data_channel else []),
             "-chardev", f"socket,id=qmp,path={qmp_path}",
             "-mon", "chardev=qmp,mode=control",
         ]  # fmt: skip
@@ -144,9 +156,8 @@ class Machine:
         """Launch paused, accept serial and QMP, call `attach(serial)`, then resume."""
         serial_path = self.run_dir / "serial.sock"
         qmp_path = self.run_dir / "qmp.sock"
-        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        listener.bind(str(serial_path))
-        listener.listen(1)
+        listener = _listen(serial_path)
+        data_listener = _listen(self.run_dir / "data.sock") if self.data_channel else None
         self.qmp = QEMUMonitorProtocol(str(qmp_path), server=True)
         cmd = self.command(serial_path, qmp_path)
         (self.run_dir / "qemu-cmdline.txt").write_text(shlex.join(cmd) + "\n")
@@ -165,12 +176,16 @@ class Machine:
         _live.add(self)
         try:
             self.serial = self._accept(listener, timeout)
+            if data_listener is not None:
+                self.data = self._accept(data_listener, timeout)
             self.qmp.accept(timeout=max(1.0, timeout))
         except (OSError, TimeoutError) as exc:
             self.check_alive("startup")
             raise HarnessError(f"QEMU did not connect its serial/QMP sockets: {exc}") from exc
         finally:
             listener.close()
+            if data_listener is not None:
+                data_listener.close()
         if attach:
             attach(self.serial)
         self.qmp.cmd("cont")
@@ -224,9 +239,10 @@ class Machine:
         """Kill QEMU and wait for it. Safe to call more than once, from any path."""
         proc, self.proc = self.proc, None
         _live.discard(self)
-        if self.serial is not None:
-            self.serial.close()
-            self.serial = None
+        for sock in (self.serial, self.data):
+            if sock is not None:
+                sock.close()
+        self.serial = self.data = None
         if proc is not None and proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)

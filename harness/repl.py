@@ -83,9 +83,16 @@ class Repl:
 
     def exec_raw(self, code: str | bytes, timeout: float = 30.0) -> tuple[str, str]:
         """Run `code`; return (stdout, stderr) as the device printed them."""
-        data = code.encode() if isinstance(code, str) else code
+        self.exec_start(code, timeout)
+        return self.exec_finish(timeout)
+
+    def exec_start(self, code: str | bytes, timeout: float = 30.0) -> None:
+        """Paste `code` and let it run; `exec_finish` collects its output later."""
         self._enter_raw()
-        self._paste(data, timeout)
+        self._paste(code.encode() if isinstance(code, str) else code, timeout)
+
+    def exec_finish(self, timeout: float = 30.0) -> tuple[str, str]:
+        """Wait for the pasted code to end; return (stdout, stderr)."""
         con = self.console
         con.expect(CTRL_D, timeout, during="raw-paste execution (stdout)")
         out = con.child.before
