@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 PYTEST := $(BIN)/pytest
 FIRMWARE_DIR ?= ../shared/firmware
 
-.PHONY: venv test test-4mb test-16mb lint bench-boot clean
+.PHONY: venv test test-4mb test-16mb lint bench-boot bench-ota clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,9 @@ lint: venv
 
 bench-boot: venv
 	$(BIN)/python bench/boot.py --firmware-dir $(FIRMWARE_DIR)
+
+bench-ota: venv
+	$(BIN)/python bench/ota.py --firmware-dir $(FIRMWARE_DIR)
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -25,8 +25,6 @@ from dataclasses import dataclass, field
 from importlib.metadata import version
 from pathlib import Path
 
-from littlefs import LittleFS
-
 from . import inspect
 from .errors import ImageError
 
@@ -245,6 +243,8 @@ def _make_vfs(
     flash: bytearray, part: inspect.Partition, files: tuple[tuple[Path, str], ...]
 ) -> None:
     """Format the vfs as MicroPython would on first boot, with `files` already in it."""
+    from littlefs import LittleFS  # only image builds with a vfs need it
+
     fs = LittleFS(block_size=VFS_BLOCK, block_count=part.size // VFS_BLOCK, **LFS_OPTIONS)
     with fs.open("boot.py", "w") as f:
         f.write("# This file is executed on every boot (including wake-boot from deepsleep)\n")
@@ -255,7 +255,7 @@ def _make_vfs(
     flash[part.offset : part.offset + len(image)] = image
 
 
-def _put(fs: LittleFS, src: Path, dst: str) -> None:
+def _put(fs: object, src: Path, dst: str) -> None:
     dst = "/" + dst.lstrip("/")
     parent = dst.rsplit("/", 1)[0]
     if parent:

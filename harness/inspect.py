@@ -18,9 +18,6 @@ import struct
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from esptool.bin_image import LoadFirmwareImage
-from esptool.util import FatalError
-
 from .errors import ImageError
 
 SCHEMA_VERSION = 1
@@ -115,7 +112,7 @@ def check_app(data: bytes, slot_size: int | None = None) -> AppCheck:
     check.flash_size = FLASH_SIZES.get(data[3] >> 4)
     try:
         image = _load_esptool_image(data)
-    except (FatalError, struct.error, ValueError, IndexError) as exc:
+    except (struct.error, ValueError, IndexError) as exc:
         check.problems.append(f"image is cut short or malformed: {exc}")
         return check
     for seg in image.segments:
@@ -156,7 +153,14 @@ _DESC_FIELDS = [(80, 96), (96, 112), (112, 144)]
 
 
 def _load_esptool_image(data: bytes):
-    return LoadFirmwareImage("esp32", data)
+    """esptool is imported here, not at the top: booting never needs it (50 ms)."""
+    from esptool.bin_image import LoadFirmwareImage
+    from esptool.util import FatalError
+
+    try:
+        return LoadFirmwareImage("esp32", data)
+    except FatalError as exc:
+        raise ValueError(str(exc)) from None
 
 
 def classify(data: bytes) -> str:

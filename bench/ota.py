@@ -1,0 +1,85 @@
+"""OTA of the v1.25.0 app image on a 16MB image: fast path, vfs-file path and the floor.
+
+All in one run, on the same image and QEMU:
+- fast: `ota.update()` end to end (payload over UART1, written in 32 KiB chunks, checked in
+  the flash file, set_boot(), reboot, booted partition asked of the REPL);
+- vfs: a device library's `from_file('/fw.bin')` reading the payload from the littlefs vfs,
+  as MicroPython mounts it (readsize=32) and remounted with readsize=1024 (same library);
+- floor: the device's own time (ticks_ms) to write, then read back, as many 4 KiB blocks.
+
+Prints a table and a final key=value line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from harness import device, images, ota
+
+FLOOR = """
+import esp32, time
+p = esp32.Partition.find(esp32.Partition.TYPE_APP, label='ota_1')[0]
+buf = bytearray(b'\\xa5' * 4096)
+t0 = time.ticks_ms()
+for i in range({n}): p.writeblocks(i, buf)
+t1 = time.ticks_ms()
+for i in range({n}): p.readblocks(i, buf)
+print(time.ticks_diff(time.ticks_ms(), t0) / 1000)
+"""
+COMMAND = "import ota.update\nota.update.from_file('/fw.bin', reboot=True)"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--firmware-dir", type=Path, default=Path("../shared/firmware"))
+    ap.add_argument("--qemu")
+    args = ap.parse_args()
+    firmware = args.firmware_dir / "ESP32_GENERIC-OTA-20250415-v1.25.0.bin"
+    lib = Path(__file__).resolve().parent.parent / "tests" / "device_lib"
+    with tempfile.TemporaryDirectory() as tmp:
+        converted = images.convert(firmware.read_bytes(), ["-f", "16M", "--resize", "vfs=0"],
+                                   Path(tmp))  # fmt: skip
+        app = Path(tmp) / "app.bin"
+        app.write_bytes(images.convert(converted, ["-x"], Path(tmp)))
+        plain = images.build(images.Recipe(firmware, 16 * images.MB))
+        with_file = images.build(images.Recipe(
+            firmware, 16 * images.MB, vfs_files=((lib, "/lib"), (app, "/fw.bin"))))  # fmt: skip
+        rows: dict[str, float] = {}
+        with device.boot(plain, qemu=args.qemu, data_channel=True) as dev:
+            dev.repl.wait_prompt(30)
+            start = time.monotonic()
+            report = ota.update(dev, app)
+            rows["fast path (harness, UART1)"] = time.monotonic() - start
+            assert report.booted == "ota_1" and report.slot_matches_payload, report
+        blocks = (app.stat().st_size + 4095) // 4096
+        with device.boot(plain, qemu=args.qemu) as dev:
+            dev.repl.wait_prompt(30)
+            rows[f"floor ({blocks} x 4 KiB write+read)"] = float(
+                dev.repl.exec(FLOOR.format(n=blocks), timeout=600)
+            )
+        for name, readsize in (("vfs, readsize=1024 remount", 1024),
+                               ("vfs file (library as is)", None)):  # fmt: skip
+            with device.boot(with_file, qemu=args.qemu) as dev:
+                dev.repl.wait_prompt(30)
+                start = time.monotonic()
+                report = ota.run_library(dev, app, COMMAND, vfs_readsize=readsize, timeout=1200)
+                rows[name] = time.monotonic() - start
+                assert report.booted == "ota_1", report
+    print(f"OTA of {app.stat().st_size} bytes (v1.25.0 app) on a 16MB image, {time.strftime('%F')}")
+    for name, seconds in rows.items():
+        print(f"  {name:<36}{seconds:>9.1f} s")
+    fast, floor = rows["fast path (harness, UART1)"], rows[f"floor ({blocks} x 4 KiB write+read)"]
+    vfs, tuned = rows["vfs file (library as is)"], rows["vfs, readsize=1024 remount"]
+    print(
+        f"ota_fast_s={fast:.1f} ota_vfs_s={vfs:.1f} ota_vfs_tuned_s={tuned:.1f} "
+        f"floor_s={floor:.1f} fast_over_floor={fast / floor:.2f} vfs_over_fast={vfs / fast:.1f}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
