@@ -33,6 +33,10 @@ print(time.ticks_diff(time.ticks_ms(), t0) / 1000)
 COMMAND = "import ota.update\nota.update.from_file('/fw.bin', reboot=True)"
 
 
+def _row(name: str, rows: dict[str, float]) -> None:
+    print(f"  {name:<36}{rows[name]:>9.1f} s", flush=True)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--firmware-dir", type=Path, default=Path("../shared/firmware"))
@@ -45,6 +49,8 @@ def main() -> int:
                                    Path(tmp))  # fmt: skip
         app = Path(tmp) / "app.bin"
         app.write_bytes(images.convert(converted, ["-x"], Path(tmp)))
+        size = app.stat().st_size
+        print(f"OTA of {size} bytes (v1.25.0 app) on a 16MB image, {time.strftime('%F')}")
         plain = images.build(images.Recipe(firmware, 16 * images.MB))
         with_file = images.build(images.Recipe(
             firmware, 16 * images.MB, vfs_files=((lib, "/lib"), (app, "/fw.bin"))))  # fmt: skip
@@ -55,12 +61,14 @@ def main() -> int:
             report = ota.update(dev, app)
             rows["fast path (harness, UART1)"] = time.monotonic() - start
             assert report.booted == "ota_1" and report.slot_matches_payload, report
-        blocks = (app.stat().st_size + 4095) // 4096
+            _row("fast path (harness, UART1)", rows)
+        blocks = (size + 4095) // 4096
         with device.boot(plain, qemu=args.qemu) as dev:
             dev.repl.wait_prompt(30)
             rows[f"floor ({blocks} x 4 KiB write+read)"] = float(
                 dev.repl.exec(FLOOR.format(n=blocks), timeout=600)
             )
+        _row(f"floor ({blocks} x 4 KiB write+read)", rows)
         for name, readsize in (("vfs, readsize=1024 remount", 1024),
                                ("vfs file (library as is)", None)):  # fmt: skip
             with device.boot(with_file, qemu=args.qemu) as dev:
@@ -69,9 +77,7 @@ def main() -> int:
                 report = ota.run_library(dev, app, COMMAND, vfs_readsize=readsize, timeout=1200)
                 rows[name] = time.monotonic() - start
                 assert report.booted == "ota_1", report
-    print(f"OTA of {app.stat().st_size} bytes (v1.25.0 app) on a 16MB image, {time.strftime('%F')}")
-    for name, seconds in rows.items():
-        print(f"  {name:<36}{seconds:>9.1f} s")
+                _row(name, rows)
     fast, floor = rows["fast path (harness, UART1)"], rows[f"floor ({blocks} x 4 KiB write+read)"]
     vfs, tuned = rows["vfs file (library as is)"], rows["vfs, readsize=1024 remount"]
     print(
