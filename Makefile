@@ -5,8 +5,17 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PYTEST := $(BIN)/pytest
 FIRMWARE_DIR ?= ../shared/firmware
+# Two emulations at once on a 2-core host starve each other and fire guest watchdogs
+# (QEMU's guest clock follows the host's): one worker per two cores.
+WORKERS ?= $(shell $(PYTHON) -c "import os; print(max(1, (os.cpu_count() or 2) // 2))")
+# A cell whose QEMU crashed itself (QEMU 8.0's MTTCG assertion) or whose guest watchdog
+# fired because the host starved QEMU is run once more; every retry is listed in the
+# summary and in the JUnit properties. RETRIES=0 turns it off.
+RETRIES ?= 1
+export HARNESS_FIRMWARE_DIR := $(abspath $(FIRMWARE_DIR))
+RUN := $(PYTEST) -q -n $(WORKERS) --retries $(RETRIES)
 
-.PHONY: venv test test-4mb test-16mb lint bench-boot bench-ota clean
+.PHONY: venv test test-4mb test-16mb test-matrix lint bench-boot bench-ota bench-suite clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,16 +25,20 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-## the whole test suite (emulation tests skip with a reason when QEMU is missing)
+## the whole test suite and the scenario library (emulation skips with a reason without QEMU)
 test: venv
-	$(PYTEST) -q
+	$(RUN)
 
-## the 16MB emulation job: the images users make with -f 16M --resize vfs=0
+## the scenario library (and 16MB tests) on 16MB images, as users make them (-f 16M --resize vfs=0)
 test-16mb: venv
-	$(PYTEST) -q -m 16mb
+	$(RUN) -m 16mb
 
 test-4mb: venv
-	$(PYTEST) -q -m 4mb
+	$(RUN) -m 4mb
+
+## every scenario x every size x every firmware in FIRMWARE_DIR (cells that cannot apply skip)
+test-matrix: venv
+	$(RUN) scenarios $(foreach f,$(wildcard $(HARNESS_FIRMWARE_DIR)/*.bin),--firmware $(f))
 
 lint: venv
 	$(BIN)/ruff check harness tests bench conftest.py
@@ -37,5 +50,8 @@ bench-boot: venv
 bench-ota: venv
 	$(BIN)/python bench/ota.py --firmware-dir $(FIRMWARE_DIR)
 
+bench-suite: venv
+	$(BIN)/python bench/suite.py
+
 clean:
-	rm -rf $(VENV) .pytest_cache build *.egg-info
+	rm -rf $(VENV) .pytest_cache build *.egg-info artifacts

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from . import device, images, inspect
 from .errors import DeviceError, HarnessError
+from .qemu import find_qemu
 
 QUIT_KEY = b"\x1d"  # Ctrl-], as in telnet and idf.py monitor
 
@@ -142,6 +143,46 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    """Load every scenario first (bad files stop the run before anything boots)."""
+    from . import report, runner, scenario
+
+    firmware_dir = args.firmware_dir or scenario.default_firmware_dir()
+    for given in args.firmware or []:
+        if not Path(given).is_file():
+            raise HarnessError(f"--firmware {given}: no such file")
+    loaded = [scenario.load(path) for path in args.scenarios]
+    cells = [
+        cell
+        for s in loaded
+        for cell in s.cells(
+            firmware_dir,
+            flash_sizes=args.flash_size,
+            firmware=[str(Path(f).resolve()) for f in args.firmware or []] or None,
+        )
+    ]
+    if not cells:
+        raise HarnessError("no cells to run: no scenario has the flash size asked for")
+    find_qemu(args.qemu)  # fail before building anything when there is no QEMU
+    progress = report.Progress(len(cells))
+    results = []
+    start = time.monotonic()
+    with progress.running():
+        for cell in cells:
+            result = runner.run_cell(
+                cell, artifacts=args.artifacts, qemu=args.qemu, retries=args.retries,
+                progress=progress.step,
+            )  # fmt: skip
+            progress.result(result)
+            results.append(result)
+    print(report.summary(results, time.monotonic() - start))
+    if args.junit:
+        report.junit(results, args.junit)
+    failed = any(r.status == "failed" for r in results)
+    passed = any(r.status == "passed" for r in results)
+    return 1 if failed or not passed else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="harness", description="ESP32 MicroPython OTA and boot failures, reproduced in QEMU"
@@ -171,6 +212,25 @@ def build_parser() -> argparse.ArgumentParser:
     _recipe_args(build)
     build.add_argument("-o", "--output", type=Path, required=True)
     build.set_defaults(func=cmd_image_build)
+
+    run = sub.add_parser("run", help="run scenario files (exit 0 only when none fails)")
+    run.add_argument("scenarios", nargs="+", type=Path, metavar="SCENARIO")
+    run.add_argument(
+        "--flash-size", action="append", help="only these sizes of each matrix (repeatable)"
+    )
+    run.add_argument(
+        "--firmware", action="append", help="use this firmware in every cell (repeatable)"
+    )
+    run.add_argument("--firmware-dir", type=Path, help="for ${firmware_dir} in scenarios")
+    run.add_argument("--junit", type=Path, help="write JUnit XML here")
+    run.add_argument(
+        "--artifacts", type=Path, default=Path("artifacts"), help="per-cell evidence folders"
+    )
+    run.add_argument("--qemu", help="path to Espressif's qemu-system-xtensa")
+    run.add_argument(
+        "--retries", type=int, default=0, help="rerun a cell whose QEMU crashed itself (listed)"
+    )
+    run.set_defaults(func=cmd_run)
 
     insp = sub.add_parser("inspect", help="say what an image file is and what will boot")
     insp.add_argument("file", type=Path)

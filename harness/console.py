@@ -22,7 +22,14 @@ from pathlib import Path
 import pexpect
 from pexpect import fdpexpect
 
-from .errors import BootLoop, DeviceTimeout, FirmwareCrash, QemuExited
+from .errors import (
+    BootLoop,
+    DeviceTimeout,
+    FirmwareCrash,
+    QemuExited,
+    UnexpectedOutput,
+    UnexpectedReset,
+)
 
 RESET_BANNER = re.compile(rb"rst:(0x[0-9a-f]+) \((\w+)\)")
 CRASHES = [
@@ -108,6 +115,7 @@ class Console:
         self.child = fdpexpect.fdspawn(sock.fileno(), timeout=30, maxread=65536)
         self.child.logfile_read = self.log
         self.boot_loop_resets = BOOT_LOOP_RESETS
+        self.forbidden: list[re.Pattern[bytes]] = []  # a scenario's not_expect patterns
 
     def send(self, data: bytes | str, during: str = "sending to the device") -> None:
         try:
@@ -123,17 +131,20 @@ class Console:
         *,
         during: str = "expect",
         fail_fast: bool = True,
+        resets: bool = True,
     ) -> re.Match[bytes]:
         """Wait for the first of `patterns`; return its match (`.re` says which).
 
         Raises DeviceTimeout (with the last serial lines and the log path),
-        FirmwareCrash, BootLoop or QemuExited instead of returning.
+        FirmwareCrash, BootLoop or QemuExited instead of returning. With `resets`
+        (booting) a ROM reset banner only counts towards a boot loop; without (the REPL
+        at work) it stops the wait at once as UnexpectedReset.
         """
         wanted = [
             _compile(p)
             for p in ([patterns] if isinstance(patterns, str | bytes | re.Pattern) else patterns)
         ]
-        watch = [*CRASHES, RESET_BANNER] if fail_fast else []
+        watch = [*self.forbidden, *([*CRASHES, RESET_BANNER] if fail_fast else [])]
         deadline = time.monotonic() + timeout
         while True:
             remaining = deadline - time.monotonic()
@@ -152,7 +163,11 @@ class Console:
                 self.exit_check(during, wait=2.0)
                 raise QemuExited(f"QEMU closed the serial port during {during}")
             found = self.child.match
+            if found.re in self.forbidden:
+                self._raise_forbidden(found.re, during)
             if found.re is RESET_BANNER:
+                if not resets:
+                    self._raise_reset(found.group(2).decode(), during)
                 self._check_boot_loop(during)
                 continue
             self._raise_crash(found.group(0).decode("utf-8", "replace"), during)
@@ -164,13 +179,48 @@ class Console:
         load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
         host = f"host load average {load} on {os.cpu_count()} cores"
         hint = ""
-        if any("WDT" in r for r in reasons) and os.getloadavg()[0] >= (os.cpu_count() or 1):
+        loaded = any("WDT" in r for r in reasons) and os.getloadavg()[0] >= (os.cpu_count() or 1)
+        if loaded:
             hint = " (watchdog resets under host load: likely the host, not the firmware)"
         raise BootLoop(
             f"boot loop during {during}: {len(reasons)} resets without MicroPython starting "
             f"({', '.join(reasons)}); {host}{hint}; serial log {self.log.path}",
             list(reasons),
+            loaded,
         )
+
+    def _raise_reset(self, reason: str, during: str) -> None:
+        load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+        watchdog = "WDT" in reason
+        hint = (
+            f" (a watchdog: under emulation the host may have starved QEMU; host load "
+            f"average {load} on {os.cpu_count()} cores)"
+            if watchdog
+            else ""
+        )
+        raise UnexpectedReset(
+            f"the device reset ({reason}) during {during}{hint}; serial log {self.log.path}",
+            reason,
+        )
+
+    def _raise_forbidden(self, pattern: re.Pattern[bytes], during: str) -> None:
+        with contextlib.suppress(OSError, pexpect.TIMEOUT, pexpect.EOF):
+            self.child.expect(b"\n", timeout=0.5)  # the rest of the line, for the log
+        raise UnexpectedOutput(
+            f"serial output showed {pattern.pattern.decode('utf-8', 'replace')!r} "
+            f"(not_expect) during {during}:\n{self.log.last_lines()}\n"
+            f"    serial log: {self.log.path}"
+        )
+
+    def pump(self, wait: float, during: str) -> None:
+        """Read what arrives within `wait` s into the log only (for line-based checks)."""
+        try:
+            self.child.read_nonblocking(65536, timeout=wait)
+        except pexpect.TIMEOUT:
+            return
+        except (pexpect.EOF, OSError):
+            self.exit_check(during, wait=2.0)
+            raise QemuExited(f"QEMU closed the serial port during {during}") from None
 
     def _raise_crash(self, line: str, during: str) -> None:
         with contextlib.suppress(OSError):  # let the backtrace reach the log first

@@ -37,6 +37,11 @@ class Device:
         """The live flash file: read it to see what the guest has written."""
         return self.machine.flash
 
+    def soft_reset(self) -> None:
+        """`machine.reset()`, as an app calls it; the prompt never comes back from it."""
+        self.console.log.resets_since_up.clear()
+        self.repl.exec_start("import machine\nmachine.reset()")
+
     def hard_reset(self) -> None:
         """Reset through QMP, like the EN pin; the ROM banner and bootloader run again."""
         self.console.log.resets_since_up.clear()
@@ -50,15 +55,20 @@ def boot(
     qemu: str | Path | None = None,
     psram: bool | None = None,
     artifacts: Path | None = None,
+    run_dir: Path | None = None,
     data_channel: bool = False,
 ) -> Iterator[Device]:
     """Boot `image` (a flash image of an exact size) and yield the Device.
 
     `psram=None` gives the machine PSRAM exactly when the firmware is a SPIRAM build.
     `data_channel` wires the guest's UART1 to `machine.data`, a socket for payloads.
+    `artifacts` keeps a fresh run folder inside it; `run_dir` is that folder, exactly.
     """
     qemu_path = find_qemu(qemu)
-    if artifacts is not None:
+    keep = artifacts is not None or run_dir is not None
+    if run_dir is not None:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    elif artifacts is not None:
         artifacts.mkdir(parents=True, exist_ok=True)
         run_dir = Path(tempfile.mkdtemp(prefix="run-", dir=artifacts))
     else:
@@ -80,5 +90,5 @@ def boot(
     finally:
         if console is not None:
             console.close()
-        if artifacts is None:
+        if not keep:
             shutil.rmtree(run_dir, ignore_errors=True)

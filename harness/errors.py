@@ -29,9 +29,17 @@ class DeviceTimeout(HarnessError):
 
 
 class QemuExited(HarnessError):
-    """QEMU went away while the harness was still talking to it."""
+    """QEMU went away while the harness was still talking to it.
+
+    `qemu_bug` is set when QEMU died of its own assertion, not of the firmware or a
+    signal: the one failure a retry policy (`--retries`) may rerun.
+    """
 
     exit_code = 3
+
+    def __init__(self, message: str, qemu_bug: bool = False):
+        super().__init__(message)
+        self.qemu_bug = qemu_bug
 
 
 class FirmwareCrash(HarnessError):
@@ -45,9 +53,33 @@ class BootLoop(HarnessError):
 
     exit_code = 3
 
-    def __init__(self, message: str, reasons: list[str]):
+    def __init__(self, message: str, reasons: list[str], host_load: bool = False):
         super().__init__(message)
         self.reasons = reasons
+        self.host_load = host_load  # watchdog resets while the host was saturated
+
+
+class UnexpectedReset(HarnessError):
+    """The guest reset when nothing asked it to (panic reboot, watchdog)."""
+
+    exit_code = 3
+
+    def __init__(self, message: str, reason: str):
+        super().__init__(message)
+        self.reason = reason  # the ROM's name for it: TG1WDT_SYS_RESET, SW_CPU_RESET, ...
+        self.watchdog = "WDT" in reason
+
+
+class UnexpectedOutput(HarnessError):
+    """The guest printed something a scenario said must not appear."""
+
+    exit_code = 1
+
+
+class StepFailed(HarnessError):
+    """A scenario step's expectation was not met (the message names step and evidence)."""
+
+    exit_code = 1
 
 
 class DeviceError(HarnessError):

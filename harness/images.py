@@ -67,18 +67,22 @@ class Recipe:
     resize: str | None = None  # mp-image-tool-esp32 --resize; default vfs=0 when growing
     app: Path | None = None  # written into the first app slot (ota_0 or factory)
     vfs_files: tuple[tuple[Path, str], ...] = field(default_factory=tuple)
-    stage: tuple[tuple[str, Path], ...] = field(default_factory=tuple)  # (partition, file)
     format_vfs: bool = True  # littlefs made as MicroPython's first boot would (saves ~0.5 s/boot)
+    header_size: int | None = None  # claim another size in the header than the chip has
+    # written at a partition's offset last, as `esptool write_flash` would: may run past
+    # the partition's end (an app larger than its slot), never past the flash's
+    writes: tuple[tuple[str, Path], ...] = field(default_factory=tuple)
 
     def tool_args(self, header_size: int) -> list[str]:
         """mp-image-tool-esp32 options for this recipe (empty: no conversion)."""
         args: list[str] = []
-        size = self.flash_size or header_size
+        size = self.header_size or self.flash_size or header_size
         if size != header_size:
             args += ["-f", f"{size // MB}M"]
         if self.layout == "ota":
             args += ["--table", "ota"]
-        resize = self.resize or ("vfs=0" if args else None)
+        grow = args and not self.header_size  # a deliberate mismatch keeps the table
+        resize = self.resize or ("vfs=0" if grow else None)
         if resize:
             args += ["--resize", resize]
         return args
@@ -125,14 +129,15 @@ def _check_chip(path: Path, data: bytes) -> None:
 
 def _digest(recipe: Recipe) -> str:
     h = hashlib.sha256()
-    for path in [recipe.firmware, *(p for p in [recipe.app] if p), *(s for _, s in recipe.stage)]:
+    for path in [recipe.firmware, *(p for p in [recipe.app] if p), *(w for _, w in recipe.writes)]:
         h.update(hashlib.sha256(inspect.read_input(path)).digest())
     for src, _ in recipe.vfs_files:  # vfs files may be empty (an __init__.py)
         for name, member in _members(src):
             h.update(name.encode() + hashlib.sha256(member.read_bytes()).digest())
     params = {
         "size": recipe.flash_size, "layout": recipe.layout, "resize": recipe.resize,
-        "vfs": [dst for _, dst in recipe.vfs_files], "stage": [p for p, _ in recipe.stage],
+        "vfs": [dst for _, dst in recipe.vfs_files], "header": recipe.header_size,
+        "writes": [name for name, _ in recipe.writes],
         "format_vfs": recipe.format_vfs,
         "tool": version("mp-image-tool-esp32"), "lfs": LFS_OPTIONS, "v": 2,
     }  # fmt: skip
@@ -201,11 +206,50 @@ def _make_flash(recipe: Recipe, firmware: bytes, tmp: Path) -> bytes:
     if recipe.app:
         slot = next(p for p in table if p.type == inspect.APP_TYPE)
         _write_partition(flash, slot, inspect.read_input(recipe.app), recipe.app)
-    for name, path in recipe.stage:
-        _write_partition(flash, _partition(table, name), inspect.read_input(path), path)
     if recipe.vfs_files or (recipe.format_vfs and any(p.name == "vfs" for p in table)):
         _make_vfs(flash, _partition(table, "vfs"), recipe.vfs_files)
+    for name, path in recipe.writes:
+        part, data = _partition(table, name), inspect.read_input(path)
+        if part.offset + len(data) > size:
+            raise ImageError(f"{path.name} written at {name} runs past the end of the flash")
+        flash[part.offset : part.offset + len(data)] = data
     return bytes(flash)
+
+
+def payload(recipe: Recipe, kind: str, cache: Path | None = None) -> Path:
+    """An OTA payload made from the recipe's firmware, converted exactly as the image is.
+
+    `full-image`: the converted firmware file itself (what the report sent); `app`: its
+    app image (`mp-image-tool-esp32 -x`); `truncated-app`: the first half of the app;
+    `corrupt-app`: the app with one byte flipped in the middle (right length, wrong
+    content: an undetected transfer error).
+    """
+    kinds = ("full-image", "app", "truncated-app", "corrupt-app")
+    if kind not in kinds:
+        raise ImageError(f"unknown payload kind {kind!r}: use one of {', '.join(kinds)}")
+    cache = cache or cache_dir()
+    out = cache / f"{_digest(recipe)}-{kind}.bin"
+    if out.exists():
+        return out
+    cache.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=cache, prefix=".payload-") as tmp:
+        firmware = _firmware_bytes(recipe.firmware)
+        args = recipe.tool_args(header_flash_size(firmware))
+        full = convert(firmware, args, Path(tmp)) if args else firmware
+        app = b"" if kind == "full-image" else convert(full, ["-x"], Path(tmp))
+        middle = len(app) // 2
+        if kind == "full-image":
+            data = full
+        elif kind == "app":
+            data = app
+        elif kind == "truncated-app":
+            data = app[:middle]
+        else:
+            data = app[:middle] + bytes([app[middle] ^ 0xFF]) + app[middle + 1 :]
+        staged = Path(tmp) / "payload.bin"
+        staged.write_bytes(data)
+        os.replace(staged, out)
+    return out
 
 
 def convert(firmware: bytes, args: list[str], tmp: Path) -> bytes:

@@ -270,7 +270,9 @@ def report(path: Path) -> dict[str, object]:
             otadata=[asdict(r) for r in otadata] if otadata is not None else None,
             boot=boot_choice(table, otadata) if table else None,
             slots={
-                p.name: _slot_summary(flash[p.offset : p.offset + p.size], p.size)
+                # the bootloader reads an image's segments wherever they lead, even past
+                # its slot's end, and only then compares the length with the slot
+                p.name: _slot_summary(flash[p.offset :], p.size)
                 for p in table
                 if p.type == APP_TYPE and p.offset < len(flash)
             },
@@ -287,7 +289,7 @@ def _slot_summary(data: bytes, size: int) -> dict[str, object]:
     if data[:1] != bytes([APP_MAGIC]):
         state = "blank" if data[:4096].count(0xFF) == len(data[:4096]) else "no app image"
         return {"kind": state, "ok": False, "problems": [f"{state}: invalid magic byte"]}
-    kind = "firmware" if classify(data) == "firmware" else "app"
+    kind = "firmware" if classify(data[:size]) == "firmware" else "app"
     check = check_app(data, size)
     return {"kind": kind, **asdict(check)}
 

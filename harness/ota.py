@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import re
+import struct
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -132,11 +133,17 @@ def update(
     payload: Path,
     *,
     target: str | None = None,
+    select: str = "set_boot",
     confirm: bool = False,
     reboot: bool = True,
     timeout: float = 300.0,
 ) -> OtaReport:
-    """The harness's own OTA: deliver over UART1, write, verify, set_boot, reboot."""
+    """The harness's own OTA: deliver over UART1, write, verify, select the slot, reboot.
+
+    `select`: "set_boot" calls MicroPython's Partition.set_boot() (ESP-IDF validates
+    the app there first); "otadata" writes the otadata record directly, so the
+    bootloader alone judges the slot; "none" leaves otadata as it is.
+    """
     if dev.machine.data is None:
         raise HarnessError("this device was booted without the data channel (data_channel=True)")
     data = inspect.read_input(payload)
@@ -150,7 +157,7 @@ def update(
     report.bytes_written = len(data)
     call = f"_harness_write({report.target!r}, {len(data)}, {CHUNK})\n"
     dev.repl.exec_start(WRITER + call, timeout)
-    dev.console.expect(b"ready\r\n", 30, during="starting the on-device OTA writer")
+    dev.console.expect(b"ready\r\n", 30, during="starting the on-device OTA writer", resets=False)
     sender = threading.Thread(target=_send, args=(dev, data), daemon=True)
     sender.start()
     out, err = dev.repl.exec_finish(timeout)
@@ -161,7 +168,7 @@ def update(
     written = dev.flash.read_bytes()[slot.offset : slot.offset + len(data)]
     report.slot_matches_payload = written == data
     report.timings["write_s"] = round(time.monotonic() - clock, 3)
-    _set_boot_and_reboot(dev, report, confirm, reboot, timeout)
+    _select_and_reboot(dev, report, select, confirm, reboot, timeout)
     report.timings["total_s"] = round(time.monotonic() - clock, 3)
     return report
 
@@ -218,28 +225,33 @@ def reset(dev: Device, *, hard: bool = False, timeout: float = 60.0) -> tuple[st
     if hard:
         dev.hard_reset()
     else:
-        _soft_machine_reset(dev)
+        dev.soft_reset()
     dev.console.expect(RESET_BANNER, timeout, during="reset", fail_fast=False)
     dev.repl.wait_prompt(timeout)
     return running(dev), _boot_lines(dev, mark)
 
 
-def _set_boot_and_reboot(
-    dev: Device, report: OtaReport, confirm: bool, reboot: bool, timeout: float
+def _select_and_reboot(
+    dev: Device, report: OtaReport, select: str, confirm: bool, reboot: bool, timeout: float
 ) -> None:
-    find = f"esp32.Partition.find(esp32.Partition.TYPE_APP, label={report.target!r})"
-    code = f"import esp32\n{find}[0].set_boot()"
-    try:
-        dev.repl.exec(code, timeout)
-    except DeviceError as exc:
-        report.set_boot_error = exc.traceback.splitlines()[-1]
+    assert report.target is not None
+    if select == "set_boot":
+        find = f"esp32.Partition.find(esp32.Partition.TYPE_APP, label={report.target!r})"
+        try:
+            dev.repl.exec(f"import esp32\n{find}[0].set_boot()", timeout)
+        except DeviceError as exc:
+            report.set_boot_error = exc.traceback.splitlines()[-1]
+    elif select == "otadata":
+        write_otadata(dev, select=report.target)
+    elif select != "none":
+        raise HarnessError(f"unknown select {select!r}: use set_boot, otadata or none")
     if report.set_boot_error or not reboot:
         report.booted = running(dev)
         report.after = FlashState.read(dev.flash)
         return
     mark = len(dev.console.log.lines)
     start = time.monotonic()
-    _soft_machine_reset(dev)
+    dev.soft_reset()
     dev.console.expect(RESET_BANNER, 30, during="reboot after set_boot()", fail_fast=False)
     dev.repl.wait_prompt(60)
     report.rebooted = True
@@ -256,10 +268,49 @@ def _after_boot(dev: Device, report: OtaReport, mark: int, confirm: bool) -> Non
     report.after = FlashState.read(dev.flash)
 
 
-def _soft_machine_reset(dev: Device) -> None:
-    """`machine.reset()` as an app would call it; the prompt never comes back from it."""
-    dev.console.log.resets_since_up.clear()
-    dev.repl.exec_start("import machine\nmachine.reset()")
+def write_otadata(
+    dev: Device,
+    *,
+    select: str | None = None,
+    state: str = "UNDEFINED",
+    corrupt: bool = False,
+    erase: bool = False,
+) -> None:
+    """Write otadata from the device, as ESP-IDF lays it out, without validating the app.
+
+    `select` makes the named OTA slot the bootloader's choice: a record with the next
+    sequence number that maps to that slot, in the sector not holding the newest one,
+    exactly what esp_ota_set_boot_partition() writes after its checks. `corrupt`
+    overwrites both records with garbage (bad CRCs, as after a torn write); `erase`
+    leaves both blank, as a fresh flash has them.
+    """
+    flash = dev.flash.read_bytes()
+    table = inspect.parse_table(flash)
+    records = inspect.read_otadata(flash, table)
+    if records is None:
+        raise HarnessError("this image has no otadata partition (an OTA layout is needed)")
+    blank = b"\xff" * 4096
+    if erase:
+        sectors = {0: blank, 1: blank}
+    elif corrupt:
+        sectors = {0: b"\x5a" * 32 + blank[32:], 1: b"\xa5" * 32 + blank[32:]}
+    else:
+        slots = sorted((p for p in table if p.is_ota_app), key=lambda p: p.subtype)
+        names = [p.name for p in slots]
+        if select not in names:
+            raise HarnessError(f"no OTA slot {select!r} in this image (it has {', '.join(names)})")
+        valid = [r for r in records if r.valid]
+        newest = max(valid, key=lambda r: r.seq) if valid else None
+        seq = (newest.seq if newest else 0) + 1
+        while (seq - 1) % len(slots) != names.index(select):
+            seq += 1
+        codes = {name: code for code, name in inspect.OTA_STATES.items()}
+        record = struct.pack("<I20sII", seq, b"\xff" * 20, codes[state], inspect.ota_crc(seq))
+        sectors = {1 - newest.sector if newest else 0: record + blank[32:]}
+    code = ["import esp32, binascii", "p = esp32.Partition.find(esp32.Partition.TYPE_DATA, 0)[0]"]
+    for sector, data in sectors.items():  # writeblocks(n, buf) erases the sector first
+        code.append(f"p.writeblocks({sector}, binascii.unhexlify({data.hex()!r}))")
+    dev.repl.exec("\n".join(code))
 
 
 def _printable(text: str) -> str:

@@ -23,6 +23,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -132,7 +133,7 @@ class Machine:
         self.serial: socket.socket | None = None
         self.qmp: QEMUMonitorProtocol | None = None
 
-    def command(self, serial_path: Path, qmp_path: Path) -> list[str]:
+    def command(self, sockets: Path) -> list[str]:
         cmd = [
             str(self.qemu),
             "-machine", "esp32",
@@ -141,11 +142,11 @@ class Machine:
             "-nic", "none",
             "-S",
             "-drive", f"file={self.flash},if=mtd,format=raw",
-            "-chardev", f"socket,id=uart0,path={serial_path}",
+            "-chardev", f"socket,id=uart0,path={sockets / 'serial'}",
             "-serial", "chardev:uart0",
-            *(["-chardev", f"socket,id=uart1,path={self.run_dir / 'data.sock'}",
+            *(["-chardev", f"socket,id=uart1,path={sockets / 'data'}",
                "-serial", "chardev:uart1"] if self.data_channel else []),
-            "-chardev", f"socket,id=qmp,path={qmp_path}",
+            "-chardev", f"socket,id=qmp,path={sockets / 'qmp'}",
             "-mon", "chardev=qmp,mode=control",
         ]  # fmt: skip
         if self.psram:
@@ -153,13 +154,22 @@ class Machine:
         return cmd + self.extra_args
 
     def start(self, attach: callable | None = None, timeout: float = 20.0) -> socket.socket:
-        """Launch paused, accept serial and QMP, call `attach(serial)`, then resume."""
-        serial_path = self.run_dir / "serial.sock"
-        qmp_path = self.run_dir / "qmp.sock"
-        listener = _listen(serial_path)
-        data_listener = _listen(self.run_dir / "data.sock") if self.data_channel else None
-        self.qmp = QEMUMonitorProtocol(str(qmp_path), server=True)
-        cmd = self.command(serial_path, qmp_path)
+        """Launch paused, accept serial and QMP, call `attach(serial)`, then resume.
+
+        The sockets live in a short private folder (a Unix socket path must fit 108
+        bytes; run folders can be deep) that is removed once QEMU has connected.
+        """
+        sockets = Path(tempfile.mkdtemp(prefix="eoh-"))
+        try:
+            return self._start(sockets, attach, timeout)
+        finally:
+            shutil.rmtree(sockets, ignore_errors=True)
+
+    def _start(self, sockets: Path, attach: callable | None, timeout: float) -> socket.socket:
+        listener = _listen(sockets / "serial")
+        data_listener = _listen(sockets / "data") if self.data_channel else None
+        self.qmp = QEMUMonitorProtocol(str(sockets / "qmp"), server=True)
+        cmd = self.command(sockets)
         (self.run_dir / "qemu-cmdline.txt").write_text(shlex.join(cmd) + "\n")
         log = open(self.run_dir / "qemu-stderr.log", "wb")  # noqa: SIM115 - child keeps it
         try:
@@ -226,9 +236,10 @@ class Machine:
             return
         stderr = (self.run_dir / "qemu-stderr.log").read_text(errors="replace").strip()
         said = f": {stderr.splitlines()[-1]}" if stderr else ""
-        if "assertion failed" in stderr or "Bail out!" in stderr:
+        bug = "assertion failed" in stderr or "Bail out!" in stderr
+        if bug:
             said += " (QEMU itself crashed: a QEMU bug, not the firmware)"
-        raise QemuExited(f"QEMU exited ({self.describe_exit()}) during {during}{said}")
+        raise QemuExited(f"QEMU exited ({self.describe_exit()}) during {during}{said}", bug)
 
     def reset(self) -> None:
         """Hard reset, as the EN pin would: the ROM banner shows a fresh boot."""

@@ -12,6 +12,7 @@ code raised, and becomes a `DeviceError` carrying the device's traceback.
 
 from __future__ import annotations
 
+import base64
 import re
 import struct
 import time
@@ -46,7 +47,7 @@ class Repl:
             self.console.send(CTRL_B)
             self.raw = False
         self.console.send(b"\r" + CTRL_C + CTRL_C)
-        self.console.expect(PROMPT, timeout, during="interrupt to the prompt")
+        self.console.expect(PROMPT, timeout, during="interrupt to the prompt", resets=False)
 
     def line(self, code: str, timeout: float = 10.0) -> str:
         """Type one line at the friendly prompt; return what it printed."""
@@ -55,9 +56,9 @@ class Repl:
         self._leave_raw()
         self.console.send(code.encode() + b"\r")
         self.console.expect(
-            re.escape(code.encode()) + rb"\r\n", timeout, during=f"echo of {code!r}"
+            re.escape(code.encode()) + rb"\r\n", timeout, during=f"echo of {code!r}", resets=False
         )
-        self.console.expect(PROMPT, timeout, during=f"running {code!r}")
+        self.console.expect(PROMPT, timeout, during=f"running {code!r}", resets=False)
         return (
             self.console.child.before.decode("utf-8", "replace").replace("\r\n", "\n").rstrip("\n")
         )
@@ -68,6 +69,20 @@ class Repl:
         self.console.send(CTRL_D)
         self.console.expect(SOFT_REBOOT, timeout, during="soft reset")
         self.wait_prompt(timeout)
+
+    def put(self, path: str, data: bytes, chunk: int = 3072) -> None:
+        """Write a file on the device's filesystem (parent folders made), like `mpremote cp`."""
+        parts = path.strip("/").split("/")
+        code = ["import os, binascii"]
+        for i in range(1, len(parts)):
+            folder = "/" + "/".join(parts[:i])
+            code.append(f"try:\n    os.mkdir({folder!r})\nexcept OSError:\n    pass")
+        code.append(f"_f = open({'/' + '/'.join(parts)!r}, 'wb')")
+        self.exec("\n".join(code))
+        for off in range(0, len(data), chunk):
+            piece = base64.b64encode(data[off : off + chunk]).decode()
+            self.exec(f"_f.write(binascii.a2b_base64({piece!r}))")
+        self.exec("_f.close()\ndel _f")
 
     # -- raw-paste -----------------------------------------------------------------
     def exec(self, code: str | bytes, timeout: float = 30.0) -> str:
@@ -94,11 +109,11 @@ class Repl:
     def exec_finish(self, timeout: float = 30.0) -> tuple[str, str]:
         """Wait for the pasted code to end; return (stdout, stderr)."""
         con = self.console
-        con.expect(CTRL_D, timeout, during="raw-paste execution (stdout)")
+        con.expect(CTRL_D, timeout, during="raw-paste execution (stdout)", resets=False)
         out = con.child.before
-        con.expect(CTRL_D, timeout, during="raw-paste execution (stderr)")
+        con.expect(CTRL_D, timeout, during="raw-paste execution (stderr)", resets=False)
         err = con.child.before
-        con.expect(b">", timeout, during="raw-paste execution (prompt)")
+        con.expect(b">", timeout, during="raw-paste execution (prompt)", resets=False)
         return _text(out), _text(err)
 
     def _enter_raw(self) -> None:
@@ -107,19 +122,19 @@ class Repl:
         self.console.send(b"\r" + CTRL_C + CTRL_C)
         time.sleep(0.02)  # let a running program die before the mode switch
         self.console.send(CTRL_A)
-        self.console.expect(RAW_BANNER, 5, during="entering raw REPL")
+        self.console.expect(RAW_BANNER, 5, during="entering raw REPL", resets=False)
         self.raw = True
 
     def _leave_raw(self) -> None:
         if self.raw:
             self.console.send(CTRL_B)
-            self.console.expect(PROMPT, 5, during="leaving raw REPL")
+            self.console.expect(PROMPT, 5, during="leaving raw REPL", resets=False)
             self.raw = False
 
     def _paste(self, data: bytes, timeout: float) -> None:
         con = self.console
         con.send(CTRL_E + b"A" + CTRL_A)
-        reply = con.expect(rb"R[\x00\x01]", 5, during="raw-paste handshake").group(0)
+        reply = con.expect(rb"R[\x00\x01]", 5, during="raw-paste handshake", resets=False).group(0)
         if reply != b"R\x01":
             raise HarnessError("this firmware refused raw-paste mode (MicroPython < 1.14?)")
         window = struct.unpack("<H", self._read_exact(2, timeout))[0]
@@ -139,7 +154,7 @@ class Repl:
             sent += len(chunk)
             credit -= len(chunk)
         con.send(CTRL_D)
-        con.expect(CTRL_D, timeout, during="raw-paste end of data")
+        con.expect(CTRL_D, timeout, during="raw-paste end of data", resets=False)
 
     def _pending(self) -> bool:
         """True when a flow-control byte is already waiting (without blocking)."""

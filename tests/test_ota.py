@@ -1,4 +1,10 @@
-"""OTA inside QEMU on 4MB and 16MB: the reported failure, good updates, rollback, truncation.
+"""OTA payloads and the user's own library path.
+
+The OTA outcomes themselves (full image refused, confirmed update, rollback, truncated
+or corrupted downloads, ...) are the scenario library in `scenarios/`, collected as
+tests by the plugin. Here: what inspect says of each payload, and the reporter's exact
+flow through a device library (`ota.update.from_file('/fw.bin')`), which the scenarios
+leave out because reading 1.5 MB through littlefs costs about a minute.
 
 The 16MB image is the reporter's: `mp-image-tool-esp32 firmware.bin -f 16M --resize vfs=0`;
 the "full image" payload is that same command's output, the app payload its `-x` extract.
@@ -12,10 +18,7 @@ import pytest
 
 from harness import device, images, inspect, ota
 
-OVERLAPS = "esp_image: Segment 0 0x3fff0030-0x3fff"
 NOT_BOOTABLE = "boot: OTA app partition slot 1 is not bootable"
-SIZES = [pytest.param("4MB", marks=getattr(pytest.mark, "4mb")),
-         pytest.param("16MB", marks=getattr(pytest.mark, "16mb"))]  # fmt: skip
 
 
 @pytest.fixture(scope="session")
@@ -34,71 +37,6 @@ def payloads(fw, tmp_path_factory) -> dict[str, dict[str, Path]]:
             path.write_bytes(data)
             out[size][name] = path
     return out
-
-
-@pytest.fixture
-def dev(request, qemu, fw, build_image, tmp_path):
-    image = build_image(fw("OTA-20250415-v1.25.0"), request.param)
-    with device.boot(image, qemu=qemu, artifacts=tmp_path, data_channel=True) as d:
-        d.repl.wait_prompt(30)
-        yield d
-
-
-@pytest.mark.parametrize("dev", SIZES, indirect=True)
-def test_full_image_into_slot_is_rejected_by_the_bootloader(dev, payloads, request) -> None:
-    size = request.node.callspec.params["dev"]
-    report = ota.update(dev, payloads[size]["full"])
-    assert report.payload_kind == "firmware"
-    assert report.target == "ota_1"
-    assert report.delivered_sha_ok and report.slot_matches_payload  # "SHA check passed"
-    assert report.set_boot_error is None  # set_boot() accepts it, as the report says
-    assert report.rebooted
-    assert report.bootloader_lines[0].startswith("E (")
-    assert OVERLAPS in report.bootloader_lines[0]
-    assert report.bootloader_lines[0].endswith("invalid: overlaps bootloader data")
-    assert NOT_BOOTABLE in report.bootloader_lines[1]
-    assert report.booted == "ota_0"
-    assert report.after.states()[1] == "PENDING_VERIFY"  # still names ota_1, not valid
-    assert report.after.boot["slot"] == "ota_0"
-    booted, _ = ota.reset(dev)  # and on the next reset the bootloader gives up on it
-    assert booted == "ota_0"
-    assert ota.FlashState.read(dev.flash).states()[1] == "ABORTED"
-
-
-@pytest.mark.parametrize("dev", SIZES, indirect=True)
-def test_app_image_with_confirmation_stays_on_ota_1(dev, payloads, request) -> None:
-    size = request.node.callspec.params["dev"]
-    report = ota.update(dev, payloads[size]["app"], confirm=True)
-    assert report.payload_kind == "app"
-    assert report.bootloader_lines == []  # a good OTA boot prints nothing
-    assert (report.booted, report.confirmed) == ("ota_1", True)
-    assert report.after.states() == ["VALID", "VALID"]
-    booted, lines = ota.reset(dev)
-    assert (booted, lines) == ("ota_1", [])
-
-
-@pytest.mark.parametrize("dev", SIZES, indirect=True)
-def test_app_image_without_confirmation_rolls_back_on_reset(dev, payloads, request) -> None:
-    size = request.node.callspec.params["dev"]
-    report = ota.update(dev, payloads[size]["app"], confirm=False)
-    assert report.booted == "ota_1"
-    assert report.after.states()[1] == "PENDING_VERIFY"
-    assert "rolls back to ota_0" in report.after.boot["reason"]
-    booted, lines = ota.reset(dev)
-    assert booted == "ota_0"
-    assert lines == []  # the bootloader says nothing about the rollback...
-    assert ota.FlashState.read(dev.flash).states()[1] == "ABORTED"  # ...otadata does
-
-
-@pytest.mark.parametrize("dev", SIZES, indirect=True)
-def test_truncated_app_is_refused_by_set_boot(dev, payloads, request) -> None:
-    size = request.node.callspec.params["dev"]
-    report = ota.update(dev, payloads[size]["truncated"])
-    assert report.slot_matches_payload
-    assert report.set_boot_error == "OSError: (-5379, 'ESP_ERR_OTA_VALIDATE_FAILED')"
-    assert not report.rebooted
-    assert report.booted == "ota_0"
-    assert report.after.states() == report.before.states()
 
 
 @pytest.mark.parametrize("size", ["4MB", "16MB"])

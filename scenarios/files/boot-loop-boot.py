@@ -1,0 +1,2 @@
+import machine
+machine.reset()  # a boot.py that resets: the device never reaches the REPL

@@ -1,0 +1,229 @@
+"""Scenario files: validation with file:line errors, the matrix, and `harness run` end to end."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+from harness import scenario
+from harness.scenario import ScenarioError
+
+ROOT = Path(__file__).parent.parent
+LIBRARY = sorted((ROOT / "scenarios").glob("*.yaml"))
+
+GOOD = """\
+title: t
+source: s
+matrix:
+  flash_size: [4MB, 16MB]
+  firmware: ["${firmware_dir}/ESP32_GENERIC-OTA-*-v1.25.0.bin"]
+steps:
+  - boot: prompt
+  - assert_booted: ota_0
+"""
+
+
+def write(tmp_path: Path, text: str, name: str = "case.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def error_of(tmp_path: Path, text: str) -> str:
+    path = write(tmp_path, text)
+    with pytest.raises(ScenarioError) as info:
+        scenario.load(path)
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith(f"{path}:")
+    return message.removeprefix(f"{path}:")
+
+
+@pytest.mark.parametrize("path", LIBRARY, ids=lambda p: p.stem)
+def test_every_library_scenario_loads_and_names_its_source(path: Path) -> None:
+    loaded = scenario.load(path)
+    assert loaded.title and loaded.source
+    assert loaded.matrix.flash_size
+
+
+def test_the_library_covers_what_the_issue_lists() -> None:
+    names = {p.stem for p in LIBRARY}
+    assert {
+        "ota-full-image-into-slot", "ota-good-update-confirmed", "ota-rollback-unconfirmed",
+        "app-larger-than-slot", "erased-slot-selected", "corrupted-download",
+        "truncated-download", "corrupted-otadata", "flash-size-mismatch",
+        "psram-build-without-psram", "psram-build-with-psram", "boot-loop",
+    } <= names  # fmt: skip
+
+
+def test_cells_and_ids(tmp_path: Path, firmware_dir: Path) -> None:
+    loaded = scenario.load(write(tmp_path, GOOD))
+    cells = loaded.cells(firmware_dir)
+    assert [c.name for c in cells] == ["case[4mb-v1.25.0]", "case[16mb-v1.25.0]"]
+    assert all(c.firmware and c.firmware.is_file() for c in cells)
+    only16 = loaded.cells(firmware_dir, flash_sizes=["16MB"])
+    assert [c.id for c in only16] == ["16mb-v1.25.0"]
+    other = sorted(firmware_dir.glob("*OTA*v1.22.0.bin"))
+    replaced = loaded.cells(firmware_dir, firmware=[str(p) for p in other])
+    assert [c.id for c in replaced] == ["4mb-v1.22.0", "16mb-v1.22.0"]
+
+
+def test_missing_firmware_is_a_skip_with_a_reason(tmp_path: Path) -> None:
+    loaded = scenario.load(write(tmp_path, GOOD))
+    cell = loaded.cells(tmp_path / "empty")[0]
+    assert cell.firmware is None
+    assert "no firmware file matches" in (cell.skip_reason() or "")
+
+
+def test_requirements_skip_cells_that_cannot_apply(tmp_path: Path, fw) -> None:
+    text = GOOD.replace("title: t", "title: t\nrequires: [ota]")
+    loaded = scenario.load(write(tmp_path, text))
+    plain = loaded.cells(tmp_path, firmware=[str(fw("20241025-v1.24.0"))])[0]
+    assert "needs an OTA partition table" in (plain.skip_reason() or "")
+    ota = loaded.cells(tmp_path, firmware=[str(fw("OTA-20250415-v1.25.0"))])[0]
+    assert ota.skip_reason() is None
+
+
+def test_yaml_syntax_error(tmp_path: Path) -> None:
+    message = error_of(tmp_path, GOOD.replace("  - boot: prompt", "  - boot: [prompt"))
+    assert message.startswith("8:") or message.startswith("9:")
+    assert "YAML syntax error" in message
+
+
+def test_unknown_step(tmp_path: Path) -> None:
+    message = error_of(tmp_path, GOOD.replace("assert_booted: ota_0", "flash_it: now"))
+    assert message.startswith("8: steps.1: unknown step 'flash_it'")
+    assert "known steps: boot, expect" in message
+
+
+def test_missing_field(tmp_path: Path) -> None:
+    message = error_of(tmp_path, GOOD.replace("source: s\n", ""))
+    assert message == "1: scenario: missing required field 'source'"
+
+
+def test_missing_step_argument(tmp_path: Path) -> None:
+    text = GOOD.replace("assert_booted: ota_0", "ota: {confirm: true}")
+    assert error_of(tmp_path, text) == "8: steps.1.ota: missing required field 'payload'"
+
+
+def test_wrong_type(tmp_path: Path) -> None:
+    text = GOOD.replace("assert_booted: ota_0", "expect: {pattern: x, timeout: soon}")
+    message = error_of(tmp_path, text)
+    assert message.startswith("8: steps.1.expect.timeout:")
+    assert "'soon'" in message
+
+
+def test_unknown_field_in_a_step(tmp_path: Path) -> None:
+    text = GOOD.replace("assert_booted: ota_0", "reset: {kind: soft, hardness: 3}")
+    assert error_of(tmp_path, text) == "8: steps.1.reset.hardness: unknown field 'hardness'"
+
+
+def test_flash_size_qemu_cannot_emulate(tmp_path: Path) -> None:
+    message = error_of(tmp_path, GOOD.replace("[4MB, 16MB]", "[4MB, 3MB]"))
+    assert message.startswith("4: matrix.flash_size:")
+    assert "3MB cannot be emulated" in message
+
+
+def test_unknown_variable(tmp_path: Path) -> None:
+    message = error_of(tmp_path, GOOD.replace("${firmware_dir}", "${firmwaredir}"))
+    assert message.startswith("5: unknown variable ${firmwaredir}")
+    assert "firmware_dir" in message
+
+
+def test_device_step_before_boot(tmp_path: Path) -> None:
+    text = GOOD.replace(
+        "  - boot: prompt\n  - assert_booted: ota_0", "  - assert_booted: ota_0\n  - boot: prompt"
+    )
+    assert "put it after the `boot` step" in error_of(tmp_path, text)
+
+
+def test_a_step_with_two_names(tmp_path: Path) -> None:
+    text = GOOD.replace("  - assert_booted: ota_0", "  - assert_booted: ota_0\n    reset: soft")
+    assert "a step is a mapping with one key" in error_of(tmp_path, text)
+
+
+def test_not_a_mapping(tmp_path: Path) -> None:
+    assert "a scenario is a YAML mapping" in error_of(tmp_path, "- just\n- a list\n")
+
+
+def test_json_schema_names_every_step() -> None:
+    text = str(scenario.json_schema())
+    for step in scenario.STEP_ARGS:
+        assert step in text
+
+
+def run_cli(*args: str, **kw) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "harness", "run", *args],
+                          capture_output=True, text=True, timeout=600, **kw)  # fmt: skip
+
+
+def test_harness_run_malformed_scenario_is_one_line_and_boots_nothing(tmp_path: Path) -> None:
+    bad = write(tmp_path, GOOD.replace("assert_booted: ota_0", "flash_it: now"))
+    before = bad.read_bytes()
+    run = run_cli(str(bad), "--artifacts", str(tmp_path / "art"))
+    assert run.returncode == 2
+    assert "Traceback" not in run.stderr
+    assert run.stderr.splitlines()[0].startswith(f"error: {bad}:8: steps.1: unknown step")
+    assert not (tmp_path / "art").exists()
+    assert bad.read_bytes() == before
+
+
+def test_harness_run_missing_file(tmp_path: Path) -> None:
+    run = run_cli(str(tmp_path / "nope.yaml"))
+    assert run.returncode == 2
+    assert run.stderr.startswith(f"error: {tmp_path / 'nope.yaml'}: cannot read scenario")
+
+
+def test_harness_run_firmware_that_is_not_there(tmp_path: Path) -> None:
+    run = run_cli(str(LIBRARY[0]), "--firmware", str(tmp_path / "fw.bin"))
+    assert run.returncode == 2
+    assert "--firmware" in run.stderr.splitlines()[0] and "no such file" in run.stderr
+
+
+@getattr(pytest.mark, "16mb")
+@pytest.mark.parametrize("firmware", ["OTA-20231227-v1.22.0", "OTA-20250415-v1.25.0"])
+def test_harness_run_reproduces_the_report_with_every_ota_firmware(
+    qemu, fw, tmp_path: Path, firmware: str
+) -> None:
+    """The acceptance command, with JUnit XML carrying the serial log."""
+    junit = tmp_path / "junit.xml"
+    run = run_cli(
+        str(ROOT / "scenarios" / "ota-full-image-into-slot.yaml"), "--flash-size", "16MB",
+        "--firmware", str(fw(firmware)), "--qemu", str(qemu),
+        "--artifacts", str(tmp_path / "art"), "--junit", str(junit),
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout + run.stderr
+    version = firmware.rsplit("-", 1)[1]
+    assert f"PASS ota-full-image-into-slot[16mb-{version}]" in run.stdout
+    assert "booted ota_0" in run.stdout
+    case = ET.parse(junit).getroot().find("testcase")
+    assert case is not None and case.get("name") == f"ota-full-image-into-slot[16mb-{version}]"
+    out = case.findtext("system-out") or ""
+    assert "overlaps bootloader data" in out and "OTA app partition slot 1 is not bootable" in out
+    folder = tmp_path / "art" / f"ota-full-image-into-slot[16mb-{version}]"
+    for name in ("serial.log", "qemu-cmdline.txt", "timeline.json", "flash-before.json",
+                 "flash-after.json", "result.json"):  # fmt: skip
+        assert (folder / name).is_file(), name
+    assert not (folder / "flash.bin").exists()  # kept only when a cell fails
+
+
+@getattr(pytest.mark, "4mb")
+def test_a_failing_scenario_names_step_expectation_and_artifacts(qemu, fw, tmp_path: Path) -> None:
+    """A scenario that expects the wrong partition must fail, and say where and why."""
+    text = GOOD.replace("[4MB, 16MB]", "[4MB]").replace(
+        "assert_booted: ota_0", "assert_booted: ota_1"
+    )
+    path = write(tmp_path, text)
+    run = run_cli(str(path), "--firmware", str(fw("OTA-20250415-v1.25.0")), "--qemu", str(qemu),
+                  "--artifacts", str(tmp_path / "art"))  # fmt: skip
+    assert run.returncode == 1
+    assert f"step 2 `assert_booted` ({path}:8) failed: running from ota_0, expected ota_1" in (
+        run.stdout
+    )
+    assert "artifacts: " in run.stdout
+    assert (tmp_path / "art" / "case[4mb-v1.25.0]" / "flash.bin").is_file()
