@@ -15,7 +15,8 @@ RETRIES ?= 1
 export HARNESS_FIRMWARE_DIR := $(abspath $(FIRMWARE_DIR))
 RUN := $(PYTEST) -q -n $(WORKERS) --retries $(RETRIES)
 
-.PHONY: venv test test-4mb test-16mb test-matrix lint bench-boot bench-ota bench-suite clean
+.PHONY: venv test test-4mb test-16mb test-matrix lint bench-boot bench-ota bench-suite clean \
+	docker-build docker-test-4mb docker-test-16mb
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,9 +41,25 @@ test-4mb: venv
 test-matrix: venv
 	$(RUN) scenarios $(foreach f,$(wildcard $(HARNESS_FIRMWARE_DIR)/*.bin),--firmware $(f))
 
+## Docker: Espressif's pinned QEMU release inside; build args come from harness/downloads.py
+DOCKER_IMAGE ?= esp32-ota-harness
+DOCKER_RUN = docker run --rm --user $$(id -u):$$(id -g) \
+	-v $(HARNESS_FIRMWARE_DIR):/firmware:ro -v $(CURDIR)/artifacts:/artifacts $(DOCKER_IMAGE)
+
+docker-build: venv
+	docker build -f docker/Dockerfile -t $(DOCKER_IMAGE) $$($(BIN)/python -c \
+	  "from harness.downloads import docker_build_args as a; print(' '.join(f'--build-arg {k}={v}' for k, v in a().items()))") .
+
+docker-test-16mb docker-test-4mb: docker-test-%:
+	mkdir -p artifacts
+	$(DOCKER_RUN) run /scenarios --flash-size $* --retries $(RETRIES) \
+	  --artifacts /artifacts --junit /artifacts/junit-$*.xml
+
 lint: venv
 	$(BIN)/ruff check harness tests bench conftest.py
 	$(BIN)/ruff format --check harness tests bench conftest.py
+	$(BIN)/check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/*.yml
+	if [ -x $(BIN)/hadolint ]; then $(BIN)/hadolint docker/Dockerfile; fi
 
 bench-boot: venv
 	$(BIN)/python bench/boot.py --firmware-dir $(FIRMWARE_DIR)

@@ -32,6 +32,9 @@ def outcomes(junit: Path) -> dict[str, str]:
         else:
             status = "passed"
         result[case.get("name", "?")] = f"{status} booted={props.get('booted')}"
+        why = case.find("failure") if case.find("failure") is not None else case.find("error")
+        if why is not None:
+            print(f"    {junit.stem}: {case.get('name')}: {(why.get('message') or '')[:300]}")
     return result
 
 
@@ -77,6 +80,10 @@ def main() -> int:
     changed = sorted(k for k in one.keys() | two.keys() if one.get(k) != two.get(k))
     for name in changed:
         print(f"  changed: {name}: 1 worker {one.get(name)} / 2 workers {two.get(name)}")
+    for runs, results in (("1 worker", one), ("2 workers", two)):
+        for name, outcome in sorted(results.items()):
+            if outcome.startswith("failed"):
+                print(f"  failed with {runs}: {name}: {outcome}")
     failed = sum(v.startswith("failed") for v in [*one.values(), *two.values()])
     print(
         f"suite_1_worker_s={one_s:.1f} suite_2_workers_s={two_s:.1f} "

@@ -151,7 +151,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     for given in args.firmware or []:
         if not Path(given).is_file():
             raise HarnessError(f"--firmware {given}: no such file")
-    loaded = [scenario.load(path) for path in args.scenarios]
+    paths = []
+    for path in args.scenarios:  # a folder means every scenario file in it
+        paths += sorted([*path.glob("*.yaml"), *path.glob("*.yml")]) if path.is_dir() else [path]
+    loaded = [scenario.load(path) for path in paths]
     cells = [
         cell
         for s in loaded
@@ -181,6 +184,59 @@ def cmd_run(args: argparse.Namespace) -> int:
     failed = any(r.status == "failed" for r in results)
     passed = any(r.status == "passed" for r in results)
     return 1 if failed or not passed else 0
+
+
+def cmd_repro(args: argparse.Namespace) -> int:
+    from . import repro
+
+    if args.flash_size:
+        images.parse_flash_size(args.flash_size)
+    request = repro.Request(
+        args.firmware, args.update, args.flash_size, args.layout, args.command,
+        args.device_lib, tuple(args.expect),
+    )  # fmt: skip
+    repro.check(request, args.save)
+    find_qemu(args.qemu)
+    text, reproduced = repro.run(request, args.save, args.artifacts, args.qemu)
+    print(text)
+    return 0 if reproduced or not args.expect else 1
+
+
+def cmd_qemu_install(args: argparse.Namespace) -> int:
+    from . import downloads
+
+    if args.url and not args.sha256:
+        raise HarnessError("--url needs --sha256: a download is only installed when verified")
+    version = args.version or downloads.QEMU_VERSION
+    binary, new = downloads.install_qemu(version, url=args.url, sha256=args.sha256)
+    print(f"{'installed' if new else 'already installed'}: {binary}")
+    return 0
+
+
+def cmd_firmware_fetch(args: argparse.Namespace) -> int:
+    from . import downloads
+
+    path, _ = downloads.fetch_firmware(
+        args.name, args.version, cache=args.cache, base_url=args.base_url
+    )
+    print(path)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from . import report
+
+    if not args.artifacts.is_dir():
+        raise HarnessError(f"{args.artifacts}: no such folder")
+    print(report.markdown(args.artifacts))
+    return 0
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    from . import scenario
+
+    print(json.dumps(scenario.json_schema(), indent=2))
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -214,7 +270,9 @@ def build_parser() -> argparse.ArgumentParser:
     build.set_defaults(func=cmd_image_build)
 
     run = sub.add_parser("run", help="run scenario files (exit 0 only when none fails)")
-    run.add_argument("scenarios", nargs="+", type=Path, metavar="SCENARIO")
+    run.add_argument(
+        "scenarios", nargs="+", type=Path, metavar="SCENARIO", help="files, or folders of them"
+    )
     run.add_argument(
         "--flash-size", action="append", help="only these sizes of each matrix (repeatable)"
     )
@@ -231,6 +289,46 @@ def build_parser() -> argparse.ArgumentParser:
         "--retries", type=int, default=0, help="rerun a cell whose QEMU crashed itself (listed)"
     )
     run.set_defaults(func=cmd_run)
+
+    repro = sub.add_parser("repro", help="reproduce a bug report: their firmware, their update")
+    repro.add_argument("--firmware", type=Path, required=True, help="the firmware on the device")
+    repro.add_argument("--update", type=Path, required=True, help="the file sent by OTA")
+    repro.add_argument("--flash-size", help="e.g. 16MB (converted with -f 16M --resize vfs=0)")
+    repro.add_argument("--layout", choices=["keep", "ota"], default="keep")
+    repro.add_argument("--command", help="their REPL line; the update is /fw.bin in the vfs")
+    repro.add_argument("--device-lib", type=Path, help="their device library folder (-> /lib)")
+    repro.add_argument("--expect", action="append", default=[], help="text that shows the bug")
+    repro.add_argument("--save", type=Path, help="write the reproduction as a scenario file")
+    repro.add_argument("--artifacts", type=Path, default=Path("artifacts"))
+    repro.add_argument("--qemu", help="path to Espressif's qemu-system-xtensa")
+    repro.set_defaults(func=cmd_repro)
+
+    qemu = sub.add_parser("qemu", help="Espressif's QEMU").add_subparsers(
+        dest="action", required=True
+    )
+    install = qemu.add_parser("install", help="download the pinned release where ESP-IDF puts it")
+    install.add_argument("--version", default=None, help="a pinned version (default: newest)")
+    install.add_argument("--url", help="a mirror of the release archive (needs --sha256)")
+    install.add_argument("--sha256", help="expected sha256 of the archive at --url")
+    install.set_defaults(func=cmd_qemu_install)
+
+    firmware = sub.add_parser("firmware", help="official MicroPython firmware").add_subparsers(
+        dest="action", required=True
+    )
+    fetch = firmware.add_parser("fetch", help="download from micropython.org into the cache")
+    fetch.add_argument("name", metavar="BOARD[-VARIANT]", help="e.g. ESP32_GENERIC-OTA")
+    fetch.add_argument("version", help="e.g. v1.25.0")
+    fetch.add_argument("--cache", type=Path, help="download folder (default: HARNESS_FIRMWARE_DIR "
+                       "or ~/.cache/esp32-ota-harness/firmware)")  # fmt: skip
+    fetch.add_argument("--base-url", help="a micropython.org mirror")
+    fetch.set_defaults(func=cmd_firmware_fetch)
+
+    rep = sub.add_parser("report", help="markdown table of the results in an artifacts folder")
+    rep.add_argument("artifacts", type=Path)
+    rep.set_defaults(func=cmd_report)
+
+    schema = sub.add_parser("schema", help="print the scenario file JSON Schema")
+    schema.set_defaults(func=cmd_schema)
 
     insp = sub.add_parser("inspect", help="say what an image file is and what will boot")
     insp.add_argument("file", type=Path)

@@ -44,6 +44,22 @@ def summary(results: list[CellResult], elapsed: float) -> str:
     return f"{text} in {elapsed:.1f}s"
 
 
+def markdown(artifacts: Path) -> str:
+    """A table of every cell under `artifacts` (its result.json files), for CI summaries."""
+    import json
+
+    rows = []
+    for path in sorted(artifacts.glob("*/result.json")):
+        result = json.loads(path.read_text())
+        scenario, _, cell = result["name"].partition("[")
+        mark = {"passed": "pass", "failed": "**FAIL**", "skipped": "skip"}[result["status"]]
+        tries = f" ({len(result['attempts'])} attempts)" if len(result["attempts"]) > 1 else ""
+        rows.append(f"| {scenario} | {cell.rstrip(']')} | {mark}{tries} | "
+                    f"{result.get('booted') or ''} | {result['elapsed_s']:.1f} s |")  # fmt: skip
+    head = "| scenario | cell | result | booted | time |\n|---|---|---|---|---|"
+    return "\n".join([head, *rows]) if rows else f"no results under {artifacts}"
+
+
 def junit(results: list[CellResult], path: Path) -> None:
     """JUnit XML: one testcase per cell, the serial log in system-out."""
     suite = ET.Element(

