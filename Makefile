@@ -15,7 +15,7 @@ RETRIES ?= 1
 export HARNESS_FIRMWARE_DIR := $(abspath $(FIRMWARE_DIR))
 RUN := $(PYTEST) -q -n $(WORKERS) --retries $(RETRIES)
 
-.PHONY: venv test test-4mb test-16mb test-matrix lint bench-boot bench-ota bench-suite clean \
+.PHONY: venv test test-4mb test-16mb test-matrix test-reliability lint bench-boot bench-ota bench-suite bench-memory clean \
 	docker-build docker-test-4mb docker-test-16mb
 
 $(STAMP): pyproject.toml
@@ -28,7 +28,7 @@ venv: $(STAMP)
 
 ## the whole test suite and the scenario library (emulation skips with a reason without QEMU)
 test: venv
-	$(RUN)
+	$(RUN) -m "not slow"
 
 ## the scenario library (and 16MB tests) on 16MB images, as users make them (-f 16M --resize vfs=0)
 test-16mb: venv
@@ -36,6 +36,10 @@ test-16mb: venv
 
 test-4mb: venv
 	$(RUN) -m 4mb
+
+## the long loops: 120 kills, 40 repeats of the starting report, host load (about 30 min)
+test-reliability: venv
+	$(PYTEST) -q -s -m slow tests/test_reliability.py
 
 ## every scenario x every size x every firmware in FIRMWARE_DIR (cells that cannot apply skip)
 test-matrix: venv
@@ -69,6 +73,9 @@ bench-ota: venv
 
 bench-suite: venv
 	$(BIN)/python bench/suite.py
+
+bench-memory: venv
+	$(BIN)/python bench/memory.py --firmware-dir $(FIRMWARE_DIR)
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info artifacts

@@ -20,16 +20,24 @@ def _hashes(folder: Path) -> dict[str, str]:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
 
 
-@pytest.fixture(scope="session", autouse=True)
-def firmware_untouched(request: pytest.FixtureRequest) -> Iterator[None]:
-    """Fail the session if any firmware file changed while the suite ran."""
+@pytest.fixture(scope="session")
+def _firmware_hashes(request: pytest.FixtureRequest) -> dict[str, str]:
     folder = Path(request.config.rootpath).parent / "shared" / "firmware"
-    before = _hashes(folder) if folder.is_dir() else {}
+    return _hashes(folder) if folder.is_dir() else {}
+
+
+@pytest.fixture(autouse=True)
+def firmware_untouched(request: pytest.FixtureRequest, _firmware_hashes) -> Iterator[None]:
+    """Fail the test that changed any firmware file (sha256 before and after every test).
+
+    Scenario items check their own firmware the same way, in harness.runner.
+    """
     yield
-    if before:
+    if _firmware_hashes:
+        folder = Path(request.config.rootpath).parent / "shared" / "firmware"
         after = _hashes(folder)
-        changed = [name for name in before if after.get(name) != before[name]]
-        assert not changed, f"firmware files were modified by the test suite: {changed}"
+        changed = [n for n in _firmware_hashes if after.get(n) != _firmware_hashes[n]]
+        assert not changed, f"this test modified firmware files: {changed}"
 
 
 @pytest.fixture(scope="session")

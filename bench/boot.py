@@ -1,12 +1,16 @@
-"""Boot to the >>> prompt on a 16MB image: bare QEMU vs `harness boot --exec`, one run.
+"""Boot to the >>> prompt on a 16MB image: bare QEMU, the harness, pytest-embedded, one run.
 
-Both contenders are whole commands timed from outside, on the same flash image and the
-same QEMU binary, alternating so that machine noise hits both alike:
+Every contender is a whole command timed from outside, on the same flash image and the
+same QEMU binary, in turns so that machine noise hits all alike:
 
 - bare: a minimal script (python + pexpect) that runs QEMU on a copy of the image with
   the serial port on stdio and waits for `>>> `;
 - harness: `harness boot IMAGE --exec "print(1)"`, which also starts paused, attaches,
-  resumes, waits for the prompt, runs the code in raw-paste mode and reaps QEMU.
+  resumes, waits for the prompt, runs the code in raw-paste mode and reaps QEMU;
+- harness under pytest: a one-step scenario (`boot: prompt`) collected by the plugin;
+- pytest-embedded: `pytest --embedded-services qemu --qemu-image-path IMAGE` with a test
+  that expects `>>> ` (pytest-embedded and pytest-embedded-qemu from PyPI, installed in
+  their own virtual environment `.venv-peers`, so the two plugins never meet).
 
 Prints a table and a final `key=value` line.
 """
@@ -34,10 +38,35 @@ q.terminate(force=True)
 """
 
 
-def timed(cmd: list[str]) -> float:
+PEER_TEST = """
+def test_prompt(dut):
+    dut.expect(">>> ", timeout=60)
+"""
+SCENARIO = """
+title: boot only
+source: bench/boot.py
+matrix: {{flash_size: [16MB], firmware: ["{firmware}"]}}
+steps: [{{boot: prompt}}]
+"""
+ROOT = Path(__file__).resolve().parent.parent
+PEERS = ROOT / ".venv-peers"
+
+
+def timed(cmd: list[str], cwd: Path | None = None) -> float:
     start = time.perf_counter()
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    run = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=cwd)
+    if run.returncode != 0:
+        raise SystemExit(f"{cmd[:4]} failed:\n{run.stdout.decode()[-2000:]}")
     return time.perf_counter() - start
+
+
+def peers() -> Path:
+    """pytest-embedded in its own venv (created on first use)."""
+    if not (PEERS / "bin" / "pytest").exists():
+        subprocess.run([sys.executable, "-m", "venv", str(PEERS)], check=True)
+        subprocess.run([str(PEERS / "bin" / "pip"), "install", "-q", "pytest-embedded",
+                        "pytest-embedded-qemu"], check=True)  # fmt: skip
+    return PEERS / "bin" / "pytest"
 
 
 def main() -> int:
@@ -52,20 +81,41 @@ def main() -> int:
     image = images.build(images.Recipe(firmware, 16 * images.MB))
     harness = [sys.executable, "-m", "harness", "boot", str(image), "--exec", "print(1)",
                "--qemu", str(qemu)]  # fmt: skip
-    results: dict[str, list[float]] = {"bare QEMU": [], "harness boot --exec": []}
+    peer = peers()
+    results: dict[str, list[float]] = {
+        "bare QEMU": [], "harness boot --exec": [], "harness (pytest)": [], "pytest-embedded": [],
+    }  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
-        copy = Path(tmp) / "flash.bin"
+        folder = Path(tmp)
+        copy = folder / "flash.bin"
+        (folder / "test_peer.py").write_text(PEER_TEST)
+        (folder / "boot.yaml").write_text(SCENARIO.format(firmware=firmware.resolve()))
+        ours_pytest = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                       str(folder / "boot.yaml"), "--qemu", str(qemu),
+                       "--artifacts", str(folder / "art")]  # fmt: skip
+        theirs = [str(peer), "-q", "-p", "no:cacheprovider", str(folder / "test_peer.py"),
+                  "--embedded-services", "qemu", "--qemu-image-path", str(copy),
+                  "--qemu-prog-path", str(qemu), "--skip-regenerate-image", "y"]  # fmt: skip
         for _ in range(args.runs):
             shutil.copyfile(image, copy)  # bare QEMU writes into its flash too
             results["bare QEMU"].append(timed([sys.executable, "-c", BARE, str(qemu), str(copy)]))
             results["harness boot --exec"].append(timed(harness))
+            results["harness (pytest)"].append(timed(ours_pytest, cwd=folder))
+            shutil.copyfile(image, copy)
+            results["pytest-embedded"].append(timed(theirs, cwd=folder))
     print(f"boot to >>> on a 16MB image ({firmware.name}), {args.runs} runs each, {qemu}")
     print(f"{'contender':<24}{'median s':>10}{'min s':>8}{'max s':>8}")
     for name, values in results.items():
         print(f"{name:<24}{statistics.median(values):>10.3f}{min(values):>8.3f}{max(values):>8.3f}")
     bare = statistics.median(results["bare QEMU"])
     ours = statistics.median(results["harness boot --exec"])
-    print(f"bare_s={bare:.3f} harness_s={ours:.3f} overhead={ours / bare - 1:.3f}")
+    ours_pytest = statistics.median(results["harness (pytest)"])
+    theirs = statistics.median(results["pytest-embedded"])
+    print(
+        f"bare_s={bare:.3f} harness_s={ours:.3f} harness_pytest_s={ours_pytest:.3f} "
+        f"pytest_embedded_s={theirs:.3f} overhead={ours / bare - 1:.3f} "
+        f"pytest_vs_embedded={ours_pytest / theirs:.2f}"
+    )
     return 0
 
 

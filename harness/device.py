@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import images
+from . import images, janitor
 from .console import Console
 from .qemu import Machine, find_qemu
 from .repl import Repl
@@ -72,7 +72,7 @@ def boot(
         artifacts.mkdir(parents=True, exist_ok=True)
         run_dir = Path(tempfile.mkdtemp(prefix="run-", dir=artifacts))
     else:
-        run_dir = Path(tempfile.mkdtemp(prefix="esp32-ota-harness-"))
+        run_dir = janitor.mkdtemp(prefix="esp32-ota-harness-")
     console: Console | None = None
     try:
         flash = images.run_copy(image, run_dir)

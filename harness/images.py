@@ -110,6 +110,12 @@ def _firmware_bytes(path: Path) -> bytes:
         return data[inspect.BOOTLOADER_OFFSET :].rstrip(b"\xff")
     if kind == "firmware":
         return data
+    first_segment = int.from_bytes(data[24:28], "little") if len(data) >= 28 else 0
+    if kind == "app" and inspect.BOOTLOADER_DRAM[0] <= first_segment < inspect.BOOTLOADER_DRAM[1]:
+        raise ImageError(
+            f"{path} is cut short: it starts with a bootloader but has no partition table at "
+            f"0x8000 ({len(data)} bytes): download the firmware again"
+        )
     if kind == "app":
         raise ImageError(
             f"{path} is an app image, without bootloader or partition table: give a full "

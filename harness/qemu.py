@@ -23,12 +23,12 @@ import shutil
 import signal
 import socket
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 
 from qemu.qmp.legacy import QEMUMonitorProtocol
 
+from . import janitor
 from .errors import HarnessError, QemuExited, QemuNotFound
 
 QEMU_NAME = "qemu-system-xtensa"
@@ -159,7 +159,7 @@ class Machine:
         The sockets live in a short private folder (a Unix socket path must fit 108
         bytes; run folders can be deep) that is removed once QEMU has connected.
         """
-        sockets = Path(tempfile.mkdtemp(prefix="eoh-"))
+        sockets = janitor.mkdtemp(prefix="eoh-")
         try:
             return self._start(sockets, attach, timeout)
         finally:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 import re
 import shutil
@@ -122,6 +123,8 @@ def run_cell(
         return CellResult(cell.name, "skipped", reason, artifacts=str(folder))
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
+    assert cell.firmware is not None
+    firmware_sha = hashlib.sha256(cell.firmware.read_bytes()).hexdigest()
     start = time.monotonic()
     result = CellResult(cell.name, "failed", artifacts=str(folder))
     for attempt in range(1, retries + 2):
@@ -141,6 +144,9 @@ def run_cell(
         if not _retryable(error.__cause__) or attempt > retries:
             break
     result.elapsed_s = round(time.monotonic() - start, 3)
+    if hashlib.sha256(cell.firmware.read_bytes()).hexdigest() != firmware_sha:
+        result.status = "failed"  # the harness only ever reads its inputs: say so loudly
+        result.message = f"{cell.firmware} changed during the run (inputs must stay untouched)"
     if len(result.attempts) > 1:
         tried = "; ".join(f"attempt {a['attempt']}: {a['status']}" for a in result.attempts)
         result.message = (result.message + f"\n    retried ({tried})").lstrip("\n")
