@@ -353,6 +353,11 @@ def main(argv: list[str] | None = None) -> int:
         if detail:
             print(detail, file=sys.stderr)
         return exc.exit_code
+    except OSError as exc:  # the machine's side: a full disk, a folder we may not write
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"error: {exc.strerror or exc}{where} (check free space and permissions)",
+              file=sys.stderr)  # fmt: skip
+        return 2
     except KeyboardInterrupt:
         print(f"\ninterrupted after {time.monotonic() - start:.1f}s", file=sys.stderr)
         return 130

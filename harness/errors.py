@@ -58,6 +58,12 @@ class BootLoop(HarnessError):
         self.reasons = reasons
         self.host_load = host_load  # watchdog resets while the host was saturated
 
+    @property
+    def watchdog(self) -> bool:
+        """Every reset after power-on came from a watchdog (what host starvation causes)."""
+        later = [r for r in self.reasons if r != "POWERON_RESET"]
+        return bool(later) and all("WDT" in r for r in later)
+
 
 class UnexpectedReset(HarnessError):
     """The guest reset when nothing asked it to (panic reboot, watchdog)."""

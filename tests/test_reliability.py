@@ -163,7 +163,7 @@ def test_qemu_killed_during_a_scenario_step_fails_at_once(qemu, firmware_dir, tm
     time.sleep(2)
     pids = running_qemus(str(tmp_path))
     assert pids
-    for pid in pids:
+    for pid, _cmdline in pids:
         os.kill(pid, signal.SIGKILL)
     killed = time.monotonic()
     thread.join(60)
