@@ -1,9 +1,10 @@
-"""The scenario library's wall time with 1 and 2 pytest-xdist workers, in one run.
+"""The scenario library's wall time with 1 and 2 pytest-xdist workers, and image building.
 
-Each run is `pytest scenarios -n N --retries 0` with its own JUnit XML; the image cache
-is warmed first so both runs measure emulation, not image building. Prints a table, the
-cells whose outcome (pass/fail/skip and booted partition) differs between the runs, and
-a final key=value line. Retries are off: a retried cell would hide a changed result.
+First every cell's image and payloads are built into an empty cache (cold) and once more
+(warm: all cache hits). Then `pytest scenarios -n N --retries 0` runs with N = 1 and 2,
+each with its own JUnit XML. Prints a table, the cells whose outcome (pass/fail/skip and
+booted partition) differs between the two runs, and a final key=value line. Retries are
+off: a retried cell would hide a changed result.
 """
 
 from __future__ import annotations
@@ -38,18 +39,20 @@ def outcomes(junit: Path) -> dict[str, str]:
     return result
 
 
-def warm() -> None:
-    """Build every cell's image and payloads now: both runs then measure emulation only."""
+def build_all(cache: Path) -> float:
+    """Build every cell's image and payloads into `cache`; return the seconds it took."""
     from harness import images, runner, scenario
 
+    start = time.monotonic()
     firmware_dir = scenario.default_firmware_dir()
     for path in sorted((ROOT / "scenarios").glob("*.yaml")):
         for cell in scenario.load(path).cells(firmware_dir):
             if cell.skip_reason() is None:
                 recipe = runner.recipe_for(cell)
-                images.build(recipe)
+                images.build(recipe, cache)
                 for kind in scenario.PAYLOAD_KINDS:
-                    runner._payload_path(cell, recipe, kind)
+                    runner.payload_path(cell, recipe, kind, cache)
+    return time.monotonic() - start
 
 
 def run(workers: int, folder: Path, extra: list[str]) -> tuple[float, dict[str, str]]:
@@ -72,7 +75,10 @@ def main() -> int:
     print(f"scenario library, {os.cpu_count()} cores, load {os.getloadavg()[0]:.2f}")
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        warm()
+        os.environ["HARNESS_CACHE"] = str(folder / "cache")  # the pytest runs use it too
+        cold = build_all(folder / "cache")
+        warm = build_all(folder / "cache")
+        print(f"  image build, cold  {cold:8.1f} s   warm {warm:6.2f} s", flush=True)
         one_s, one = run(1, folder, extra)
         print(f"  1 worker   {one_s:8.1f} s  ({len(one)} cells)", flush=True)
         two_s, two = run(2, folder, extra)
@@ -86,6 +92,7 @@ def main() -> int:
                 print(f"  failed with {runs}: {name}: {outcome}")
     failed = sum(v.startswith("failed") for v in [*one.values(), *two.values()])
     print(
+        f"build_cold_s={cold:.1f} build_warm_s={warm:.2f} "
         f"suite_1_worker_s={one_s:.1f} suite_2_workers_s={two_s:.1f} "
         f"speedup={one_s / two_s:.2f} cells={len(one)} changed={len(changed)} failed={failed}"
     )

@@ -90,17 +90,20 @@ def recipe_for(cell: Cell) -> images.Recipe:
         if spec.header_flash_size
         else None,
     )
-    writes = [(part, _payload_path(cell, recipe, src)) for part, src in spec.flash.items()]
+    writes = [(part, payload_path(cell, recipe, src)) for part, src in spec.flash.items()]
     for step in cell.scenario.steps:  # a device library's payload lives in the vfs
         kind, args = step_kind(step)
         if kind == "ota" and args.method == "library":
-            vfs.append((_payload_path(cell, recipe, args.payload), args.device_path))
+            vfs.append((payload_path(cell, recipe, args.payload), args.device_path))
             if args.device_lib:
                 vfs.append((base / cell.expand(args.device_lib), "/lib"))
     return dataclasses.replace(recipe, vfs_files=tuple(vfs), writes=tuple(writes))
 
 
-def _payload_path(cell: Cell, recipe: images.Recipe, payload: str, cache: Path | None = None):
+def payload_path(
+    cell: Cell, recipe: images.Recipe, payload: str, cache: Path | None = None
+) -> Path:
+    """A payload kind made from the cell's firmware, or a file relative to the scenario."""
     if payload in PAYLOAD_KINDS:
         plain = dataclasses.replace(recipe, vfs_files=(), writes=())
         return images.payload(plain, payload, cache)
@@ -313,7 +316,7 @@ class _CellRun:
 
     def step_ota(self, args: Any) -> dict[str, Any]:
         dev = self._device()
-        payload = _payload_path(self.cell, self.recipe, args.payload, self.cache)
+        payload = payload_path(self.cell, self.recipe, args.payload, self.cache)
         if args.method == "library":
             report = ota.run_library(
                 dev, payload, args.command, confirm=args.confirm, timeout=args.timeout
@@ -403,7 +406,7 @@ class _CellRun:
 
     def _inspect_target(self, name: str) -> Path:
         if name in PAYLOAD_KINDS:
-            return _payload_path(self.cell, self.recipe, name, self.cache)
+            return payload_path(self.cell, self.recipe, name, self.cache)
         if name == "image":
             return self.image or images.build(self.recipe, self.cache)
         if name == "flash":
