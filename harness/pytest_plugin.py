@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _pytest.runner import runtestprotocol
 
 from . import runner, scenario
 from .errors import HarnessError, QemuNotFound
@@ -146,9 +147,53 @@ _retried_reports: list[str] = []
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
     retried = _retried_reports
     if retried:  # never silent: a retry is named in the summary and the JUnit properties
-        terminalreporter.section("retried scenario cells (QEMU crashed itself)")
+        terminalreporter.section("retried (QEMU crashed itself, or a guest watchdog fired)")
         for nodeid in retried:
             terminalreporter.line(nodeid)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """Keep the exception of a failed call, for the retry policy below."""
+    yield
+    if call.when == "call" and call.excinfo is not None:
+        item.stash[_ERROR] = call.excinfo.value
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> bool | None:
+    """--retries for emulation tests too: the policy of harness.runner, reported, never silent.
+
+    Scenario items retry inside the runner; other tests that boot QEMU are rerun here when
+    they failed for a reason the policy allows (QEMU's own crash, watchdog resets).
+    """
+    retries = item.config.getoption("retries") or 0
+    if (
+        not retries
+        or isinstance(item, ScenarioItem)
+        or "qemu" not in getattr(item, "fixturenames", ())
+    ):
+        return None
+    item.ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
+    for attempt in range(retries + 1):
+        item.stash[_ERROR] = None
+        if attempt and hasattr(item, "_initrequest"):
+            item._initrequest()  # fresh fixtures for the new attempt
+        reports = runtestprotocol(item, nextitem=nextitem, log=False)
+        error = item.stash.get(_ERROR, None)
+        if attempt < retries and error is not None and runner.retryable(error):
+            _retried_reports.append(f"{item.nodeid}: attempt {attempt + 1} failed: {error}")
+            continue
+        if attempt:
+            item.user_properties.append(("attempts", attempt + 1))
+        for report in reports:
+            item.ihook.pytest_runtest_logreport(report=report)
+        break
+    item.ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
+    return True
+
+
+_ERROR = pytest.StashKey[BaseException | None]()
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -144,7 +144,7 @@ def run_cell(
             result.status, result.message = "passed", ""
             break
         result.message = str(error)
-        if not _retryable(error.__cause__) or attempt > retries:
+        if not retryable(error.__cause__) or attempt > retries:
             break
     result.elapsed_s = round(time.monotonic() - start, 3)
     if hashlib.sha256(cell.firmware.read_bytes()).hexdigest() != firmware_sha:
@@ -157,7 +157,7 @@ def run_cell(
     return result
 
 
-def _retryable(error: BaseException | None) -> bool:
+def retryable(error: BaseException | None) -> bool:
     """Only what is likely not the firmware's doing: QEMU's own crash, or watchdog resets.
 
     Under emulation the guest's clock keeps running while the host starves QEMU, so a
