@@ -184,9 +184,9 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
         if attempt < retries and error is not None and runner.retryable(error):
             _retried_reports.append(f"{item.nodeid}: attempt {attempt + 1} failed: {error}")
             continue
-        if attempt:
-            item.user_properties.append(("attempts", attempt + 1))
         for report in reports:
+            if attempt:  # on the report itself, so the xdist controller sees it too
+                report.user_properties.append(("attempts", attempt + 1))
             item.ihook.pytest_runtest_logreport(report=report)
         break
     item.ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
