@@ -160,12 +160,24 @@ def _members(path: Path) -> list[tuple[str, Path]]:
     return [("", path)]
 
 
-def cache_dir() -> Path:
-    """HARNESS_CACHE, else the user's cache folder (XDG_CACHE_HOME or ~/.cache)."""
-    if os.environ.get("HARNESS_CACHE"):
-        return Path(os.environ["HARNESS_CACHE"])
+def user_cache(variable: str, name: str) -> Path:
+    """$variable, else ~/.cache/esp32-ota-harness/<name> (XDG_CACHE_HOME honoured)."""
+    if os.environ.get(variable):
+        return Path(os.environ[variable])
     root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return root / "esp32-ota-harness" / "images"
+    return root / "esp32-ota-harness" / name
+
+
+def cache_dir() -> Path:
+    """HARNESS_CACHE, else the user's cache folder."""
+    return user_cache("HARNESS_CACHE", "images")
+
+
+def _publish(tmp: str, data: bytes, out: Path) -> None:
+    """Write `data` to `out` atomically: a parallel reader sees all of it or nothing."""
+    staged = Path(tmp) / "staged.bin"
+    staged.write_bytes(data)
+    os.replace(staged, out)
 
 
 def build(recipe: Recipe, cache: Path | None = None) -> Path:
@@ -180,10 +192,7 @@ def build(recipe: Recipe, cache: Path | None = None) -> Path:
         return out
     cache.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=cache, prefix=".build-") as tmp:
-        flash = _make_flash(recipe, firmware, Path(tmp))
-        staged = Path(tmp) / "image.bin"
-        staged.write_bytes(flash)
-        os.replace(staged, out)  # atomic: a parallel builder sees all or nothing
+        _publish(tmp, _make_flash(recipe, firmware, Path(tmp)), out)
     return out
 
 
@@ -252,9 +261,7 @@ def payload(recipe: Recipe, kind: str, cache: Path | None = None) -> Path:
             data = app[:middle]
         else:
             data = app[:middle] + bytes([app[middle] ^ 0xFF]) + app[middle + 1 :]
-        staged = Path(tmp) / "payload.bin"
-        staged.write_bytes(data)
-        os.replace(staged, out)
+        _publish(tmp, data, out)
     return out
 
 

@@ -82,7 +82,10 @@ class FlashState:
 
     @classmethod
     def read(cls, flash: Path) -> FlashState:
-        data = flash.read_bytes()
+        return cls.of(flash.read_bytes())
+
+    @classmethod
+    def of(cls, data: bytes) -> FlashState:
         table = inspect.parse_table(data)
         records = inspect.read_otadata(data, table)
         return cls(

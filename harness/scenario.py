@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import glob
 import itertools
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -417,10 +416,7 @@ def _firmware_id(path: Path) -> str:
 
 def default_firmware_dir() -> Path:
     """HARNESS_FIRMWARE_DIR, else where `harness firmware fetch` keeps downloads."""
-    if os.environ.get("HARNESS_FIRMWARE_DIR"):
-        return Path(os.environ["HARNESS_FIRMWARE_DIR"])
-    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return root / "esp32-ota-harness" / "firmware"
+    return images.user_cache("HARNESS_FIRMWARE_DIR", "firmware")
 
 
 # -- loading ------------------------------------------------------------------------
