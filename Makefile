@@ -4,19 +4,28 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PYTEST := $(BIN)/pytest
-FIRMWARE_DIR ?= ../shared/firmware
+# A folder of firmware files looked in before the user cache and micropython.org
+# (empty: the cache, then downloads). This project's CI passes ../shared/firmware.
+FIRMWARE_DIR ?=
+ifneq ($(strip $(FIRMWARE_DIR)),)
+export HARNESS_FIRMWARE_DIR := $(abspath $(FIRMWARE_DIR))
+endif
 # Two emulations at once on a 2-core host starve each other and fire guest watchdogs
 # (QEMU's guest clock follows the host's): one worker per two cores.
 WORKERS ?= $(shell $(PYTHON) -c "import os; print(max(1, (os.cpu_count() or 2) // 2))")
 # A cell whose QEMU crashed itself (QEMU 8.0's MTTCG assertion) or whose guest watchdog
 # fired because the host starved QEMU is run once more; every retry is listed in the
-# summary and in the JUnit properties. RETRIES=0 turns it off.
+# summary and in the JUnit properties. RETRIES=0 turns it off. Scenario cells retry in
+# the harness (--retries); the project's own emulation tests through pytest-rerunfailures,
+# on the same errors only.
 RETRIES ?= 1
-export HARNESS_FIRMWARE_DIR := $(abspath $(FIRMWARE_DIR))
+RERUN := --reruns $(RETRIES) --only-rerun '^(QemuCrashed|WatchdogBootLoop|WatchdogReset):'
 RUN := $(PYTEST) -q -n $(WORKERS) --retries $(RETRIES)
+# The main job gets what it needs first, or stops with one line saying what is missing.
+PROVISION := $(BIN)/harness provision scenarios
 
-.PHONY: venv test test-4mb test-16mb test-matrix test-reliability lint bench-boot bench-ota bench-suite bench-memory clean \
-	docker-build docker-test-4mb docker-test-16mb
+.PHONY: venv test test-4mb test-16mb test-matrix test-reliability lint bench-boot bench-ota \
+	bench-suite bench-memory clean docker-build docker-test-4mb docker-test-16mb
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,29 +35,36 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-## the whole test suite and the scenario library (emulation skips with a reason without QEMU)
+## the project's tests and the scenario library (emulation skips with a reason without QEMU)
 test: venv
-	$(RUN) -m "not slow"
+	$(RUN) $(RERUN) -m "not slow"
 
-## the scenario library (and 16MB tests) on 16MB images, as users make them (-f 16M --resize vfs=0)
+## the main job: the scenario library on 16MB images (-f 16M --resize vfs=0 where there is a vfs line)
 test-16mb: venv
-	$(RUN) -m 16mb
+	$(PROVISION) --flash-size 16MB
+	$(RUN) scenarios --flash-size 16MB
 
 test-4mb: venv
-	$(RUN) -m 4mb
+	$(PROVISION) --flash-size 4MB
+	$(RUN) scenarios --flash-size 4MB
+
+## every scenario x every size x every firmware file in FIRMWARE_DIR (else every pinned release);
+## cells that cannot apply skip with the reason
+test-matrix: venv
+	fw="$$(if [ -n "$(HARNESS_FIRMWARE_DIR)" ]; then \
+	    for f in $(HARNESS_FIRMWARE_DIR)/*.bin; do echo "--firmware $$f"; done; \
+	  else $(BIN)/harness firmware list --pinned --ids | sed 's/^/--firmware /'; fi)"; \
+	$(PROVISION) $$fw && $(RUN) scenarios $$fw
 
 ## the long loops: 120 kills, 40 repeats of the starting report, host load (about 30 min)
 test-reliability: venv
 	$(PYTEST) -q -s -m slow tests/test_reliability.py
 
-## every scenario x every size x every firmware in FIRMWARE_DIR (cells that cannot apply skip)
-test-matrix: venv
-	$(RUN) scenarios $(foreach f,$(wildcard $(HARNESS_FIRMWARE_DIR)/*.bin),--firmware $(f))
-
 ## Docker: Espressif's pinned QEMU release inside; build args come from harness/downloads.py
 DOCKER_IMAGE ?= esp32-ota-harness
-DOCKER_RUN = docker run --rm --user $$(id -u):$$(id -g) \
-	-v $(HARNESS_FIRMWARE_DIR):/firmware:ro -v $(CURDIR)/artifacts:/artifacts $(DOCKER_IMAGE)
+DOCKER_FIRMWARE = $(if $(HARNESS_FIRMWARE_DIR),-v $(HARNESS_FIRMWARE_DIR):/firmware:ro,)
+DOCKER_RUN = docker run --rm --user $$(id -u):$$(id -g) $(DOCKER_FIRMWARE) \
+	-v $(CURDIR)/artifacts:/artifacts $(DOCKER_IMAGE)
 
 docker-build: venv
 	docker build -f docker/Dockerfile -t $(DOCKER_IMAGE) $$($(BIN)/python -c \
@@ -60,22 +76,23 @@ docker-test-16mb docker-test-4mb: docker-test-%:
 	  --artifacts /artifacts --junit /artifacts/junit-$*.xml
 
 lint: venv
-	$(BIN)/ruff check harness tests bench conftest.py
-	$(BIN)/ruff format --check harness tests bench conftest.py
+	$(BIN)/ruff check harness tests bench conftest.py images
+	$(BIN)/ruff format --check harness tests bench conftest.py images
+	$(BIN)/mypy harness
 	$(BIN)/check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/*.yml
 	if [ -x $(BIN)/hadolint ]; then $(BIN)/hadolint docker/Dockerfile; fi
 
 bench-boot: venv
-	$(BIN)/python bench/boot.py --firmware-dir $(FIRMWARE_DIR)
+	$(BIN)/python bench/boot.py
 
 bench-ota: venv
-	$(BIN)/python bench/ota.py --firmware-dir $(FIRMWARE_DIR)
+	$(BIN)/python bench/ota.py
 
 bench-suite: venv
 	$(BIN)/python bench/suite.py
 
 bench-memory: venv
-	$(BIN)/python bench/memory.py --firmware-dir $(FIRMWARE_DIR)
+	$(BIN)/python bench/memory.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info artifacts

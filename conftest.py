@@ -1,8 +1,9 @@
-"""Project-wide test setup: firmware files are inputs, and must come out untouched.
+"""This repository's own test suite: firmware by the harness's rule, and inputs untouched.
 
-The `harness.pytest_plugin` (installed with the package) adds --qemu, the `qemu`
-fixture and the firmware folder; this file adds what only this repository's own
-test suite needs.
+The `harness.pytest_plugin` (installed with the package) adds --qemu, --firmware-dir,
+the `qemu` and `firmware_selector` fixtures; this file adds what only this test suite
+needs. Firmware comes the way users get it: a manifest entry, looked for in the local
+folder (FIRMWARE_DIR / --firmware-dir), then the user cache, then downloaded.
 """
 
 from __future__ import annotations
@@ -14,30 +15,59 @@ from pathlib import Path
 import pytest
 
 from harness import images
+from harness.manifest import FirmwareSelector, FirmwareUnavailable
 
 
-def _hashes(folder: Path) -> dict[str, str]:
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
+def _hashes(folder: Path | None) -> dict[str, str]:
+    if folder is None or not folder.is_dir():
+        return {}
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())
+            if p.is_file()}  # fmt: skip
 
 
 @pytest.fixture(scope="session")
-def _firmware_hashes(request: pytest.FixtureRequest) -> dict[str, str]:
-    folder = Path(request.config.rootpath).parent / "shared" / "firmware"
-    return _hashes(folder) if folder.is_dir() else {}
+def _firmware_hashes(firmware_selector: FirmwareSelector) -> dict[str, str]:
+    return _hashes(firmware_selector.local)
 
 
 @pytest.fixture(autouse=True)
-def firmware_untouched(request: pytest.FixtureRequest, _firmware_hashes) -> Iterator[None]:
+def firmware_untouched(
+    firmware_selector: FirmwareSelector, _firmware_hashes: dict[str, str]
+) -> Iterator[None]:
     """Fail the test that changed any firmware file (sha256 before and after every test).
 
     Scenario items check their own firmware the same way, in harness.runner.
     """
     yield
     if _firmware_hashes:
-        folder = Path(request.config.rootpath).parent / "shared" / "firmware"
-        after = _hashes(folder)
+        after = _hashes(firmware_selector.local)
         changed = [n for n in _firmware_hashes if after.get(n) != _firmware_hashes[n]]
         assert not changed, f"this test modified firmware files: {changed}"
+
+
+@pytest.fixture(scope="session")
+def firmware_dir(firmware_selector: FirmwareSelector) -> Path:
+    """The local firmware folder, for tests that need a file the manifest does not pin."""
+    if firmware_selector.local is None or not firmware_selector.local.is_dir():
+        pytest.skip("needs a local firmware folder: set FIRMWARE_DIR (HARNESS_FIRMWARE_DIR)")
+    return firmware_selector.local
+
+
+@pytest.fixture(scope="session")
+def fw(firmware_selector: FirmwareSelector) -> Callable[[str], Path]:
+    """fw('OTA-20250415-v1.25.0') -> the pinned firmware whose file name has that text."""
+    entries = firmware_selector.manifest().firmware
+
+    def find(fragment: str) -> Path:
+        entry = next((e for e in entries if e.file and fragment in e.file), None)
+        if entry is None:
+            raise LookupError(f"no pinned firmware file name contains {fragment!r}")
+        try:
+            return firmware_selector.entry(entry.id).path
+        except FirmwareUnavailable as exc:
+            pytest.skip(str(exc))
+
+    return find
 
 
 @pytest.fixture(scope="session")
@@ -47,24 +77,11 @@ def image_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def fw(firmware_dir: Path) -> Callable[[str], Path]:
-    """fw('v1.25.0') -> the firmware file whose name contains that text."""
-
-    def find(fragment: str) -> Path:
-        matches = sorted(p for p in firmware_dir.glob("*.bin") if fragment in p.name)
-        if not matches:
-            pytest.skip(f"no firmware matching {fragment!r} in {firmware_dir}")
-        return matches[0]
-
-    return find
-
-
-@pytest.fixture(scope="session")
 def build_image(image_cache: Path) -> Callable[..., Path]:
     """build_image(firmware, '16MB', layout='ota', ...) -> a cached flash image."""
 
-    def build(firmware: Path, size: str | None = None, **kwargs: object) -> Path:
+    def build(path: Path, size: str | None = None, **kwargs: object) -> Path:
         size_bytes = images.parse_flash_size(size) if size else None
-        return images.build(images.Recipe(firmware, size_bytes, **kwargs), image_cache)
+        return images.build(images.Recipe(path, size_bytes, **kwargs), image_cache)  # type: ignore[arg-type]
 
     return build

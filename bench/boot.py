@@ -26,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from harness import images
+from harness import images, manifest
 from harness.qemu import find_qemu
 
 BARE = """
@@ -71,13 +71,12 @@ def peers() -> Path:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--firmware-dir", type=Path, default=Path("../shared/firmware"))
-    ap.add_argument("--firmware", default="ESP32_GENERIC-OTA-20250415-v1.25.0.bin")
+    ap.add_argument("--firmware", default="ESP32_GENERIC-OTA@v1.25.0", help="manifest entry")
     ap.add_argument("--runs", type=int, default=7)
     ap.add_argument("--qemu")
     args = ap.parse_args()
     qemu = find_qemu(args.qemu)
-    firmware = args.firmware_dir / args.firmware
+    firmware = manifest.selector().entry(args.firmware).path
     image = images.build(images.Recipe(firmware, 16 * images.MB))
     harness = [sys.executable, "-m", "harness", "boot", str(image), "--exec", "print(1)",
                "--qemu", str(qemu)]  # fmt: skip

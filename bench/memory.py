@@ -15,6 +15,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from harness import manifest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -43,10 +45,10 @@ def children(pid: int) -> list[int]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--firmware-dir", type=Path, default=ROOT.parent / "shared" / "firmware")
+    ap.add_argument("--firmware", default="ESP32_GENERIC-OTA@v1.25.0", help="manifest entry")
     ap.add_argument("--qemu")
     args = ap.parse_args()
-    firmware = args.firmware_dir / "ESP32_GENERIC-OTA-20250415-v1.25.0.bin"
+    firmware = manifest.selector().entry(args.firmware).path
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [sys.executable, "-m", "harness", "run",
                str(ROOT / "scenarios" / "ota-full-image-into-slot.yaml"), "--flash-size", "16MB",

@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from harness import device, images, ota
+from harness import device, images, manifest, ota
 
 FLOOR = """
 import esp32, time
@@ -39,16 +39,15 @@ def _row(name: str, rows: dict[str, float]) -> None:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--firmware-dir", type=Path, default=Path("../shared/firmware"))
+    ap.add_argument("--firmware", default="ESP32_GENERIC-OTA@v1.25.0", help="manifest entry")
     ap.add_argument("--qemu")
     args = ap.parse_args()
-    firmware = args.firmware_dir / "ESP32_GENERIC-OTA-20250415-v1.25.0.bin"
+    firmware = manifest.selector().entry(args.firmware).path
     lib = Path(__file__).resolve().parent.parent / "tests" / "device_lib"
     with tempfile.TemporaryDirectory() as tmp:
-        converted = images.convert(firmware.read_bytes(), ["-f", "16M", "--resize", "vfs=0"],
-                                   Path(tmp))  # fmt: skip
+        converted = images.convert(firmware.read_bytes(), ["-f", "16M", "--resize", "vfs=0"])
         app = Path(tmp) / "app.bin"
-        app.write_bytes(images.convert(converted, ["-x"], Path(tmp)))
+        app.write_bytes(images.convert(converted, ["-x"]))
         size = app.stat().st_size
         print(f"OTA of {size} bytes (v1.25.0 app) on a 16MB image, {time.strftime('%F')}")
         plain = images.build(images.Recipe(firmware, 16 * images.MB))
@@ -56,7 +55,7 @@ def main() -> int:
             firmware, 16 * images.MB, vfs_files=((lib, "/lib"), (app, "/fw.bin"))))  # fmt: skip
         rows: dict[str, float] = {}
         with device.boot(plain, qemu=args.qemu, data_channel=True) as dev:
-            dev.repl.wait_prompt(30)
+            dev.wait_prompt(30)
             start = time.monotonic()
             report = ota.update(dev, app)
             rows["fast path (harness, UART1)"] = time.monotonic() - start
@@ -64,7 +63,7 @@ def main() -> int:
             _row("fast path (harness, UART1)", rows)
         blocks = (size + 4095) // 4096
         with device.boot(plain, qemu=args.qemu) as dev:
-            dev.repl.wait_prompt(30)
+            dev.wait_prompt(30)
             rows[f"floor ({blocks} x 4 KiB write+read)"] = float(
                 dev.repl.exec(FLOOR.format(n=blocks), timeout=600)
             )
@@ -72,7 +71,7 @@ def main() -> int:
         for name, readsize in (("vfs, readsize=1024 remount", 1024),
                                ("vfs file (library as is)", None)):  # fmt: skip
             with device.boot(with_file, qemu=args.qemu) as dev:
-                dev.repl.wait_prompt(30)
+                dev.wait_prompt(30)
                 start = time.monotonic()
                 report = ota.run_library(dev, app, COMMAND, vfs_readsize=readsize, timeout=1200)
                 rows[name] = time.monotonic() - start

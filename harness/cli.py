@@ -1,4 +1,4 @@
-"""`harness` command line: boot, image build, inspect (and the later run/repro/qemu).
+"""`harness` command line: boot, image build, inspect, run, repro, provision, downloads.
 
 Every user mistake ends as one `error: ...` line and a non-zero exit; SIGTERM and
 Ctrl-C unwind through the same cleanup as a normal exit, so no QEMU is left behind.
@@ -7,6 +7,7 @@ Ctrl-C unwind through the same cleanup as a normal exit, so no QEMU is left behi
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import select
@@ -16,21 +17,26 @@ import termios
 import time
 import tty
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from . import device, images, inspect
-from .errors import DeviceError, HarnessError
+from . import device, images, inspector
+from .errors import DeviceError, HarnessError, QemuNotFound
 from .qemu import find_qemu
+
+if TYPE_CHECKING:
+    from .scenario import Cell
 
 QUIT_KEY = b"\x1d"  # Ctrl-], as in telnet and idf.py monitor
 
 
 def _recipe_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--recipe", help="a named image recipe (images/recipes/NAME.yaml: 4mb, "
+                   "16mb, 4mb-ota, 16mb-ota); the options below change it")  # fmt: skip
     p.add_argument("--flash-size", help="2MB, 4MB, 8MB or 16MB (default: the firmware's own)")
     p.add_argument(
         "--layout",
         choices=images.LAYOUTS,
-        default="keep",
-        help="keep the firmware's partition table, or convert it to --table ota",
+        help="keep the firmware's partition table, or convert it to two OTA slots",
     )
     p.add_argument("--resize", help="mp-image-tool-esp32 --resize (default vfs=0 when growing)")
     p.add_argument("--app", type=Path, help="app image to write into the first app slot")
@@ -39,7 +45,7 @@ def _recipe_args(p: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="SRC[:DEST]",
-        help="file or folder to put into the littlefs vfs (repeatable)",
+        help="file or folder to put into MicroPython's filesystem (repeatable)",
     )
 
 
@@ -48,23 +54,28 @@ def recipe_from(args: argparse.Namespace, firmware: Path) -> images.Recipe:
     for item in args.vfs:
         src, _, dst = item.partition(":")
         vfs.append((Path(src), dst or "/" + Path(src).name))
-    return images.Recipe(
-        firmware=firmware,
-        flash_size=images.parse_flash_size(args.flash_size) if args.flash_size else None,
-        layout=args.layout,
-        resize=args.resize,
-        app=args.app,
-        vfs_files=tuple(vfs),
-    )
+    if args.recipe:
+        from . import recipes  # pydantic: only when a named recipe is asked for
+
+        recipe = recipes.find(args.recipe, recipes.search_path(Path.cwd())).spec.recipe(firmware)
+    else:
+        recipe = images.Recipe(firmware)
+    changes: dict[str, object] = {"app": args.app, "vfs_files": tuple(vfs)}
+    if args.flash_size:
+        changes["flash_size"] = images.parse_flash_size(args.flash_size)
+    if args.layout:
+        changes["layout"] = args.layout
+    if args.resize:
+        changes["resize"] = args.resize
+    return dataclasses.replace(recipe, **changes)  # type: ignore[arg-type]
 
 
 def image_for(args: argparse.Namespace, path: Path) -> Path:
     """A whole flash image boots as it is; anything else is built from a recipe."""
-    data = inspect.read_input(path)
-    untouched = not (
-        args.flash_size or args.layout != "keep" or args.resize or args.app or args.vfs
-    )
-    if untouched and inspect.classify(data) == "flash":
+    data = inspector.read_input(path)
+    untouched = not (args.recipe or args.flash_size or args.layout or args.resize or args.app
+                     or args.vfs)  # fmt: skip
+    if untouched and inspector.formats.classify(data) == "flash":
         images.parse_flash_size(len(data))  # QEMU refuses other sizes; say so first
         return path
     return images.build(recipe_from(args, path))
@@ -96,9 +107,7 @@ def interact(dev: device.Device) -> int:
     if is_tty:
         tty.setraw(stdin)
     try:
-        pending = dev.console.child.buffer
-        dev.console.child.buffer = b""
-        os.write(sys.stdout.fileno(), pending)
+        os.write(sys.stdout.fileno(), dev.console.read_available())
         stdin_open = True
         while True:
             watch = [dev.console.sock] + ([stdin] if stdin_open else [])
@@ -123,49 +132,59 @@ def interact(dev: device.Device) -> int:
 
 def cmd_image_build(args: argparse.Namespace) -> int:
     recipe = recipe_from(args, args.firmware)
-    built = images.build(recipe)
     out: Path = args.output
     if out.resolve() in {args.firmware.resolve(), *(p.resolve() for p in [args.app] if p)}:
         raise HarnessError(f"-o {out} would overwrite an input file: choose another name")
+    built = images.build_image(recipe)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_bytes(built.read_bytes())
+    out.write_bytes(built.path.read_bytes())
     size = images.size_name(out.stat().st_size)
     print(f"{out}: {size} flash image ({recipe.layout} layout) from {args.firmware.name}")
+    print(f"  conversion: {built.conversion}")
+    for note in built.notes:
+        print(f"  note: {note}")
+    if built.filesystem is not None:
+        fs = built.filesystem
+        how = "in the table" if fs.in_table else "made by MicroPython at boot"
+        print(f"  filesystem: {fs.label} at {fs.offset:#x}, {fs.size:#x} bytes ({how})")
     return 0
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    rep = inspect.report(args.file)
+    rep = inspector.examine(args.file)
     if args.json:
-        print(json.dumps(rep, indent=2))
+        print(json.dumps(rep.to_json(), indent=2))
     else:
-        print(inspect.render(rep))
+        print(inspector.render(rep))
     return 0
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    """Load every scenario first (bad files stop the run before anything boots)."""
-    from . import report, runner, scenario
+def _cells(args: argparse.Namespace) -> list[Cell]:
+    """Every cell of the scenarios named, firmware chosen by the shared rule."""
+    from . import manifest, scenario
 
-    firmware_dir = args.firmware_dir or scenario.default_firmware_dir()
+    chooser = manifest.selector(args.firmware_dir)
     for given in args.firmware or []:
-        if not Path(given).is_file():
-            raise HarnessError(f"--firmware {given}: no such file")
-    paths = []
-    for path in args.scenarios:  # a folder means every scenario file in it
-        paths += sorted([*path.glob("*.yaml"), *path.glob("*.yml")]) if path.is_dir() else [path]
-    loaded = [scenario.load(path) for path in paths]
-    cells = [
-        cell
-        for s in loaded
-        for cell in s.cells(
-            firmware_dir,
-            flash_sizes=args.flash_size,
-            firmware=[str(Path(f).resolve()) for f in args.firmware or []] or None,
-        )
-    ]
+        if not manifest.ENTRY_ID.match(given) and not Path(given).is_file():
+            raise HarnessError(f"--firmware {given}: no such file (or BOARD[-VARIANT]@VERSION)")
+    loaded = scenario.load_all(args.scenarios)
+    replaced = [g if manifest.ENTRY_ID.match(g) else str(Path(g).resolve())
+                for g in args.firmware or []]  # fmt: skip
+    cells = [c for s in loaded for c in s.cells(chooser, flash_sizes=args.flash_size,
+                                                 firmware=replaced or None)]  # fmt: skip
     if not cells:
         raise HarnessError("no cells to run: no scenario has the flash size asked for")
+    return cells
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Load every scenario and choose firmware first: bad input stops the run before a boot."""
+    from . import manifest, report, runner
+
+    cells = _cells(args)
+    for cell in cells:  # a firmware the user named that cannot be had is an error, not a skip
+        if cell.firmware is None and not cell.missing.startswith("no firmware file"):
+            raise manifest.FirmwareUnavailable(cell.missing)
     find_qemu(args.qemu)  # fail before building anything when there is no QEMU
     progress = report.Progress(len(cells))
     results = []
@@ -179,11 +198,51 @@ def cmd_run(args: argparse.Namespace) -> int:
             progress.result(result)
             results.append(result)
     print(report.summary(results, time.monotonic() - start))
+    for line in report.unpinned_lines(results):
+        print(line)
     if args.junit:
         report.junit(results, args.junit)
     failed = any(r.status == "failed" for r in results)
     passed = any(r.status == "passed" for r in results)
     return 1 if failed or not passed else 0
+
+
+def cmd_provision(args: argparse.Namespace) -> int:
+    """What the scenarios need, got or refused in one line: firmware, then QEMU."""
+    from . import downloads, manifest
+
+    cells = _cells(args)
+    seen: set[Path] = set()
+    for cell in cells:
+        if cell.firmware is None:
+            raise manifest.FirmwareUnavailable(cell.missing)
+        if cell.firmware.path not in seen:
+            seen.add(cell.firmware.path)
+            pin = (
+                "sha256 pinned"
+                if cell.firmware.pinned and cell.firmware.entry
+                else (
+                    "unpinned: sha256 recorded on first download"
+                    if cell.firmware.entry
+                    else "a path"
+                )
+            )
+            print(f"firmware: {cell.firmware.path} ({cell.firmware.origin}, {pin})")
+    try:
+        qemu = find_qemu(args.qemu)
+        print(f"qemu: {qemu}")
+    except QemuNotFound:
+        if args.qemu:
+            raise
+        try:
+            binary, _ = downloads.install_qemu()
+        except HarnessError as exc:
+            raise QemuNotFound(
+                f"no qemu-system-xtensa with the esp32 machine, and installing Espressif's "
+                f"{downloads.QEMU_VERSION} failed: {exc}"
+            ) from None
+        print(f"qemu: {binary} (installed)")
+    return 0
 
 
 def cmd_repro(args: argparse.Namespace) -> int:
@@ -197,9 +256,9 @@ def cmd_repro(args: argparse.Namespace) -> int:
     )  # fmt: skip
     repro.check(request, args.save)
     find_qemu(args.qemu)
-    text, reproduced = repro.run(request, args.save, args.artifacts, args.qemu)
-    print(text)
-    return 0 if reproduced or not args.expect else 1
+    result = repro.run(request, args.save, args.artifacts, args.qemu)
+    print(result.text)
+    return result.exit_code
 
 
 def cmd_qemu_install(args: argparse.Namespace) -> int:
@@ -214,12 +273,34 @@ def cmd_qemu_install(args: argparse.Namespace) -> int:
 
 
 def cmd_firmware_fetch(args: argparse.Namespace) -> int:
-    from . import downloads
+    from . import downloads, manifest, paths
 
+    name, _, version = args.name.partition("@")
+    version = version or args.version
+    if not version:
+        raise HarnessError(f"give a version: `harness firmware fetch {name} v1.25.0`")
+    entry = manifest.load_manifest().get(f"{name}@{version}")
     path, _ = downloads.fetch_firmware(
-        args.name, args.version, cache=args.cache, base_url=args.base_url
-    )
+        name, version, cache=args.cache or paths.firmware_cache(), base_url=args.base_url,
+        filename=entry.file if entry else None, sha256=entry.sha256 if entry else None,
+    )  # fmt: skip
     print(path)
+    return 0
+
+
+def cmd_firmware_list(args: argparse.Namespace) -> int:
+    from . import manifest
+
+    entries = [e for e in manifest.load_manifest().firmware
+               if (e.nightly or not args.nightly) and (e.pinned or not args.pinned)]  # fmt: skip
+    if args.json:
+        print(json.dumps([e.id for e in entries]))
+    elif args.ids:
+        print("\n".join(e.id for e in entries))
+    else:
+        for e in entries:
+            pin = e.sha256 or "unpinned: sha256 recorded on first download"
+            print(f"{e.id:<28} {e.file or '(file name from the download page)'}  {pin}")
     return 0
 
 
@@ -269,32 +350,44 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("-o", "--output", type=Path, required=True)
     build.set_defaults(func=cmd_image_build)
 
+    def scenario_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "scenarios", nargs="+", type=Path, metavar="SCENARIO", help="files, or folders of them"
+        )
+        p.add_argument(
+            "--flash-size", action="append", help="only these sizes of each matrix (repeatable)"
+        )
+        p.add_argument(
+            "--firmware", action="append", metavar="FILE|BOARD[-VARIANT]@VERSION",
+            help="use this firmware in every cell: a file, or a manifest entry (repeatable)",
+        )  # fmt: skip
+        p.add_argument("--firmware-dir", type=Path, help="a folder of firmware files, looked in "
+                       "before the cache (default: HARNESS_FIRMWARE_DIR)")  # fmt: skip
+        p.add_argument("--qemu", help="path to Espressif's qemu-system-xtensa")
+
     run = sub.add_parser("run", help="run scenario files (exit 0 only when none fails)")
-    run.add_argument(
-        "scenarios", nargs="+", type=Path, metavar="SCENARIO", help="files, or folders of them"
-    )
-    run.add_argument(
-        "--flash-size", action="append", help="only these sizes of each matrix (repeatable)"
-    )
-    run.add_argument(
-        "--firmware", action="append", help="use this firmware in every cell (repeatable)"
-    )
-    run.add_argument("--firmware-dir", type=Path, help="for ${firmware_dir} in scenarios")
+    scenario_args(run)
     run.add_argument("--junit", type=Path, help="write JUnit XML here")
     run.add_argument(
         "--artifacts", type=Path, default=Path("artifacts"), help="per-cell evidence folders"
     )
-    run.add_argument("--qemu", help="path to Espressif's qemu-system-xtensa")
     run.add_argument(
         "--retries", type=int, default=0, help="rerun a cell whose QEMU crashed itself (listed)"
     )
     run.set_defaults(func=cmd_run)
 
+    provision = sub.add_parser(
+        "provision", help="get the firmware and QEMU that scenarios need (one line if not)"
+    )
+    scenario_args(provision)
+    provision.set_defaults(func=cmd_provision)
+
     repro = sub.add_parser("repro", help="reproduce a bug report: their firmware, their update")
     repro.add_argument("--firmware", type=Path, required=True, help="the firmware on the device")
     repro.add_argument("--update", type=Path, required=True, help="the file sent by OTA")
     repro.add_argument("--flash-size", help="e.g. 16MB (converted with -f 16M --resize vfs=0)")
-    repro.add_argument("--layout", choices=["keep", "ota"], default="keep")
+    repro.add_argument("--layout", choices=["keep", "ota"],
+                       help="default: keep, or OTA slots when the firmware has none")  # fmt: skip
     repro.add_argument("--command", help="their REPL line; the update is /fw.bin in the vfs")
     repro.add_argument("--device-lib", type=Path, help="their device library folder (-> /lib)")
     repro.add_argument("--expect", action="append", default=[], help="text that shows the bug")
@@ -302,6 +395,9 @@ def build_parser() -> argparse.ArgumentParser:
     repro.add_argument("--artifacts", type=Path, default=Path("artifacts"))
     repro.add_argument("--qemu", help="path to Espressif's qemu-system-xtensa")
     repro.set_defaults(func=cmd_repro)
+    repro.epilog = (
+        "exit 0: reproduced (or ran, without --expect); 1: not reproduced; 2: could not run"
+    )
 
     qemu = sub.add_parser("qemu", help="Espressif's QEMU").add_subparsers(
         dest="action", required=True
@@ -312,16 +408,26 @@ def build_parser() -> argparse.ArgumentParser:
     install.add_argument("--sha256", help="expected sha256 of the archive at --url")
     install.set_defaults(func=cmd_qemu_install)
 
-    firmware = sub.add_parser("firmware", help="official MicroPython firmware").add_subparsers(
+    fw = sub.add_parser("firmware", help="official MicroPython firmware").add_subparsers(
         dest="action", required=True
     )
-    fetch = firmware.add_parser("fetch", help="download from micropython.org into the cache")
-    fetch.add_argument("name", metavar="BOARD[-VARIANT]", help="e.g. ESP32_GENERIC-OTA")
-    fetch.add_argument("version", help="e.g. v1.25.0")
-    fetch.add_argument("--cache", type=Path, help="download folder (default: HARNESS_FIRMWARE_DIR "
-                       "or ~/.cache/esp32-ota-harness/firmware)")  # fmt: skip
+    fetch = fw.add_parser("fetch", help="download from micropython.org into the cache")
+    fetch.add_argument("name", metavar="BOARD[-VARIANT][@VERSION]",
+                       help="e.g. ESP32_GENERIC-OTA, or ESP32_GENERIC-OTA@v1.25.0")  # fmt: skip
+    fetch.add_argument("version", nargs="?", help="e.g. v1.25.0")
+    fetch.add_argument(
+        "--cache",
+        type=Path,
+        help="download folder (default: HARNESS_FIRMWARE_CACHE or the user cache)",
+    )
     fetch.add_argument("--base-url", help="a micropython.org mirror")
     fetch.set_defaults(func=cmd_firmware_fetch)
+    listing = fw.add_parser("list", help="the firmware manifest (images/firmware.yaml)")
+    listing.add_argument("--nightly", action="store_true", help="only the nightly releases")
+    listing.add_argument("--pinned", action="store_true", help="only entries with a sha256")
+    listing.add_argument("--ids", action="store_true", help="entry ids, one per line")
+    listing.add_argument("--json", action="store_true", help="entry ids as a JSON list")
+    listing.set_defaults(func=cmd_firmware_list)
 
     rep = sub.add_parser("report", help="markdown table of the results in an artifacts folder")
     rep.add_argument("artifacts", type=Path)

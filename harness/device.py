@@ -1,28 +1,46 @@
-"""One run of one flash image: machine + console + REPL, and the run's own folder.
+"""One run of one flash image: machine + console + REPL, and the device operations on them.
 
     with boot(image) as dev:          # QEMU started paused, serial attached, resumed
-        dev.repl.wait_prompt()
-        print(dev.repl.exec("import esp32; print(esp32.Partition(...).info())"))
+        dev.wait_prompt()
+        print(dev.running_partition())
+        booted = dev.reset("soft")    # machine.reset(), ROM banner, >>> again
     # here QEMU is dead and reaped, whatever happened inside
 
-The run folder holds the per-run copy of the flash (`flash.bin`, which QEMU writes
-into), `serial.log`, `qemu-cmdline.txt` and `qemu-stderr.log`. It is removed at the
-end unless the caller gave one (`artifacts`), where it stays as evidence.
+`Device` is the one API the rest of the harness uses to reset, wait for the prompt and
+ask which partition runs; what it reads from the serial port it reads through the
+console. The run folder holds the per-run copy of the flash (`flash.bin`, which QEMU
+writes into), `serial.log`, `qemu-cmdline.txt` and `qemu-stderr.log`. It is removed at
+the end unless the caller gave one (`artifacts`), where it stays as evidence.
 """
 
 from __future__ import annotations
 
 import contextlib
 import shutil
+import socket
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
-from . import images, janitor
-from .console import Console
+from . import formats, images, janitor
+from .console import RESET_BANNER, Console, log_lines
+from .errors import HarnessError
+from .firmware import PSRAM_MARKER
 from .qemu import Machine, find_qemu
 from .repl import Repl
+
+ResetKind = Literal["soft", "hard"]
+RUNNING = "esp32.Partition(esp32.Partition.RUNNING)"
+
+
+@dataclass(frozen=True)
+class Boot:
+    """What one reset came to: the partition that runs, and what the bootloader said."""
+
+    booted: str | None  # None: not asked (the reset did not wait for the prompt)
+    log_lines: list[str]  # ESP-IDF E/W lines printed during the reset
 
 
 @dataclass
@@ -37,15 +55,53 @@ class Device:
         """The live flash file: read it to see what the guest has written."""
         return self.machine.flash
 
-    def soft_reset(self) -> None:
-        """`machine.reset()`, as an app calls it; the prompt never comes back from it."""
-        self.console.log.resets_since_up.clear()
-        self.repl.exec_start("import machine\nmachine.reset()")
+    @property
+    def data(self) -> socket.socket:
+        """UART1, wired when booted with `data_channel=True`: a byte pipe for payloads."""
+        if self.machine.data is None:
+            raise HarnessError(
+                "this device was booted without the data channel (data_channel=True)"
+            )
+        return self.machine.data
 
-    def hard_reset(self) -> None:
-        """Reset through QMP, like the EN pin; the ROM banner and bootloader run again."""
+    def wait_prompt(self, timeout: float = 30.0) -> None:
+        """Wait for `>>> ` after power-on or reset (fails fast on crash or boot loop)."""
+        self.repl.wait_prompt(timeout)
+
+    def running_partition(self) -> str:
+        """The partition MicroPython runs from, as the device itself says."""
+        return self.repl.exec(f"import esp32; print({RUNNING}.info()[4])").strip()
+
+    def next_update_partition(self) -> str:
+        """The slot esp_ota_get_next_update_partition() names."""
+        return self.repl.exec(f"import esp32; print({RUNNING}.get_next_update().info()[4])").strip()
+
+    def flash_state(self) -> formats.FlashState:
+        """otadata and the bootloader's choice, read from the live flash file."""
+        return formats.FlashState.of(self.flash.read_bytes())
+
+    def start_reset(self, kind: ResetKind) -> None:
+        """Reset without waiting: `soft` is machine.reset() as an app calls it, `hard` is
+        QMP system_reset, like the EN pin; the ROM banner and the bootloader run again."""
         self.console.log.resets_since_up.clear()
-        self.machine.reset()
+        if kind == "hard":
+            self.machine.reset()
+        else:
+            self.repl.exec_start("import machine\nmachine.reset()")
+
+    def reset(self, kind: ResetKind, *, until: str = "prompt", timeout: float = 60.0) -> Boot:
+        """Reset, wait for the ROM banner and (until='prompt') the REPL; say what booted."""
+        mark = self.console.mark()
+        self.start_reset(kind)
+        return self.await_boot(mark, until=until, timeout=timeout)
+
+    def await_boot(self, mark: int, *, until: str = "prompt", timeout: float = 60.0) -> Boot:
+        """After a reset that something else caused: banner, prompt, the running partition."""
+        self.console.expect(RESET_BANNER, timeout, during="reset", fail_fast=False)
+        if until != "prompt":
+            return Boot(None, log_lines(self.console.lines_since(mark)))
+        self.wait_prompt(timeout)
+        return Boot(self.running_partition(), log_lines(self.console.lines_since(mark)))
 
 
 @contextlib.contextmanager
@@ -61,7 +117,7 @@ def boot(
     """Boot `image` (a flash image of an exact size) and yield the Device.
 
     `psram=None` gives the machine PSRAM exactly when the firmware is a SPIRAM build.
-    `data_channel` wires the guest's UART1 to `machine.data`, a socket for payloads.
+    `data_channel` wires the guest's UART1 to `Device.data`, a socket for payloads.
     `artifacts` keeps a fresh run folder inside it; `run_dir` is that folder, exactly.
     """
     qemu_path = find_qemu(qemu)
@@ -77,12 +133,12 @@ def boot(
     try:
         flash = images.run_copy(image, run_dir)
         if psram is None:
-            psram = images.needs_psram(image.read_bytes())
+            psram = PSRAM_MARKER in image.read_bytes()
         with Machine(qemu_path, flash, run_dir, psram=psram, data_channel=data_channel) as machine:
 
-            def attach(sock: object) -> None:
+            def attach(serial: socket.socket) -> None:
                 nonlocal console
-                console = Console(machine.serial, run_dir / "serial.log", machine.check_alive)
+                console = Console(serial, run_dir / "serial.log", machine.check_alive)
 
             machine.start(attach)
             assert console is not None

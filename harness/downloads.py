@@ -23,7 +23,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import inspect
+from . import formats
 from .errors import HarnessError
 from .qemu import idf_tools_dir
 
@@ -176,43 +176,65 @@ def _bar(done: int, total: int, url: str) -> None:
 # -- firmware ----------------------------------------------------------------------
 
 
-def firmware_cache() -> Path:
-    """The folder `harness firmware fetch` fills; also the scenarios' default firmware_dir."""
-    from .scenario import default_firmware_dir
-
-    return default_firmware_dir()
-
-
 def fetch_firmware(
-    name: str, version: str, *, cache: Path | None = None, base_url: str | None = None,
-    progress: bool = True,
+    name: str, version: str, *, cache: Path, base_url: str | None = None,
+    filename: str | None = None, sha256: str | None = None, progress: bool = True,
 ) -> tuple[Path, bool]:  # fmt: skip
     """Official firmware `name` (BOARD or BOARD-VARIANT) at `version`; return (path, new).
 
-    The file name carries a build date the user does not know, so the board's download
-    page is read for the link. A file already in the cache is checked against the sha256
-    recorded when it was first downloaded, and used without the network.
+    With a pinned `filename` and `sha256` (the manifest's), that file is downloaded and
+    must match. Otherwise the file name carries a build date the user does not know, so
+    the board's download page is read for the link, and the sha256 is recorded on first
+    download (`checksums.json`). A file already in the cache is checked against its pin
+    or record and used without the network.
     """
-    cache = cache or firmware_cache()
     version = version if version.startswith("v") else f"v{version}"
     if not re.fullmatch(r"[A-Z0-9_]+(-[A-Z0-9_]+)?", name):
         raise HarnessError(f"{name!r} is not a board name like ESP32_GENERIC or ESP32_GENERIC-OTA")
     sums_path = cache / "checksums.json"
-    sums = json.loads(sums_path.read_text()) if sums_path.is_file() else {}
+    try:
+        sums = json.loads(sums_path.read_text()) if sums_path.is_file() else {}
+    except ValueError:
+        raise HarnessError(f"{sums_path} is damaged: delete it and fetch again") from None
     pattern = re.compile(rf"{re.escape(name)}-(\d{{8}})-{re.escape(version)}\.bin")
     cached = sorted(p for p in cache.glob(f"{name}-*-{version}.bin") if pattern.fullmatch(p.name))
+    if filename:
+        cached = [p for p in cached if p.name == filename]
     if cached:
         path = cached[-1]
         digest = hashlib.sha256(path.read_bytes()).hexdigest()
-        if sums.get(path.name) not in (None, digest):
+        expected = sha256 or sums.get(path.name)
+        if expected not in (None, digest):
             raise HarnessError(
-                f"{path} changed since it was downloaded (sha256 {digest}, recorded "
-                f"{sums[path.name]}): delete it and fetch again"
+                f"{path} changed since it was downloaded (sha256 {digest}, expected "
+                f"{expected}): delete it and fetch again"
             )
         return path, False
     base = (base_url or os.environ.get("HARNESS_MICROPYTHON_URL") or MICROPYTHON_URL).rstrip("/")
-    board = name.split("-")[0]
-    page = f"{base}/download/{board}/"
+    if not filename:
+        filename = _find_on_download_page(base, name, version, pattern)
+    cache.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=cache, prefix=".fetch-") as tmp:
+        staged = Path(tmp) / filename
+        url = f"{base}/resources/firmware/{filename}"
+        digest = _download(url, staged, None, progress)
+        data = staged.read_bytes()
+        header = formats.ImageHeader.parse(data)
+        if formats.classify(data) != "firmware" or header is None or header.chip != "esp32":
+            raise HarnessError(f"{filename} from {base} is not an ESP32 firmware image; not kept")
+        if sha256 and digest != sha256:
+            raise HarnessError(
+                f"sha256 mismatch for {url}: expected {sha256} (pinned), got {digest}; not kept"
+            )
+        os.replace(staged, cache / filename)
+    sums[filename] = digest
+    sums_path.write_text(json.dumps(sums, indent=2, sort_keys=True) + "\n")
+    return cache / filename, True
+
+
+def _find_on_download_page(base: str, name: str, version: str, pattern: re.Pattern[str]) -> str:
+    """The dated file name of `name` `version` on the board's download page."""
+    page = f"{base}/download/{name.split('-')[0]}/"
     try:
         with urllib.request.urlopen(page, timeout=30) as reply:
             html = reply.read().decode("utf-8", "replace")
@@ -222,15 +244,4 @@ def fetch_firmware(
     found = sorted({m.group(0) for m in pattern.finditer(html)})
     if not found:
         raise HarnessError(f"{page} lists no {name} firmware {version}")
-    filename = found[-1]
-    cache.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=cache, prefix=".fetch-") as tmp:
-        staged = Path(tmp) / filename
-        digest = _download(f"{base}/resources/firmware/{filename}", staged, None, progress)
-        data = staged.read_bytes()
-        if inspect.classify(data) != "firmware" or int.from_bytes(data[12:14], "little"):
-            raise HarnessError(f"{filename} from {base} is not an ESP32 firmware image; not kept")
-        os.replace(staged, cache / filename)
-    sums[filename] = digest
-    sums_path.write_text(json.dumps(sums, indent=2, sort_keys=True) + "\n")
-    return cache / filename, True
+    return found[-1]

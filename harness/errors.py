@@ -29,17 +29,13 @@ class DeviceTimeout(HarnessError):
 
 
 class QemuExited(HarnessError):
-    """QEMU went away while the harness was still talking to it.
-
-    `qemu_bug` is set when QEMU died of its own assertion, not of the firmware or a
-    signal: the one failure a retry policy (`--retries`) may rerun.
-    """
+    """QEMU went away while the harness was still talking to it."""
 
     exit_code = 3
 
-    def __init__(self, message: str, qemu_bug: bool = False):
-        super().__init__(message)
-        self.qemu_bug = qemu_bug
+
+class QemuCrashed(QemuExited):
+    """QEMU died of its own assertion, not of the firmware or a signal: a QEMU bug."""
 
 
 class FirmwareCrash(HarnessError):
@@ -53,16 +49,20 @@ class BootLoop(HarnessError):
 
     exit_code = 3
 
-    def __init__(self, message: str, reasons: list[str], host_load: bool = False):
+    def __init__(self, message: str, reasons: list[str]):
         super().__init__(message)
         self.reasons = reasons
-        self.host_load = host_load  # watchdog resets while the host was saturated
 
-    @property
-    def watchdog(self) -> bool:
-        """Every reset after power-on came from a watchdog (what host starvation causes)."""
-        later = [r for r in self.reasons if r != "POWERON_RESET"]
-        return bool(later) and all("WDT" in r for r in later)
+    @staticmethod
+    def of(message: str, reasons: list[str]) -> BootLoop:
+        """A WatchdogBootLoop when every reset after power-on came from a watchdog."""
+        later = [r for r in reasons if r != "POWERON_RESET"]
+        watchdog = bool(later) and all("WDT" in r for r in later)
+        return (WatchdogBootLoop if watchdog else BootLoop)(message, reasons)
+
+
+class WatchdogBootLoop(BootLoop):
+    """A boot loop of watchdog resets only: what a host that starves QEMU causes."""
 
 
 class UnexpectedReset(HarnessError):
@@ -73,7 +73,20 @@ class UnexpectedReset(HarnessError):
     def __init__(self, message: str, reason: str):
         super().__init__(message)
         self.reason = reason  # the ROM's name for it: TG1WDT_SYS_RESET, SW_CPU_RESET, ...
-        self.watchdog = "WDT" in reason
+
+    @staticmethod
+    def of(message: str, reason: str) -> UnexpectedReset:
+        return (WatchdogReset if "WDT" in reason else UnexpectedReset)(message, reason)
+
+
+class WatchdogReset(UnexpectedReset):
+    """A watchdog reset the guest mid-step: under emulation, most often the host's doing."""
+
+
+# What a retry policy may rerun: QEMU's own crash, and watchdog resets (the guest's clock
+# runs on while the host starves QEMU). A firmware result is never among them. Names are
+# stable: `pytest --only-rerun` matches "QemuCrashed: ...".
+RETRYABLE: tuple[type[HarnessError], ...] = (QemuCrashed, WatchdogBootLoop, WatchdogReset)
 
 
 class UnexpectedOutput(HarnessError):

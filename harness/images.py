@@ -1,22 +1,27 @@
 """Flash images: official firmware in, an exact 2/4/8/16 MiB flash file out.
 
 A `Recipe` says how: which firmware, what flash size, and the conversion users make
-with mp-image-tool-esp32 (`-f 16M`, `--table ota`, `--resize vfs=0`), optionally an
-app image for the first app slot and files for the littlefs vfs. The conversion runs
-the real mp-image-tool-esp32 on a private copy, so the result is byte for byte what
-the user's own command makes. QEMU picks its flash chip by file size, so images are
+with mp-image-tool-esp32, optionally an app image for the first app slot, files for
+MicroPython's filesystem, and raw writes at partition offsets. `plan()` turns it into
+the tool's options by the release rules (a `vfs` line exists up to v1.25 only), and
+the conversion runs the real mp-image-tool-esp32 on a private copy, so the bytes are
+those of the user's own command. QEMU picks its flash chip by file size, so images are
 padded with 0xFF to exactly the flash size; other sizes are refused up front.
 
-Built images are cached under their recipe's content hash (inputs hashed, not
-named), written atomically so parallel runs can share the cache. Input files are
-only ever read.
+Built images are cached under their recipe's content hash, written atomically, with a
+sidecar (`<hash>.json`) recording the conversion chosen, the filesystem region and the
+image's own size and sha256; an entry that does not match its sidecar (a full disk
+truncated it, someone edited it) is rebuilt, never booted. Inputs are only ever read.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import itertools
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -24,18 +29,28 @@ import tempfile
 from dataclasses import dataclass, field
 from importlib.metadata import version
 from pathlib import Path
+from typing import Any, Literal
 
-from . import inspect
+from . import formats, paths
 from .errors import ImageError
+from .firmware import FirmwareFacts, read_firmware
+from .inspector import read_input
 
 MB = 1 << 20
 FLASH_SIZES = {"2MB": 2 * MB, "4MB": 4 * MB, "8MB": 8 * MB, "16MB": 16 * MB}
 LAYOUTS = ("keep", "ota")
-VFS_BLOCK = 4096
-# MicroPython mounts the vfs with VfsLfs2(readsize=32, progsize=32, lookahead=32);
-# littlefs on-disk version 2.0 is readable by every MicroPython release we support.
-LFS_OPTIONS = {"read_size": 32, "prog_size": 32, "lookahead_size": 32, "disk_version": 0x00020000}
-PSRAM_MARKER = b"PSRAM enabled but initialization failed"  # only SPIRAM builds carry it
+Layout = Literal["keep", "ota"]
+FS_BLOCK = 4096
+# MicroPython mounts its filesystem with VfsLfs2(bdev) (readsize=32, progsize=32,
+# lookahead=32); littlefs on-disk version 2.0 is readable by every release we support.
+LFS_OPTIONS: dict[str, int] = {"read_size": 32, "prog_size": 32, "lookahead_size": 32,
+                               "disk_version": 0x00020000}  # fmt: skip
+# MicroPython's partitions-4MiB-ota.csv, the OTA variant's table from v1.26 on (no vfs line)
+OTA_TABLE = "nvs=0x4000,otadata=0x2000,phy_init=0x1000,ota_0={slot:#x},ota_1={slot:#x}"
+OTA_SLOT = 0x180000
+APP_ALIGN = 0x10000
+PAYLOAD_KINDS = ("full-image", "app", "truncated-app", "corrupt-app")
+CACHE_FORMAT = 3  # bump when the bytes a recipe makes change
 
 
 def parse_flash_size(text: str | int) -> int:
@@ -63,8 +78,8 @@ class Recipe:
 
     firmware: Path
     flash_size: int | None = None
-    layout: str = "keep"
-    resize: str | None = None  # mp-image-tool-esp32 --resize; default vfs=0 when growing
+    layout: Layout = "keep"
+    resize: str | None = None  # mp-image-tool-esp32 --resize; default vfs=0 when converting
     app: Path | None = None  # written into the first app slot (ota_0 or factory)
     vfs_files: tuple[tuple[Path, str], ...] = field(default_factory=tuple)
     format_vfs: bool = True  # littlefs made as MicroPython's first boot would (saves ~0.5 s/boot)
@@ -73,79 +88,109 @@ class Recipe:
     # the partition's end (an app larger than its slot), never past the flash's
     writes: tuple[tuple[str, Path], ...] = field(default_factory=tuple)
 
-    def tool_args(self, header_size: int) -> list[str]:
-        """mp-image-tool-esp32 options for this recipe (empty: no conversion)."""
-        args: list[str] = []
-        size = self.header_size or self.flash_size or header_size
-        if size != header_size:
-            args += ["-f", f"{size // MB}M"]
-        if self.layout == "ota":
-            args += ["--table", "ota"]
-        grow = args and not self.header_size  # a deliberate mismatch keeps the table
-        resize = self.resize or ("vfs=0" if grow else None)
-        if resize:
-            args += ["--resize", resize]
-        return args
+    def plain(self) -> Recipe:
+        """The same conversion without files or writes (what payloads are made from)."""
+        return dataclasses.replace(self, app=None, vfs_files=(), writes=(), format_vfs=False)
 
 
-def needs_psram(flash_or_firmware: bytes) -> bool:
-    """A SPIRAM build bails out at boot without PSRAM; give the machine 4 MB when so."""
-    return PSRAM_MARKER in flash_or_firmware
+@dataclass(frozen=True)
+class Conversion:
+    """The mp-image-tool-esp32 options a recipe comes to for one release, and why."""
+
+    args: tuple[str, ...]
+    notes: tuple[str, ...] = ()
+
+    def command(self, firmware: str) -> str:
+        if not self.args:
+            return f"{firmware} as it is (no conversion)"
+        return f"mp-image-tool-esp32 {firmware} {' '.join(self.args)}"
 
 
-def header_flash_size(firmware: bytes) -> int:
-    """The flash size written in the bootloader's image header."""
-    code = firmware[3] >> 4
-    name = inspect.FLASH_SIZES.get(code)
-    if name is None:
-        raise ImageError(f"bootloader header has an unknown flash size code {code}")
-    return parse_flash_size(name)
+def plan(recipe: Recipe, facts: FirmwareFacts) -> Conversion:
+    """The conversion users make on this release: `-f 16M --resize vfs=0` where the table
+    has a `vfs` line, `-f 16M` alone where it has none (MicroPython >= v1.26 makes the
+    filesystem at boot from the flash after the last partition)."""
+    args: list[str] = []
+    notes: list[str] = []
+    size = recipe.header_size or recipe.flash_size or facts.header_flash_size
+    if size != facts.header_flash_size:
+        args += ["-f", f"{size // MB}M"]
+    if recipe.layout == "ota":
+        # the slots hold the whole firmware file, so that an app and a mistaken full image
+        # both fit, as they do in the OTA variant's own 0x180000 slots
+        slot = max(OTA_SLOT, -(-facts.file_size // APP_ALIGN) * APP_ALIGN)
+        table = OTA_TABLE.format(slot=slot) + (",vfs=0" if facts.fs_in_table else "")
+        args += ["--table", table]
+        notes.append(
+            "the table of MicroPython's OTA variant (partitions-4MiB-ota.csv"
+            + (", with the vfs line releases up to v1.25 have)" if facts.fs_in_table
+               else ": no vfs line, as from v1.26)")
+        )  # fmt: skip
+        if slot != OTA_SLOT:
+            notes.append(
+                f"slots grown from {OTA_SLOT:#x} to {slot:#x} to hold this {facts.file_size}-byte "
+                "firmware (the OTA variant is built for size; this build is not)"
+            )
+    # growing the flash grows the filesystem to its end (an OTA table fills it already);
+    # a deliberate header mismatch keeps the table as it is
+    converting = bool(args) and not recipe.header_size and recipe.layout != "ota"
+    resize = recipe.resize if recipe.resize is not None else ("vfs=0" if converting else None)
+    kept = []
+    for item in filter(None, (resize or "").split(",")):
+        name = item.split("=", 1)[0].strip()
+        if name in formats.FS_LABELS and not facts.fs_in_table:
+            notes.append(
+                f"--resize {item} left out: {facts.version or 'this release'} has no {name} line "
+                "in its partition table (MicroPython makes the filesystem at boot, up to the "
+                "end of the flash)"
+            )
+        else:
+            kept.append(item)
+    if kept:
+        args += ["--resize", ",".join(kept)]
+    return Conversion(tuple(args), tuple(notes))
 
 
-def _firmware_bytes(path: Path) -> bytes:
-    """The firmware as it sits at 0x1000 (a whole flash image is accepted too)."""
-    data = inspect.read_input(path)
-    kind = inspect.classify(data)
-    if kind == "flash":
-        return data[inspect.BOOTLOADER_OFFSET :].rstrip(b"\xff")
-    if kind == "firmware":
+@dataclass(frozen=True)
+class BuiltImage:
+    """A flash image in the cache and what went into it."""
+
+    path: Path
+    size: int
+    sha256: str
+    firmware: str
+    firmware_version: str | None
+    conversion: str  # the mp-image-tool-esp32 command line, as a user would type it
+    notes: tuple[str, ...]
+    filesystem: formats.FsRegion | None
+
+    def to_json(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["path"] = str(self.path)
         return data
-    first_segment = int.from_bytes(data[24:28], "little") if len(data) >= 28 else 0
-    if kind == "app" and inspect.BOOTLOADER_DRAM[0] <= first_segment < inspect.BOOTLOADER_DRAM[1]:
-        raise ImageError(
-            f"{path} is cut short: it starts with a bootloader but has no partition table at "
-            f"0x8000 ({len(data)} bytes): download the firmware again"
-        )
-    if kind == "app":
-        raise ImageError(
-            f"{path} is an app image, without bootloader or partition table: give a full "
-            "firmware .bin as the image, and this file as the app (--app) or OTA payload"
-        )
-    raise ImageError(
-        f"{path} is not an ESP32 firmware image ({kind}): expected a .bin from "
-        "micropython.org (bootloader + partition table + app)"
-    )
 
-
-def _check_chip(path: Path, data: bytes) -> None:
-    chip = inspect.CHIP_IDS.get(int.from_bytes(data[12:14], "little"), "unknown")
-    if chip != "esp32":
-        raise ImageError(f"{path} is built for {chip}; QEMU's esp32 machine needs an esp32 image")
+    @classmethod
+    def from_json(cls, path: Path, data: dict[str, Any]) -> BuiltImage:
+        fs = data.get("filesystem")
+        return cls(
+            path, int(data["size"]), str(data["sha256"]), str(data["firmware"]),
+            data.get("firmware_version"), str(data["conversion"]), tuple(data.get("notes", ())),
+            formats.FsRegion(**fs) if fs else None,
+        )  # fmt: skip
 
 
 def _digest(recipe: Recipe) -> str:
     h = hashlib.sha256()
     for path in [recipe.firmware, *(p for p in [recipe.app] if p), *(w for _, w in recipe.writes)]:
-        h.update(hashlib.sha256(inspect.read_input(path)).digest())
-    for src, _ in recipe.vfs_files:  # vfs files may be empty (an __init__.py)
+        h.update(hashlib.sha256(read_input(path)).digest())
+    for src, _ in recipe.vfs_files:  # files may be empty (an __init__.py)
         for name, member in _members(src):
             h.update(name.encode() + hashlib.sha256(member.read_bytes()).digest())
     params = {
         "size": recipe.flash_size, "layout": recipe.layout, "resize": recipe.resize,
         "vfs": [dst for _, dst in recipe.vfs_files], "header": recipe.header_size,
-        "writes": [name for name, _ in recipe.writes],
-        "format_vfs": recipe.format_vfs,
-        "tool": version("mp-image-tool-esp32"), "lfs": LFS_OPTIONS, "v": 2,
+        "writes": [name for name, _ in recipe.writes], "format_vfs": recipe.format_vfs,
+        "tool": version("mp-image-tool-esp32"), "lfs": LFS_OPTIONS, "v": CACHE_FORMAT,
     }  # fmt: skip
     h.update(json.dumps(params, sort_keys=True).encode())
     return h.hexdigest()[:24]
@@ -154,81 +199,101 @@ def _digest(recipe: Recipe) -> str:
 def _members(path: Path) -> list[tuple[str, Path]]:
     """A file, or every file under a folder, with names relative to it."""
     if not path.exists():
-        raise ImageError(f"{path}: no such file or folder to put into the vfs")
+        raise ImageError(f"{path}: no such file or folder to put into the filesystem")
     if path.is_dir():
         return [(p.relative_to(path).as_posix(), p) for p in sorted(path.rglob("*")) if p.is_file()]
     return [("", path)]
 
 
-def user_cache(variable: str, name: str) -> Path:
-    """$variable, else ~/.cache/esp32-ota-harness/<name> (XDG_CACHE_HOME honoured)."""
-    if os.environ.get(variable):
-        return Path(os.environ[variable])
-    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return root / "esp32-ota-harness" / name
+def publish(data: bytes, out: Path, meta: dict[str, Any] | None = None) -> None:
+    """Write `data` (and its sidecar) atomically: a parallel reader sees all of it or nothing."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=".publish-") as tmp:
+        staged = Path(tmp) / "staged"
+        staged.write_bytes(data)
+        if meta is not None:
+            side = Path(tmp) / "meta"
+            side.write_text(json.dumps(meta, indent=2) + "\n")
+            os.replace(side, out.with_suffix(".json"))
+        os.replace(staged, out)
 
 
-def cache_dir() -> Path:
-    """HARNESS_CACHE, else the user's cache folder."""
-    return user_cache("HARNESS_CACHE", "images")
-
-
-def _publish(tmp: str, data: bytes, out: Path) -> None:
-    """Write `data` to `out` atomically: a parallel reader sees all of it or nothing."""
-    staged = Path(tmp) / "staged.bin"
-    staged.write_bytes(data)
-    os.replace(staged, out)
+def _cached(out: Path) -> dict[str, Any] | None:
+    """The sidecar of a cache entry whose bytes still match it; None: (re)build it."""
+    side = out.with_suffix(".json")
+    try:
+        meta = json.loads(side.read_text())
+        if not isinstance(meta, dict) or out.stat().st_size != meta["size"]:
+            return None
+        if hashlib.sha256(out.read_bytes()).hexdigest() != meta["sha256"]:
+            return None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return meta
 
 
 def build(recipe: Recipe, cache: Path | None = None) -> Path:
-    """Return the path of the flash image for `recipe`, building it if not cached."""
+    """The path of the flash image for `recipe`, built if not (correctly) cached."""
+    return build_image(recipe, cache).path
+
+
+def build_image(recipe: Recipe, cache: Path | None = None) -> BuiltImage:
     if recipe.layout not in LAYOUTS:
         raise ImageError(f"unknown layout {recipe.layout!r}: use one of {', '.join(LAYOUTS)}")
-    firmware = _firmware_bytes(recipe.firmware)
-    _check_chip(recipe.firmware, firmware)
-    cache = cache or cache_dir()
-    out = cache / f"{_digest(recipe)}.bin"
-    if out.exists():
-        return out
-    cache.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=cache, prefix=".build-") as tmp:
-        _publish(tmp, _make_flash(recipe, firmware, Path(tmp)), out)
-    return out
+    firmware = read_firmware(recipe.firmware)
+    out = (cache or paths.image_cache()) / f"{_digest(recipe)}.bin"
+    meta = _cached(out)
+    if meta is None:
+        flash, image = _make_flash(recipe, firmware, out)
+        publish(flash, out, image.to_json())
+        return image
+    return BuiltImage.from_json(out, meta)
 
 
-def _make_flash(recipe: Recipe, firmware: bytes, tmp: Path) -> bytes:
-    header_size = header_flash_size(firmware)
-    size = recipe.flash_size or header_size
-    args = recipe.tool_args(header_size)
-    if args:
-        firmware = convert(firmware, args, tmp)
-    if inspect.BOOTLOADER_OFFSET + len(firmware) > size:
+def _make_flash(recipe: Recipe, firmware: bytes, out: Path) -> tuple[bytes, BuiltImage]:
+    facts = FirmwareFacts.of(firmware)
+    size = recipe.flash_size or facts.header_flash_size
+    conversion = plan(recipe, facts)
+    if conversion.args:
+        firmware = convert(firmware, list(conversion.args), conversion, recipe.firmware.name)
+    if formats.BOOTLOADER_OFFSET + len(firmware) > size:
         raise ImageError(
             f"{recipe.firmware.name} ({len(firmware)} bytes at 0x1000) does not fit a "
             f"{size_name(size)} flash"
         )
     flash = bytearray(b"\xff" * size)
-    flash[inspect.BOOTLOADER_OFFSET : inspect.BOOTLOADER_OFFSET + len(firmware)] = firmware
-    table = inspect.parse_table(bytes(flash))
-    if not table:
+    flash[formats.BOOTLOADER_OFFSET : formats.BOOTLOADER_OFFSET + len(firmware)] = firmware
+    table = formats.parse_table(bytes(flash))
+    if not len(table):
         raise ImageError(f"{recipe.firmware}: no partition table at 0x8000")
     for part in table:
-        if part.offset + part.size > size:
+        if part.end > size:
             raise ImageError(
-                f"partition {part.name} ends at 0x{part.offset + part.size:x}, beyond the "
-                f"{size_name(size)} flash: convert the table (--layout ota or a resize)"
+                f"partition {part.name} ends at 0x{part.end:x}, beyond the {size_name(size)} "
+                "flash: convert the table (--layout ota or a resize)"
             )
     if recipe.app:
-        slot = next(p for p in table if p.type == inspect.APP_TYPE)
-        _write_partition(flash, slot, inspect.read_input(recipe.app), recipe.app)
-    if recipe.vfs_files or (recipe.format_vfs and any(p.name == "vfs" for p in table)):
-        _make_vfs(flash, _partition(table, "vfs"), recipe.vfs_files)
+        slot = next(p for p in table if p.is_app)
+        _write_partition(flash, slot, read_input(recipe.app), recipe.app)
+    region = formats.fs_region(table, size)
+    if recipe.vfs_files or recipe.format_vfs:
+        if region is None and recipe.vfs_files:
+            raise ImageError(
+                f"this {size_name(size)} image of {recipe.firmware.name} has no room for a "
+                f"filesystem (the partitions end at 0x{table.end:x}): use a bigger flash"
+            )
+        if region is not None:
+            _make_fs(flash, region, recipe, facts, size)
     for name, path in recipe.writes:
-        part, data = _partition(table, name), inspect.read_input(path)
+        part, data = _partition(table, name), read_input(path)
         if part.offset + len(data) > size:
             raise ImageError(f"{path.name} written at {name} runs past the end of the flash")
         flash[part.offset : part.offset + len(data)] = data
-    return bytes(flash)
+    data = bytes(flash)
+    return data, BuiltImage(
+        out, len(data), hashlib.sha256(data).hexdigest(), str(recipe.firmware), facts.version,
+        conversion.command(recipe.firmware.name), conversion.notes, region,
+    )  # fmt: skip
 
 
 def payload(recipe: Recipe, kind: str, cache: Path | None = None) -> Path:
@@ -239,80 +304,125 @@ def payload(recipe: Recipe, kind: str, cache: Path | None = None) -> Path:
     `corrupt-app`: the app with one byte flipped in the middle (right length, wrong
     content: an undetected transfer error).
     """
-    kinds = ("full-image", "app", "truncated-app", "corrupt-app")
-    if kind not in kinds:
-        raise ImageError(f"unknown payload kind {kind!r}: use one of {', '.join(kinds)}")
-    cache = cache or cache_dir()
-    out = cache / f"{_digest(recipe)}-{kind}.bin"
-    if out.exists():
+    if kind not in PAYLOAD_KINDS:
+        raise ImageError(f"unknown payload kind {kind!r}: use one of {', '.join(PAYLOAD_KINDS)}")
+    out = (cache or paths.image_cache()) / f"{_digest(recipe.plain())}-{kind}.bin"
+    if _cached(out) is not None:
         return out
-    cache.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=cache, prefix=".payload-") as tmp:
-        firmware = _firmware_bytes(recipe.firmware)
-        args = recipe.tool_args(header_flash_size(firmware))
-        full = convert(firmware, args, Path(tmp)) if args else firmware
-        app = b"" if kind == "full-image" else convert(full, ["-x"], Path(tmp))
-        middle = len(app) // 2
-        if kind == "full-image":
-            data = full
-        elif kind == "app":
-            data = app
-        elif kind == "truncated-app":
-            data = app[:middle]
-        else:
-            data = app[:middle] + bytes([app[middle] ^ 0xFF]) + app[middle + 1 :]
-        _publish(tmp, data, out)
+    firmware = read_firmware(recipe.firmware)
+    conversion = plan(recipe, FirmwareFacts.of(firmware))
+    full = firmware
+    if conversion.args:
+        full = convert(firmware, list(conversion.args), conversion, recipe.firmware.name)
+    app = b"" if kind == "full-image" else convert(full, ["-x"], None, recipe.firmware.name)
+    middle = len(app) // 2
+    data = {
+        "full-image": full,
+        "app": app,
+        "truncated-app": app[:middle],
+        "corrupt-app": app[:middle] + bytes([app[middle] ^ 0xFF]) + app[middle + 1 :]
+        if app
+        else b"",
+    }[kind]
+    meta = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest(), "kind": kind,
+            "conversion": conversion.command(recipe.firmware.name)}  # fmt: skip
+    publish(data, out, meta)
     return out
 
 
-def convert(firmware: bytes, args: list[str], tmp: Path) -> bytes:
-    """Run mp-image-tool-esp32 on a private copy: the user's own conversion, exactly."""
-    src, dst = tmp / "firmware.bin", tmp / "converted.bin"
-    src.write_bytes(firmware)
-    cmd = [sys.executable, "-c", "from mp_image_tool_esp32.main import main; main()",
-           str(src), *args, "-o", str(dst)]  # fmt: skip
-    run = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp)
-    if run.returncode != 0 or not dst.exists():
-        said = (run.stderr.strip() or run.stdout.strip()).splitlines()
-        raise ImageError(
-            f"mp-image-tool-esp32 {' '.join(args)} failed: {said[-1] if said else 'no output'}"
-        )
-    return dst.read_bytes()
+TOOL_ERROR = re.compile(r"^(\w*(?:Error|Exception)): (.*)$")
 
 
-def _partition(table: list[inspect.Partition], name: str) -> inspect.Partition:
-    part = next((p for p in table if p.name == name), None)
+def tool_error(output: list[str]) -> str:
+    """mp-image-tool-esp32's own error (`PartitionError: ...`, with its indented
+    continuation lines), not a fragment of the tables it prints around it."""
+    for i, line in enumerate(output):
+        if TOOL_ERROR.match(line.strip()) and not line.startswith(" "):
+            more = [m.strip() for m in itertools.takewhile(lambda m: m.startswith("  "),
+                                                          output[i + 1 :])]  # fmt: skip
+            return " ".join([line.strip(), *more]).rstrip(":")
+    return next((line.strip() for line in reversed(output) if line.strip()), "no output")
+
+
+def convert(
+    firmware: bytes, args: list[str], conversion: Conversion | None = None, name: str = "firmware"
+) -> bytes:
+    """Run mp-image-tool-esp32 on a private copy: the user's own conversion, exactly.
+
+    A failure is reported with the tool's own error line and the command that was run.
+    """
+    with tempfile.TemporaryDirectory(prefix="eoh-convert-") as tmp:
+        src, dst = Path(tmp) / "firmware.bin", Path(tmp) / "converted.bin"
+        src.write_bytes(firmware)
+        cmd = [sys.executable, "-c", "from mp_image_tool_esp32.main import main; main()",
+               str(src), *args, "-o", str(dst)]  # fmt: skip
+        env = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1", "TERM": "dumb"}
+        run = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp, env=env)
+        if run.returncode == 0 and dst.exists():
+            return dst.read_bytes()
+    said = tool_error((run.stdout + "\n" + run.stderr).splitlines())
+    command = f"mp-image-tool-esp32 {name} {' '.join(args)}"
+    why = f" (chosen: {'; '.join(conversion.notes)})" if conversion and conversion.notes else ""
+    raise ImageError(f"{command} failed: {said}{why}")
+
+
+def _partition(table: formats.PartitionTable, name: str) -> formats.Partition:
+    part = table.get(name)
     if part is None:
-        names = ", ".join(p.name for p in table)
-        raise ImageError(f"the image has no partition named {name!r} (it has: {names})")
+        raise ImageError(f"the image has no partition named {name!r} (it has: "
+                         f"{', '.join(table.names())})")  # fmt: skip
     return part
 
 
-def _write_partition(flash: bytearray, part: inspect.Partition, data: bytes, src: Path) -> None:
+def _write_partition(flash: bytearray, part: formats.Partition, data: bytes, src: Path) -> None:
     if len(data) > part.size:
         raise ImageError(
             f"{src.name} ({len(data)} bytes) does not fit partition {part.name} ({part.size} bytes)"
         )
-    flash[part.offset : part.offset + part.size] = data + b"\xff" * (part.size - len(data))
+    flash[part.offset : part.end] = data + b"\xff" * (part.size - len(data))
 
 
-def _make_vfs(
-    flash: bytearray, part: inspect.Partition, files: tuple[tuple[Path, str], ...]
+def _kib(n: int) -> str:
+    return f"{n / MB:.2f} MB" if n >= MB else f"{n / 1024:.0f} KB"
+
+
+def _make_fs(
+    flash: bytearray, region: formats.FsRegion, recipe: Recipe, facts: FirmwareFacts, size: int
 ) -> None:
-    """Format the vfs as MicroPython would on first boot, with `files` already in it."""
-    from littlefs import LittleFS  # only image builds with a vfs need it
+    """Format the filesystem as MicroPython would on first boot, with the recipe's files in it."""
+    from littlefs import LittleFS, LittleFSError  # only image builds with files need it
 
-    fs = LittleFS(block_size=VFS_BLOCK, block_count=part.size // VFS_BLOCK, **LFS_OPTIONS)
-    with fs.open("boot.py", "w") as f:
-        f.write("# This file is executed on every boot (including wake-boot from deepsleep)\n")
-    for src, dst in files:
-        for name, member in _members(src):
-            _put(fs, member, f"{dst.rstrip('/')}/{name}" if name else dst)
+    fs = LittleFS(
+        block_size=FS_BLOCK,
+        block_count=region.size // FS_BLOCK,
+        read_size=LFS_OPTIONS["read_size"],
+        prog_size=LFS_OPTIONS["prog_size"],
+        lookahead_size=LFS_OPTIONS["lookahead_size"],
+        disk_version=LFS_OPTIONS["disk_version"],
+    )
+    try:
+        with fs.open("boot.py", "w") as f:
+            f.write("# This file is executed on every boot (including wake-boot from deepsleep)\n")
+        for src, dst in recipe.vfs_files:
+            for name, member in _members(src):
+                _put(fs, member, f"{dst.rstrip('/')}/{name}" if name else dst)
+    except LittleFSError as exc:
+        if exc.code != LittleFSError.Error.LFS_ERR_NOSPC:
+            raise ImageError(f"cannot write the filesystem image: {exc}") from None
+        files = ", ".join(
+            f"{dst} ({_kib(sum(m.stat().st_size for _, m in _members(src)))})"
+            for src, dst in recipe.vfs_files
+        )
+        raise ImageError(
+            f"{files} do not fit the {_kib(region.size)} filesystem of this {size_name(size)} "
+            f"{facts.version or ''} image ({region.label} at {region.offset:#x}): use a 16MB "
+            "image (--flash-size 16MB, or flash_size: [16MB] in the scenario)"
+        ) from None
     image = bytes(fs.context.buffer)
-    flash[part.offset : part.offset + len(image)] = image
+    flash[region.offset : region.offset + len(image)] = image
 
 
-def _put(fs: object, src: Path, dst: str) -> None:
+def _put(fs: Any, src: Path, dst: str) -> None:
     dst = "/" + dst.lstrip("/")
     parent = dst.rsplit("/", 1)[0]
     if parent:

@@ -1,4 +1,4 @@
-"""OTA steps: write a payload into the next slot, set_boot(), reboot, say what booted.
+"""OTA steps: write a payload into the next slot, select it, reboot, say what booted.
 
 Two ways to write, both real:
 
@@ -7,15 +7,15 @@ Two ways to write, both real:
   stops reading when its buffer is full, so no byte is lost) and writes it with
   `esp32.Partition.writeblocks` in 32 KiB chunks, which costs fewer emulated flash
   operations than 4 KiB blocks. The harness then checks the slot byte for byte in the
-  run's flash file (what the bootloader will read), calls `set_boot()` and reboots.
+  run's flash file (what the bootloader will read), selects the slot and reboots.
 - `run_library()`, a user's device library: the library and the payload are baked into
-  the littlefs vfs at image build time, and the user's REPL command runs as it would on
+  the filesystem at image build time, and the user's REPL command runs as it would on
   a board, reboot included.
 
 Either way the result is an `OtaReport`: the slot written, set_boot()'s verdict, the
 bootloader's E/W lines during the reboot, the partition that booted (asked of the REPL:
 MicroPython's bootloader logs nothing on success or rollback), and otadata before and
-after, read from the flash file.
+after, read from the flash file. A step's `timeout` bounds the whole of it.
 """
 
 from __future__ import annotations
@@ -23,17 +23,19 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import re
-import struct
+import socket
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
-from . import inspect
-from .console import RESET_BANNER
+from . import formats, inspector
+from .console import RESET_BANNER, log_lines
 from .device import Device
-from .errors import DeviceError, HarnessError
+from .errors import DeviceError, DeviceTimeout, HarnessError
 
+Select = Literal["set_boot", "otadata", "none"]
 CHUNK = 32 * 1024
 VFS_READSIZE = 1024
 REMOUNT = """import os, esp32
@@ -42,8 +44,7 @@ os.umount('/')
 os.mount(os.VfsLfs2(bdev, readsize=%d), '/')
 os.chdir('/')
 """
-RUNNING = "esp32.Partition(esp32.Partition.RUNNING)"
-BOOT_LINE = re.compile(r"^(?:\x1b\[[0-9;]*m)?([EW]) \((\d+)\) ([\w.]+): (.*?)(?:\x1b\[0m)?$")
+FIND_APP = "esp32.Partition.find(esp32.Partition.TYPE_APP, label={!r})[0]"
 
 WRITER = """
 import esp32, hashlib, machine, binascii, gc
@@ -71,30 +72,15 @@ def _harness_write(label, size, chunk):
     u.deinit()
     print(binascii.hexlify(h.digest()).decode())
 """
+TRAILER = b"\xff" * 512  # pushes the payload's last bytes out of the UART's RX FIFO
 
 
 @dataclass
-class FlashState:
-    """otadata and the bootloader's choice, read from the live flash file."""
-
-    otadata: list[dict[str, object]] | None
-    boot: dict[str, object]
-
-    @classmethod
-    def read(cls, flash: Path) -> FlashState:
-        return cls.of(flash.read_bytes())
-
-    @classmethod
-    def of(cls, data: bytes) -> FlashState:
-        table = inspect.parse_table(data)
-        records = inspect.read_otadata(data, table)
-        return cls(
-            [asdict(r) for r in records] if records is not None else None,
-            inspect.boot_choice(table, records),
-        )
-
-    def states(self) -> list[str]:
-        return [str(r["state"]) for r in self.otadata or []]
+class OtaTimings:
+    write_s: float | None = None  # delivered, written and checked (harness method)
+    library_s: float | None = None  # the user's command, up to its reboot (library method)
+    reboot_s: float | None = None
+    total_s: float | None = None
 
 
 @dataclass
@@ -113,22 +99,28 @@ class OtaReport:
     bootloader_lines: list[str] = field(default_factory=list)
     booted: str | None = None
     confirmed: bool = False
-    before: FlashState | None = None
-    after: FlashState | None = None
+    before: formats.FlashState | None = None
+    after: formats.FlashState | None = None
     output: str = ""
-    timings: dict[str, float] = field(default_factory=dict)
-
-    def as_dict(self) -> dict[str, object]:
-        return asdict(self)
+    timings: OtaTimings = field(default_factory=OtaTimings)
 
 
-def running(dev: Device) -> str:
-    """The partition MicroPython runs from, as the device itself says."""
-    return dev.repl.exec(f"import esp32; print({RUNNING}.info()[4])").strip()
+class Deadline:
+    """One timeout for a whole step: each wait gets what is left of it."""
 
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+        self.end = time.monotonic() + seconds
+        self.start = time.monotonic()
 
-def next_slot(dev: Device) -> str:
-    return dev.repl.exec(f"import esp32; print({RUNNING}.get_next_update().info()[4])").strip()
+    def left(self, during: str) -> float:
+        remaining = self.end - time.monotonic()
+        if remaining <= 0:
+            raise DeviceTimeout(f"the step's timeout of {self.seconds:g}s ran out before {during}")
+        return remaining
+
+    def elapsed(self) -> float:
+        return round(time.monotonic() - self.start, 3)
 
 
 def update(
@@ -136,7 +128,7 @@ def update(
     payload: Path,
     *,
     target: str | None = None,
-    select: str = "set_boot",
+    select: Select = "set_boot",
     confirm: bool = False,
     reboot: bool = True,
     timeout: float = 300.0,
@@ -147,32 +139,34 @@ def update(
     the app there first); "otadata" writes the otadata record directly, so the
     bootloader alone judges the slot; "none" leaves otadata as it is.
     """
-    if dev.machine.data is None:
-        raise HarnessError("this device was booted without the data channel (data_channel=True)")
-    data = inspect.read_input(payload)
+    sock = dev.data
+    data = inspector.read_input(payload)
+    deadline = Deadline(timeout)
     report = _new_report(payload, data, "harness")
-    clock = time.monotonic()
-    report.before = FlashState.read(dev.flash)
-    report.target = target or next_slot(dev)
-    slot = _slot(dev.flash, report.target)
+    report.before = dev.flash_state()
+    report.target = target or dev.next_update_partition()
+    slot = _slot(dev, report.target)
     if len(data) > slot.size:
         data, report.truncated_to_slot = data[: slot.size], True
     report.bytes_written = len(data)
     call = f"_harness_write({report.target!r}, {len(data)}, {CHUNK})\n"
-    dev.repl.exec_start(WRITER + call, timeout)
-    dev.console.expect(b"ready\r\n", 30, during="starting the on-device OTA writer", resets=False)
-    sender = threading.Thread(target=_send, args=(dev, data), daemon=True)
+    dev.repl.exec_start(WRITER + call, deadline.left("starting the on-device writer"))
+    dev.console.expect(
+        b"ready\r\n", min(30, deadline.left("the writer's ready")),
+        during="starting the on-device OTA writer", resets=False,
+    )  # fmt: skip
+    sender = threading.Thread(target=_send, args=(sock, data), daemon=True)
     sender.start()
-    out, err = dev.repl.exec_finish(timeout)
+    out, err = dev.repl.exec_finish(deadline.left("the payload's delivery"))
     sender.join(5)
     if err:
         raise DeviceError(err, out)
     report.delivered_sha_ok = out.strip() == hashlib.sha256(data).hexdigest()
     written = dev.flash.read_bytes()[slot.offset : slot.offset + len(data)]
     report.slot_matches_payload = written == data
-    report.timings["write_s"] = round(time.monotonic() - clock, 3)
-    _select_and_reboot(dev, report, select, confirm, reboot, timeout)
-    report.timings["total_s"] = round(time.monotonic() - clock, 3)
+    report.timings.write_s = deadline.elapsed()
+    _select_and_reboot(dev, report, select, confirm, reboot, deadline)
+    report.timings.total_s = deadline.elapsed()
     return report
 
 
@@ -185,63 +179,53 @@ def run_library(
     vfs_readsize: int | None = VFS_READSIZE,
     timeout: float = 900.0,
 ) -> OtaReport:
-    """Run a user's OTA library command (payload already in the vfs) and follow the reboot.
+    """Run a user's OTA library command (payload already in the filesystem), follow the reboot.
 
-    `vfs_readsize` remounts the vfs with a larger littlefs read size first: MicroPython
-    mounts with readsize=32 (a 128-byte cache), so reading a 1.5 MB file costs some
-    13,000 emulated flash operations; with 1024 (a 4 KiB cache) whole-block reads go
-    straight to flash. The library's code and the file's bytes stay exactly the same.
-    None keeps MicroPython's own mount.
+    `vfs_readsize` remounts the filesystem with a larger littlefs read size first:
+    MicroPython mounts with readsize=32 (a 128-byte cache), so reading a 1.5 MB file
+    costs some 13,000 emulated flash operations; with 1024 (a 4 KiB cache) whole-block
+    reads go straight to flash. The library's code and the file's bytes stay exactly
+    the same. None keeps MicroPython's own mount.
     """
-    report = _new_report(payload, inspect.read_input(payload), "library")
-    clock = time.monotonic()
-    report.before = FlashState.read(dev.flash)
-    report.target = next_slot(dev)
+    deadline = Deadline(timeout)
+    report = _new_report(payload, inspector.read_input(payload), "library")
+    report.before = dev.flash_state()
+    report.target = dev.next_update_partition()
     if vfs_readsize:
         dev.repl.exec(REMOUNT % vfs_readsize)
-    mark = len(dev.console.log.lines)
-    dev.repl.exec_start(command, timeout)
+    mark = dev.console.mark()
+    dev.repl.exec_start(command, deadline.left(f"running {command!r}"))
     end = dev.console.expect(
         [RESET_BANNER, rb"\x04([^\x04]*)\x04>"],
-        timeout,
+        deadline.left(f"running {command!r}"),
         during=f"running {command!r}",
         fail_fast=False,
     )
     if end.re is RESET_BANNER:
         report.rebooted = True
-        dev.repl.wait_prompt(60)
-        report.output = _printable("\n".join(dev.console.log.lines[mark:]))
+        dev.wait_prompt(min(60, deadline.left("the reboot")))
+        report.output = _printable("\n".join(dev.console.lines_since(mark)))
     else:  # the command returned instead of rebooting
-        report.output = dev.console.child.before.decode("utf-8", "replace")
+        report.output = dev.console.before.decode("utf-8", "replace")
         if end.group(1):
             raise DeviceError(end.group(1).decode("utf-8", "replace"), report.output)
         dev.repl.raw = True
-    report.timings["library_s"] = round(time.monotonic() - clock, 3)
+    report.timings.library_s = deadline.elapsed()
     _after_boot(dev, report, mark, confirm)
-    report.timings["total_s"] = round(time.monotonic() - clock, 3)
+    report.timings.total_s = deadline.elapsed()
     return report
 
 
-def reset(dev: Device, *, hard: bool = False, timeout: float = 60.0) -> tuple[str, list[str]]:
-    """Reset (machine.reset(), or QMP system_reset when `hard`); return (booted, boot lines)."""
-    mark = len(dev.console.log.lines)
-    if hard:
-        dev.hard_reset()
-    else:
-        dev.soft_reset()
-    dev.console.expect(RESET_BANNER, timeout, during="reset", fail_fast=False)
-    dev.repl.wait_prompt(timeout)
-    return running(dev), _boot_lines(dev, mark)
-
-
 def _select_and_reboot(
-    dev: Device, report: OtaReport, select: str, confirm: bool, reboot: bool, timeout: float
+    dev: Device, report: OtaReport, select: Select, confirm: bool, reboot: bool, deadline: Deadline
 ) -> None:
     assert report.target is not None
     if select == "set_boot":
-        find = f"esp32.Partition.find(esp32.Partition.TYPE_APP, label={report.target!r})"
         try:
-            dev.repl.exec(f"import esp32\n{find}[0].set_boot()", timeout)
+            dev.repl.exec(
+                f"import esp32\n{FIND_APP.format(report.target)}.set_boot()",
+                deadline.left("set_boot()"),
+            )
         except DeviceError as exc:
             report.set_boot_error = exc.traceback.splitlines()[-1]
     elif select == "otadata":
@@ -249,26 +233,26 @@ def _select_and_reboot(
     elif select != "none":
         raise HarnessError(f"unknown select {select!r}: use set_boot, otadata or none")
     if report.set_boot_error or not reboot:
-        report.booted = running(dev)
-        report.after = FlashState.read(dev.flash)
+        report.booted = dev.running_partition()
+        report.after = dev.flash_state()
         return
-    mark = len(dev.console.log.lines)
+    mark = dev.console.mark()
     start = time.monotonic()
-    dev.soft_reset()
-    dev.console.expect(RESET_BANNER, 30, during="reboot after set_boot()", fail_fast=False)
-    dev.repl.wait_prompt(60)
+    dev.start_reset("soft")
+    dev.await_boot(mark, until="banner", timeout=min(30, deadline.left("the reboot")))
+    dev.wait_prompt(min(60, deadline.left("the prompt after the reboot")))
     report.rebooted = True
-    report.timings["reboot_s"] = round(time.monotonic() - start, 3)
+    report.timings.reboot_s = round(time.monotonic() - start, 3)
     _after_boot(dev, report, mark, confirm)
 
 
 def _after_boot(dev: Device, report: OtaReport, mark: int, confirm: bool) -> None:
-    report.bootloader_lines = _boot_lines(dev, mark)
-    report.booted = running(dev)
+    report.bootloader_lines = log_lines(dev.console.lines_since(mark))
+    report.booted = dev.running_partition()
     if confirm and report.booted == report.target:
         dev.repl.exec("import esp32; esp32.Partition.mark_app_valid_cancel_rollback()")
         report.confirmed = True
-    report.after = FlashState.read(dev.flash)
+    report.after = dev.flash_state()
 
 
 def write_otadata(
@@ -281,35 +265,23 @@ def write_otadata(
 ) -> None:
     """Write otadata from the device, as ESP-IDF lays it out, without validating the app.
 
-    `select` makes the named OTA slot the bootloader's choice: a record with the next
-    sequence number that maps to that slot, in the sector not holding the newest one,
-    exactly what esp_ota_set_boot_partition() writes after its checks. `corrupt`
-    overwrites both records with garbage (bad CRCs, as after a torn write); `erase`
-    leaves both blank, as a fresh flash has them.
+    `select` makes the named OTA slot the bootloader's choice (what
+    esp_ota_set_boot_partition() writes after its checks); `corrupt` overwrites both
+    records with garbage (bad CRCs, as after a torn write); `erase` leaves both blank.
     """
     flash = dev.flash.read_bytes()
-    table = inspect.parse_table(flash)
-    records = inspect.read_otadata(flash, table)
+    table = formats.parse_table(flash)
+    records = formats.read_otadata(flash, table)
     if records is None:
         raise HarnessError("this image has no otadata partition (an OTA layout is needed)")
-    blank = b"\xff" * 4096
     if erase:
-        sectors = {0: blank, 1: blank}
+        sectors = formats.otadata_blank()
     elif corrupt:
-        sectors = {0: b"\x5a" * 32 + blank[32:], 1: b"\xa5" * 32 + blank[32:]}
+        sectors = formats.otadata_corrupt()
+    elif select is not None:
+        sectors = formats.otadata_selecting(table, records, select, state)
     else:
-        slots = sorted((p for p in table if p.is_ota_app), key=lambda p: p.subtype)
-        names = [p.name for p in slots]
-        if select not in names:
-            raise HarnessError(f"no OTA slot {select!r} in this image (it has {', '.join(names)})")
-        valid = [r for r in records if r.valid]
-        newest = max(valid, key=lambda r: r.seq) if valid else None
-        seq = (newest.seq if newest else 0) + 1
-        while (seq - 1) % len(slots) != names.index(select):
-            seq += 1
-        codes = {name: code for code, name in inspect.OTA_STATES.items()}
-        record = struct.pack("<I20sII", seq, b"\xff" * 20, codes[state], inspect.ota_crc(seq))
-        sectors = {1 - newest.sector if newest else 0: record + blank[32:]}
+        raise HarnessError("write_otadata takes one of: select, corrupt, erase")
     code = ["import esp32, binascii", "p = esp32.Partition.find(esp32.Partition.TYPE_DATA, 0)[0]"]
     for sector, data in sectors.items():  # writeblocks(n, buf) erases the sector first
         code.append(f"p.writeblocks({sector}, binascii.unhexlify({data.hex()!r}))")
@@ -317,40 +289,29 @@ def write_otadata(
 
 
 def _printable(text: str) -> str:
-    """Drop raw-paste flow-control bytes and colour codes from captured output."""
-    return re.sub(r"\x1b\[[0-9;]*m|[\x00-\x08\x0b-\x1f\x7f]|\ufffd", "", text)
-
-
-def _boot_lines(dev: Device, mark: int) -> list[str]:
-    lines = []
-    for line in dev.console.log.lines[mark:]:
-        found = BOOT_LINE.match(line.strip())
-        if found:
-            lines.append(f"{found.group(1)} ({found.group(2)}) {found.group(3)}: {found.group(4)}")
-    return lines
+    """Drop raw-paste flow-control bytes from captured output."""
+    return re.sub(r"[\x00-\x08\x0b-\x1f\x7f]|\ufffd", "", text)
 
 
 def _new_report(payload: Path, data: bytes, method: str) -> OtaReport:
-    kind = inspect.classify(data)
+    kind = formats.classify(data)
     if kind in ("app", "firmware", "flash"):
-        verdict = inspect.report(payload)["ota_payload"]["verdict"]
+        verdict = inspector.examine(payload, data).ota_payload.verdict
     else:
         verdict = f"not an app image ({kind})"
-    return OtaReport(str(payload), kind, str(verdict), method)
+    return OtaReport(str(payload), kind, verdict, method)
 
 
-def _slot(flash: Path, name: str) -> inspect.Partition:
-    table = inspect.parse_table(flash.read_bytes()[: inspect.TABLE_OFFSET + 0x1000])
-    part = next((p for p in table if p.name == name and p.type == inspect.APP_TYPE), None)
-    if part is None:
+def _slot(dev: Device, name: str) -> formats.Partition:
+    with dev.flash.open("rb") as f:
+        table = formats.parse_table(f.read(formats.TABLE_OFFSET + 0x1000))
+    part = table.get(name)
+    if part is None or not part.is_app:
         raise HarnessError(f"no app partition named {name!r} in this image")
     return part
 
 
-TRAILER = b"\xff" * 512  # pushes the payload's last bytes out of the UART's RX FIFO
-
-
-def _send(dev: Device, data: bytes) -> None:
+def _send(sock: socket.socket, data: bytes) -> None:
     """Payload, then filler the writer never reads.
 
     ESP-IDF's UART driver moves bytes from the hardware FIFO to its buffer when the FIFO
@@ -360,7 +321,5 @@ def _send(dev: Device, data: bytes) -> None:
     them through; the writer reads exactly the payload's length, and deinit() drops the
     rest.
     """
-    sock = dev.machine.data
-    if sock is not None:
-        with contextlib.suppress(OSError):  # QEMU went away; the REPL side reports why
-            sock.sendall(data + TRAILER)
+    with contextlib.suppress(OSError):  # QEMU went away; the REPL side reports why
+        sock.sendall(data + TRAILER)

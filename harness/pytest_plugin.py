@@ -2,29 +2,39 @@
 
 Every `*.yaml` in a folder named `scenarios` (or given on the command line) is
 collected; each matrix cell is one item, `ota-full-image-into-slot[16mb-v1.25.0]`,
-marked `4mb`/`16mb` and `emulation`. A malformed file is a collection error of one
-`file:line: problem` line. Items run through the same engine as `harness run`
-(harness.runner), so pytest-xdist runs them in parallel with nothing shared but
-the atomic image cache.
+marked `4mb`/`16mb` and `emulation` (markers the plugin registers itself). A
+malformed file is a collection error of one `file:line: problem` line. Items run
+through the same engine as `harness run` (harness.runner) and choose firmware by the
+same rule (harness.firmware), so pytest-xdist runs them in parallel with nothing
+shared but the atomic image cache.
 
 Tests that take the `qemu` fixture, and all scenario items, are emulation tests:
 skipped with a reason that says how to get Espressif's QEMU when none is found, run
-for real when one is.
+for real when one is. Only public pytest API is used; the plugin's state lives in
+`config.stash`.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from _pytest.runner import runtestprotocol
 
-from . import runner, scenario
+from . import manifest, runner, scenario
 from .errors import HarnessError, QemuNotFound
 from .qemu import find_qemu
+
+MARKERS = {
+    "emulation": "boots Espressif's QEMU (skipped with a reason when it cannot be found)",
+    "2mb": "runs on a 2MB flash image",
+    "4mb": "runs on a 4MB flash image",
+    "8mb": "runs on an 8MB flash image",
+    "16mb": "runs on a 16MB flash image",
+}
+RETRIED = pytest.StashKey[dict[str, list[str]]]()
+SELECTOR = pytest.StashKey[manifest.FirmwareSelector]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -32,8 +42,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--qemu", help="Espressif's qemu-system-xtensa (default: search)")
     group.addoption(
         "--firmware-dir",
-        help="folder of official MicroPython ESP32 firmware "
-        "(default: HARNESS_FIRMWARE_DIR, else ../shared/firmware, else the fetch cache)",
+        help="folder of firmware files, looked in before the user cache and a download "
+        "(default: HARNESS_FIRMWARE_DIR)",
     )
     group.addoption(
         "--flash-size",
@@ -43,7 +53,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption(
         "--firmware",
         action="append",
-        help="firmware file for every scenario cell, replacing the matrix (repeatable)",
+        help="firmware for every scenario cell, a file or BOARD[-VARIANT]@VERSION, "
+        "replacing the matrix (repeatable)",
     )
     group.addoption(
         "--artifacts",
@@ -54,16 +65,17 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--retries",
         type=int,
         default=0,
-        help="rerun a scenario cell whose QEMU crashed itself, up to N times (reported)",
+        help="rerun a scenario cell whose QEMU crashed itself or whose guest watchdog fired, "
+        "up to N times (each attempt reported)",
     )
 
 
-def _firmware_dir(config: pytest.Config) -> Path:
-    given = config.getoption("firmware_dir") or os.environ.get("HARNESS_FIRMWARE_DIR")
-    if given:
-        return Path(given)
-    shared = Path(config.rootpath).parent / "shared" / "firmware"
-    return shared if shared.is_dir() else scenario.default_firmware_dir()
+def pytest_configure(config: pytest.Config) -> None:
+    for name, text in MARKERS.items():
+        config.addinivalue_line("markers", f"{name}: {text}")
+    config.stash[RETRIED] = {}
+    config.stash[SELECTOR] = manifest.selector(config.getoption("firmware_dir"))
+    config.pluginmanager.register(_RetryLog(config), "esp32-ota-harness-retries")
 
 
 def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
@@ -77,21 +89,29 @@ def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Col
 
 class ScenarioFile(pytest.File):
     def collect(self) -> Iterator[ScenarioItem]:
+        config = self.config
         try:
             loaded = scenario.load(self.path)
-            firmware = self.config.getoption("firmware")
+            chosen = config.getoption("firmware")
             cells = loaded.cells(
-                _firmware_dir(self.config),
-                flash_sizes=self.config.getoption("flash_size"),
-                firmware=[str(Path(f).resolve()) for f in firmware] if firmware else None,
+                config.stash[SELECTOR],
+                flash_sizes=config.getoption("flash_size"),
+                firmware=_firmware_option(chosen),
             )
         except HarnessError as exc:
             raise self.CollectError(str(exc)) from None
         for cell in cells:
-            item = ScenarioItem.from_parent(self, name=f"{loaded.name}[{cell.id}]", cell=cell)
+            item = ScenarioItem.from_parent(self, name=cell.name, cell=cell)
             item.add_marker(getattr(pytest.mark, cell.flash_size.lower()))
             item.add_marker(pytest.mark.emulation)
             yield item
+
+
+def _firmware_option(given: list[str] | None) -> list[str] | None:
+    """--firmware values: manifest entries as they are, files as absolute paths."""
+    if not given:
+        return None
+    return [f if manifest.ENTRY_ID.match(f) else str(Path(f).resolve()) for f in given]
 
 
 class ScenarioFailed(Exception):
@@ -119,14 +139,22 @@ class ScenarioItem(pytest.Item):
                 "call", "stdout", f"== {log} ==\n{log.read_text('utf-8', 'replace')}"
             )
         self.user_properties += [("artifacts", result.artifacts), ("booted", result.booted)]
-        if len(result.attempts) > 1:
-            self.user_properties.append(("attempts", result.attempts))
+        if result.image is not None:
+            self.user_properties.append(("image", result.image.conversion))
+        if result.firmware is not None and not result.firmware.pinned:
+            self.user_properties.append(("unpinned_firmware_sha256", result.firmware.sha256))
+        if len(result.attempts) > 1:  # one property per attempt: readable in JUnit and here
+            self.user_properties += [("attempt", a.line()) for a in result.attempts]
         if result.status == "skipped":
             pytest.skip(result.message)
         if result.status == "failed":
             raise ScenarioFailed(result.message)
 
-    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style=None) -> str:
+    def repr_failure(
+        self,
+        excinfo: pytest.ExceptionInfo[BaseException],
+        style: Any = None,
+    ) -> str | Any:
         if isinstance(excinfo.value, ScenarioFailed | HarnessError):
             return str(excinfo.value)
         return super().repr_failure(excinfo)
@@ -135,65 +163,26 @@ class ScenarioItem(pytest.Item):
         return self.path, self.cell.scenario.lines.get(("title",), 1) - 1, self.name
 
 
-def pytest_runtest_logreport(report: pytest.TestReport) -> None:
-    """Runs where results are reported (the xdist controller too), so retries are seen."""
-    if report.when == "call" and any(key == "attempts" for key, _ in report.user_properties):
-        _retried_reports.append(f"{report.nodeid}: {dict(report.user_properties)['attempts']}")
+class _RetryLog:
+    """Collects the attempts of retried cells where results are reported (the xdist
+    controller too) and lists them, one line per attempt, in the terminal summary."""
 
+    def __init__(self, config: pytest.Config):
+        self.config = config
 
-_retried_reports: list[str] = []
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        attempts = [str(v) for k, v in report.user_properties if k == "attempt"]
+        if report.when == "call" and attempts:
+            self.config.stash[RETRIED][report.nodeid] = attempts
 
-
-def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
-    retried = _retried_reports
-    if retried:  # never silent: a retry is named in the summary and the JUnit properties
-        terminalreporter.section("retried (QEMU crashed itself, or a guest watchdog fired)")
-        for nodeid in retried:
-            terminalreporter.line(nodeid)
-
-
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
-    """Keep the exception of a failed call, for the retry policy below."""
-    yield
-    if call.when == "call" and call.excinfo is not None:
-        item.stash[_ERROR] = call.excinfo.value
-
-
-@pytest.hookimpl(tryfirst=True)
-def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> bool | None:
-    """--retries for emulation tests too: the policy of harness.runner, reported, never silent.
-
-    Scenario items retry inside the runner; other tests that boot QEMU are rerun here when
-    they failed for a reason the policy allows (QEMU's own crash, watchdog resets).
-    """
-    retries = item.config.getoption("retries") or 0
-    if (
-        not retries
-        or isinstance(item, ScenarioItem)
-        or "qemu" not in getattr(item, "fixturenames", ())
-    ):
-        return None
-    item.ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
-    for attempt in range(retries + 1):
-        item.stash[_ERROR] = None
-        if attempt and hasattr(item, "_initrequest"):
-            item._initrequest()  # fresh fixtures for the new attempt
-        reports = runtestprotocol(item, nextitem=nextitem, log=False)
-        error = item.stash.get(_ERROR, None)
-        if attempt < retries and error is not None and runner.retryable(error):
-            _retried_reports.append(f"{item.nodeid}: attempt {attempt + 1} failed: {error}")
-            continue
-        for report in reports:
-            if attempt:  # on the report itself, so the xdist controller sees it too
-                report.user_properties.append(("attempts", attempt + 1))
-            item.ihook.pytest_runtest_logreport(report=report)
-        break
-    item.ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
-    return True
-
-
-_ERROR = pytest.StashKey[BaseException | None]()
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        retried = self.config.stash[RETRIED]
+        if retried:  # never silent: a retry is named here and in the JUnit properties
+            terminalreporter.section("retried (QEMU crashed itself, or a guest watchdog fired)")
+            for nodeid, attempts in retried.items():
+                terminalreporter.line(nodeid)
+                for attempt in attempts:
+                    terminalreporter.line(f"    {attempt}")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -212,9 +201,6 @@ def qemu(pytestconfig: pytest.Config) -> Path:
 
 
 @pytest.fixture(scope="session")
-def firmware_dir(pytestconfig: pytest.Config) -> Path:
-    """The folder of real firmware files (read only; never copied into the project)."""
-    path = _firmware_dir(pytestconfig)
-    if not path.is_dir():
-        pytest.skip(f"no firmware folder at {path}: set HARNESS_FIRMWARE_DIR or --firmware-dir")
-    return path
+def firmware_selector(pytestconfig: pytest.Config) -> manifest.FirmwareSelector:
+    """Where firmware comes from in this run (--firmware-dir, cache, download)."""
+    return pytestconfig.stash[SELECTOR]

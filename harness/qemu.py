@@ -24,12 +24,14 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
+from qemu.qmp import QMPError
 from qemu.qmp.legacy import QEMUMonitorProtocol
 
 from . import janitor
-from .errors import HarnessError, QemuExited, QemuNotFound
+from .errors import HarnessError, QemuCrashed, QemuExited, QemuNotFound
 
 QEMU_NAME = "qemu-system-xtensa"
 INSTALL_HINT = (
@@ -45,7 +47,7 @@ def idf_tools_dir() -> Path:
     return Path(os.environ.get("IDF_TOOLS_PATH") or Path.home() / ".espressif") / "tools"
 
 
-def _candidates(explicit: str | None) -> list[tuple[str, Path]]:
+def _candidates() -> list[tuple[str, Path]]:
     found: list[tuple[str, Path]] = []
     if os.environ.get("ESP_QEMU"):
         found.append(("ESP_QEMU", Path(os.environ["ESP_QEMU"])))
@@ -86,7 +88,7 @@ def find_qemu(explicit: str | os.PathLike[str] | None = None) -> Path:
             )
         return path
     rejected = []
-    for source, path in _candidates(None):
+    for source, path in _candidates():
         if path.is_file() and os.access(path, os.X_OK) and has_esp32_machine(path):
             return path
         rejected.append(f"{path} ({source})")
@@ -153,7 +155,9 @@ class Machine:
             cmd += ["-m", "4M"]
         return cmd + self.extra_args
 
-    def start(self, attach: callable | None = None, timeout: float = 20.0) -> socket.socket:
+    def start(
+        self, attach: Callable[[socket.socket], None] | None = None, timeout: float = 20.0
+    ) -> socket.socket:
         """Launch paused, accept serial and QMP, call `attach(serial)`, then resume.
 
         The sockets live in a short private folder (a Unix socket path must fit 108
@@ -165,7 +169,9 @@ class Machine:
         finally:
             shutil.rmtree(sockets, ignore_errors=True)
 
-    def _start(self, sockets: Path, attach: callable | None, timeout: float) -> socket.socket:
+    def _start(
+        self, sockets: Path, attach: Callable[[socket.socket], None] | None, timeout: float
+    ) -> socket.socket:
         listener = _listen(sockets / "serial")
         data_listener = _listen(sockets / "data") if self.data_channel else None
         self.qmp = QEMUMonitorProtocol(str(sockets / "qmp"), server=True)
@@ -189,9 +195,11 @@ class Machine:
             if data_listener is not None:
                 self.data = self._accept(data_listener, timeout)
             self.qmp.accept(timeout=max(1.0, timeout))
-        except (OSError, TimeoutError) as exc:
-            self.check_alive("startup")
-            raise HarnessError(f"QEMU did not connect its serial/QMP sockets: {exc}") from exc
+        except (OSError, TimeoutError, QMPError) as exc:
+            # QEMU connects its sockets before it checks the machine (a flash size it
+            # refuses): let it finish dying, then say what it said
+            self.check_alive("startup", wait=5.0)
+            raise HarnessError(f"QEMU did not connect its serial/QMP sockets: {exc}") from None
         finally:
             listener.close()
             if data_listener is not None:
@@ -236,10 +244,10 @@ class Machine:
             return
         stderr = (self.run_dir / "qemu-stderr.log").read_text(errors="replace").strip()
         said = f": {stderr.splitlines()[-1]}" if stderr else ""
-        bug = "assertion failed" in stderr or "Bail out!" in stderr
-        if bug:
-            said += " (QEMU itself crashed: a QEMU bug, not the firmware)"
-        raise QemuExited(f"QEMU exited ({self.describe_exit()}) during {during}{said}", bug)
+        message = f"QEMU exited ({self.describe_exit()}) during {during}{said}"
+        if "assertion failed" in stderr or "Bail out!" in stderr:
+            raise QemuCrashed(message + " (QEMU itself crashed: a QEMU bug, not the firmware)")
+        raise QemuExited(message)
 
     def reset(self) -> None:
         """Hard reset, as the EN pin would: the ROM banner shows a fresh boot."""

@@ -17,10 +17,8 @@ import re
 import struct
 import time
 
-import pexpect
-
 from .console import Console
-from .errors import DeviceError, DeviceTimeout, HarnessError, QemuExited
+from .errors import DeviceError, HarnessError
 
 CTRL_A, CTRL_B, CTRL_C, CTRL_D, CTRL_E = b"\x01", b"\x02", b"\x03", b"\x04", b"\x05"
 PROMPT = re.compile(rb">>> $|>>> (?=[^\r\n]*$)")
@@ -41,14 +39,6 @@ class Repl:
         self.console.expect(PROMPT, timeout, during="boot to the >>> prompt")
         self.raw = False
 
-    def interrupt(self, timeout: float = 5.0) -> None:
-        """Ctrl-C whatever runs and get back to a friendly prompt."""
-        if self.raw:
-            self.console.send(CTRL_B)
-            self.raw = False
-        self.console.send(b"\r" + CTRL_C + CTRL_C)
-        self.console.expect(PROMPT, timeout, during="interrupt to the prompt", resets=False)
-
     def line(self, code: str, timeout: float = 10.0) -> str:
         """Type one line at the friendly prompt; return what it printed."""
         if "\n" in code or "\r" in code:
@@ -59,9 +49,7 @@ class Repl:
             re.escape(code.encode()) + rb"\r\n", timeout, during=f"echo of {code!r}", resets=False
         )
         self.console.expect(PROMPT, timeout, during=f"running {code!r}", resets=False)
-        return (
-            self.console.child.before.decode("utf-8", "replace").replace("\r\n", "\n").rstrip("\n")
-        )
+        return _text(self.console.before).rstrip("\n")
 
     def soft_reset(self, timeout: float = 30.0) -> None:
         """Ctrl-D at the friendly prompt: MicroPython restarts, hardware does not."""
@@ -92,10 +80,6 @@ class Repl:
             raise DeviceError(err, out)
         return out
 
-    def eval(self, expression: str, timeout: float = 30.0) -> str:
-        """repr() of a device expression, as text."""
-        return self.exec(f"print(repr({expression}))", timeout).strip()
-
     def exec_raw(self, code: str | bytes, timeout: float = 30.0) -> tuple[str, str]:
         """Run `code`; return (stdout, stderr) as the device printed them."""
         self.exec_start(code, timeout)
@@ -110,9 +94,9 @@ class Repl:
         """Wait for the pasted code to end; return (stdout, stderr)."""
         con = self.console
         con.expect(CTRL_D, timeout, during="raw-paste execution (stdout)", resets=False)
-        out = con.child.before
+        out = con.before
         con.expect(CTRL_D, timeout, during="raw-paste execution (stderr)", resets=False)
-        err = con.child.before
+        err = con.before
         con.expect(b">", timeout, during="raw-paste execution (prompt)", resets=False)
         return _text(out), _text(err)
 
@@ -137,11 +121,11 @@ class Repl:
         reply = con.expect(rb"R[\x00\x01]", 5, during="raw-paste handshake", resets=False).group(0)
         if reply != b"R\x01":
             raise HarnessError("this firmware refused raw-paste mode (MicroPython < 1.14?)")
-        window = struct.unpack("<H", self._read_exact(2, timeout))[0]
+        window = struct.unpack("<H", con.read_exact(2, timeout, "raw-paste flow control"))[0]
         credit, sent = window, 0
         while sent < len(data):
-            while credit == 0 or self._pending():
-                flag = self._read_exact(1, timeout)
+            while credit == 0 or con.has_pending("raw-paste"):
+                flag = con.read_exact(1, timeout, "raw-paste flow control")
                 if flag == CTRL_A:
                     credit += window
                 elif flag == CTRL_D:  # the device ended the paste early (e.g. syntax error)
@@ -155,41 +139,6 @@ class Repl:
             credit -= len(chunk)
         con.send(CTRL_D)
         con.expect(CTRL_D, timeout, during="raw-paste end of data", resets=False)
-
-    def _pending(self) -> bool:
-        """True when a flow-control byte is already waiting (without blocking)."""
-        child = self.console.child
-        if child.buffer:
-            return True
-        try:
-            child.buffer = child.read_nonblocking(1, timeout=0)
-        except pexpect.TIMEOUT:
-            return False
-        except pexpect.EOF:
-            self._gone()
-        return bool(child.buffer)
-
-    def _read_exact(self, n: int, timeout: float) -> bytes:
-        child = self.console.child
-        deadline = time.monotonic() + timeout
-        while len(child.buffer) < n:
-            if time.monotonic() > deadline:
-                raise DeviceTimeout(
-                    f"timed out after {timeout:g}s in raw-paste flow control\n"
-                    f"{self.console.log.last_lines()}\n    serial log: {self.console.log.path}"
-                )
-            try:
-                child.buffer += child.read_nonblocking(n - len(child.buffer), timeout=0.5)
-            except pexpect.TIMEOUT:
-                self.console.exit_check("raw-paste")
-            except pexpect.EOF:
-                self._gone()
-        head, child.buffer = child.buffer[:n], child.buffer[n:]
-        return head
-
-    def _gone(self) -> None:
-        self.console.exit_check("raw-paste", wait=2.0)
-        raise QemuExited("QEMU closed the serial port during raw-paste")
 
 
 def _text(data: bytes) -> str:

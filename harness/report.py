@@ -15,11 +15,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from .runner import CellResult
+from .console import strip_ansi
+from .results import CellResult
 from .scenario import Cell
 
 MAX_LOG = 2_000_000  # characters of serial log per test case in the XML
-NOT_XML = re.compile(r"\x1b\[[0-9;]*m|[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")  # XML 1.0 forbids
+NOT_XML = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")  # XML 1.0 forbids these
 
 
 def line(result: CellResult) -> str:
@@ -45,19 +46,37 @@ def summary(results: list[CellResult], elapsed: float) -> str:
 
 
 def markdown(artifacts: Path) -> str:
-    """A table of every cell under `artifacts` (its result.json files), for CI summaries."""
-    import json
+    """A table of every cell under `artifacts` (its result.json files), for CI summaries.
 
-    rows = []
-    for path in sorted(artifacts.glob("*/result.json")):
-        result = json.loads(path.read_text())
-        scenario, _, cell = result["name"].partition("[")
-        mark = {"passed": "pass", "failed": "**FAIL**", "skipped": "skip"}[result["status"]]
-        tries = f" ({len(result['attempts'])} attempts)" if len(result["attempts"]) > 1 else ""
+    Firmware that is not pinned by sha256 in the manifest is listed under the table,
+    with the sha256 it ran with, so an unpinned release never goes unnoticed.
+    """
+    results = [CellResult.load(p) for p in sorted(artifacts.glob("*/result.json"))]
+    if not results:
+        return f"no results under {artifacts}"
+    rows = ["| scenario | cell | result | booted | time |", "|---|---|---|---|---|"]
+    for result in results:
+        scenario, _, cell = result.name.partition("[")
+        mark = {"passed": "pass", "failed": "**FAIL**", "skipped": "skip"}.get(result.status, "?")
+        tries = f" ({len(result.attempts)} attempts)" if len(result.attempts) > 1 else ""
         rows.append(f"| {scenario} | {cell.rstrip(']')} | {mark}{tries} | "
-                    f"{result.get('booted') or ''} | {result['elapsed_s']:.1f} s |")  # fmt: skip
-    head = "| scenario | cell | result | booted | time |\n|---|---|---|---|---|"
-    return "\n".join([head, *rows]) if rows else f"no results under {artifacts}"
+                    f"{result.booted or ''} | {result.elapsed_s:.1f} s |")  # fmt: skip
+    notes = unpinned_lines(results)
+    return "\n".join([*rows, *(["", *notes] if notes else [])])
+
+
+def unpinned_lines(results: list[CellResult]) -> list[str]:
+    """One line per firmware that ran without a pinned sha256."""
+    seen = {}
+    for result in results:
+        fw = result.firmware
+        if fw is not None and not fw.pinned:
+            seen[fw.entry or fw.path] = fw.sha256
+    return [
+        f"unpinned firmware: {name} ran with sha256 {digest} (recorded on first "
+        "download; pin it in images/firmware.yaml)"
+        for name, digest in sorted(seen.items())
+    ]
 
 
 def junit(results: list[CellResult], path: Path) -> None:
@@ -88,6 +107,8 @@ def junit(results: list[CellResult], path: Path) -> None:
         if result.booted:
             ET.SubElement(props, "property", name="booted", value=result.booted)
         ET.SubElement(props, "property", name="attempts", value=str(len(result.attempts)))
+        if result.firmware is not None:
+            ET.SubElement(props, "property", name="firmware_sha256", value=result.firmware.sha256)
         logs = [f"== {p} ==\n{p.read_text(errors='replace')}" for p in result.serial_logs]
         if logs:
             ET.SubElement(case, "system-out").text = _xml_text("\n".join(logs)[-MAX_LOG:])
@@ -97,7 +118,7 @@ def junit(results: list[CellResult], path: Path) -> None:
 
 def _xml_text(text: str) -> str:
     """Serial logs hold colour codes and REPL control bytes that XML 1.0 cannot carry."""
-    return NOT_XML.sub("", text)
+    return NOT_XML.sub("", strip_ansi(text))
 
 
 class Progress:

@@ -4,6 +4,10 @@ The reproduction is itself a scenario (boot, OTA of their update, observe), run 
 same engine as the library, so what `--save` writes is exactly what was run, plus the
 outcome it observed as assertions: the bootloader's E/W lines and the partition that
 booted. The saved file then guards the behaviour in `make test-16mb`.
+
+Exit codes (`Verdict.exit_code`): 0 reproduced (or, without `--expect`, the run
+completed), 1 not reproduced (the expected text did not appear), 2 could not run
+(bad input, or the run itself failed).
 """
 
 from __future__ import annotations
@@ -17,28 +21,38 @@ from typing import Any
 
 import yaml
 
-from . import images, inspect, runner, scenario
+from . import images, inspector, runner, scenario
 from .errors import HarnessError
+from .firmware import FirmwareFacts, read_firmware
+from .manifest import FirmwareSelector
+from .ota import OtaReport
+from .results import CellResult
 
 TIMESTAMP = re.compile(r"^[EW] \(\d+\) ")
+REPRODUCED, NOT_REPRODUCED, COULD_NOT_RUN = 0, 1, 2
 
 
-@dataclass
+@dataclass(frozen=True)
 class Request:
     firmware: Path
     update: Path
     flash_size: str | None = None
-    layout: str = "keep"
+    layout: str | None = None  # None: keep, or OTA slots where the firmware has none
     command: str | None = None
     device_lib: Path | None = None
     expect: tuple[str, ...] = ()
 
 
+@dataclass(frozen=True)
+class Verdict:
+    text: str
+    exit_code: int  # REPRODUCED, NOT_REPRODUCED or COULD_NOT_RUN
+
+
 def scenario_data(req: Request, where: Path) -> dict[str, Any]:
     """The scenario that reproduces `req`, with paths relative to the folder `where`."""
-    size = req.flash_size or images.size_name(
-        images.header_flash_size(images._firmware_bytes(req.firmware))
-    )
+    size = req.flash_size or images.size_name(FirmwareFacts.of(read_firmware(req.firmware))
+                                              .header_flash_size)  # fmt: skip
     ota: dict[str, Any] = {"payload": _rel(req.update, where)}
     if req.command:
         ota.update(method="library", command=req.command)
@@ -47,13 +61,15 @@ def scenario_data(req: Request, where: Path) -> dict[str, Any]:
     steps: list[dict[str, Any]] = [{"boot": "prompt"}, {"ota": ota}]
     if req.expect:
         steps.append({"expect": list(req.expect)})
-    return {
+    data: dict[str, Any] = {
         "title": f"{req.update.name} sent by OTA to {req.firmware.name} ({size})",
         "source": f"harness repro, {datetime.date.today().isoformat()}: add the report's link",
         "matrix": {"flash_size": [size], "firmware": [_rel(req.firmware, where)]},
-        "image": {"layout": req.layout},
         "steps": steps,
     }
+    if req.layout:
+        data["image"] = {"layout": req.layout}
+    return data
 
 
 def _rel(path: Path, where: Path) -> str:
@@ -63,15 +79,14 @@ def _rel(path: Path, where: Path) -> str:
 
 def check(req: Request, save: Path | None) -> None:
     """Bad input, before anything boots: missing or empty files, a --save that exists."""
-    for path in (req.firmware, req.update):
-        inspect.read_input(path)
-    images._firmware_bytes(req.firmware)  # a firmware image, for an esp32
+    inspector.read_input(req.update)
+    read_firmware(req.firmware)  # a firmware image, for an esp32
     if save is not None and save.exists():
         raise HarnessError(f"{save} exists: give --save a new file name (it is never overwritten)")
 
 
-def run(req: Request, save: Path | None, artifacts: Path, qemu: str | None) -> tuple[str, bool]:
-    """Run the reproduction; return (verdict text, reproduced)."""
+def run(req: Request, save: Path | None, artifacts: Path, qemu: str | None) -> Verdict:
+    """Run the reproduction and judge it."""
     check(req, save)
     where = (save.parent if save else artifacts).resolve()
     where.mkdir(parents=True, exist_ok=True)
@@ -80,16 +95,28 @@ def run(req: Request, save: Path | None, artifacts: Path, qemu: str | None) -> t
     _write(draft, data)
     try:
         loaded = scenario.load(draft)
-        cell = loaded.cells(req.firmware.parent)[0]
+        cell = loaded.cells(FirmwareSelector(download=False))[0]
+        image = runner.recipe_for(cell)
+        images.build_image(image.recipe)  # an image that cannot be made: one line, no boot
         result = runner.run_cell(cell, artifacts=artifacts, qemu=qemu)
     finally:
         draft.unlink(missing_ok=True)
-    ota_detail = next((s.detail for s in result.timeline if s.step == "ota"), {})
-    lines = [TIMESTAMP.sub("", line) for line in ota_detail.get("bootloader_lines", [])]
-    booted = ota_detail.get("booted") or result.booted
-    target = ota_detail.get("target")
-    reproduced = result.status == "passed" and (bool(req.expect) or booted != target)
-    text = verdict(req, result, ota_detail, lines, reproduced)
+    report = result.detail("ota", OtaReport)
+    lines = [TIMESTAMP.sub("", line) for line in (report.bootloader_lines if report else [])]
+    booted = (report.booted if report else None) or result.booted
+    # the run completed: every step passed, or only the final `expect` (the bug's text) failed
+    last = result.timeline[-1] if result.timeline else None
+    missed = (
+        bool(req.expect)
+        and last is not None
+        and last.step == "expect"
+        and (last.status == "failed" and last.index == len(data["steps"]))
+    )
+    ran = result.status == "passed" or missed
+    reproduced = result.status == "passed" and (
+        bool(req.expect) or (report is not None and booted != report.target)
+    )
+    text = verdict(req, result, report, lines, reproduced, missed)
     if save is not None and result.status == "passed":
         steps = data["steps"]
         if not req.expect and lines:
@@ -99,35 +126,41 @@ def run(req: Request, save: Path | None, artifacts: Path, qemu: str | None) -> t
         _write(save, data)
         scenario.load(save)  # what was written must load
         text += f"\nsaved:     {save} (runs in make test-{data['matrix']['flash_size'][0].lower()})"
-    return text, reproduced
+    if not ran:
+        return Verdict(text, COULD_NOT_RUN)
+    return Verdict(text, REPRODUCED if reproduced or not req.expect else NOT_REPRODUCED)
 
 
 def verdict(
     req: Request,
-    result: runner.CellResult,
-    ota: dict[str, Any],
+    result: CellResult,
+    ota: OtaReport | None,
     lines: list[str],
     reproduced: bool,
+    missed: bool,
 ) -> str:
-    rep = inspect.report(req.update)
+    rep = inspector.examine(req.update)
     out = [f"== harness repro: {req.update.name} -> {req.firmware.name} =="]
-    if result.status != "passed":
-        out.append(f"reproduced: no, the run failed: {result.message.splitlines()[0]}")
+    if missed:
+        out.append(f"reproduced: no, serial output never showed {', '.join(map(repr, req.expect))}")
+    elif result.status != "passed":
+        out.append(f"reproduced: could not run: {result.message.splitlines()[0]}")
     elif req.expect:
         out.append(f"reproduced: yes, serial output showed {', '.join(map(repr, req.expect))}")
     else:
         word = "yes" if reproduced else "no"
-        out.append(f"reproduced: {word}, the update was written to {ota.get('target')} "
-                   f"and {ota.get('booted')} booted")  # fmt: skip
+        target, booted = (ota.target, ota.booted) if ota else (None, None)
+        out.append(f"reproduced: {word}, the update was written to {target} "
+                   f"and {booted} booted")  # fmt: skip
     for line in lines:
         out.append(f"  | {line}")
-    if ota:
-        before = ota.get("before") or {}
-        after = ota.get("after") or {}
-        out.append(f"booted:    {ota.get('booted')} (update written to {ota.get('target')}, "
-                   f"set_boot: {ota.get('set_boot_error') or 'ok'})")  # fmt: skip
-        out.append(f"otadata:   before {_states(before)}, after {_states(after)}")
-    out.append(f"inspect:   {rep['ota_payload']['verdict']}")
+    if ota is not None:
+        out.append(f"booted:    {ota.booted} (update written to {ota.target}, "
+                   f"set_boot: {ota.set_boot_error or 'ok'})")  # fmt: skip
+        out.append(f"otadata:   before {_states(ota.before)}, after {_states(ota.after)}")
+    if result.image is not None:
+        out.append(f"image:     {result.image.conversion}")
+    out.append(f"inspect:   {rep.ota_payload.verdict}")
     hint = fix(req.update, rep)
     if hint:
         out.append(f"fix:       {hint}")
@@ -135,22 +168,19 @@ def verdict(
     return "\n".join(out)
 
 
-def fix(path: Path, rep: dict[str, Any]) -> str | None:
+def fix(path: Path, rep: inspector.FileReport) -> str | None:
     """What to do about the update file, where the file itself says it."""
-    if rep["kind"] in ("firmware", "flash"):
+    if rep.kind in ("firmware", "flash"):
         return (f"this is a full flash image; send the app image instead, e.g. "
                 f"`mp-image-tool-esp32 {path.name} -x`")  # fmt: skip
-    app = rep.get("app") or {}
-    problems = "; ".join(app.get("problems") or [])
-    if rep["kind"] == "app" and problems:
-        return (f"the app image is damaged ({problems}): check the download's length and "
-                "sha256 before set_boot()")  # fmt: skip
+    if rep.kind == "app" and rep.app is not None and rep.app.problems:
+        return (f"the app image is damaged ({'; '.join(rep.app.problems)}): check the "
+                "download's length and sha256 before set_boot()")  # fmt: skip
     return None
 
 
-def _states(flash_state: dict[str, Any]) -> str:
-    records = flash_state.get("otadata") or []
-    return "[" + ", ".join(str(r.get("state")) for r in records) + "]"
+def _states(state: Any) -> str:
+    return "[" + ", ".join(state.states() if state is not None else []) + "]"
 
 
 def _write(path: Path, data: dict[str, Any]) -> None:

@@ -1,11 +1,10 @@
 """Scenario files: what a YAML file may say, checked before anything boots.
 
 A scenario names the failure it reproduces and where it was reported, the images it
-runs on (a matrix of flash sizes x firmware files, optionally x PSRAM), and ordered
-steps. `load()` parses the YAML keeping every node's line number, validates it with
-the pydantic models below, and turns any problem into `file:line: what is wrong`
-(a `ScenarioError`). `Scenario.cells()` expands the matrix into `Cell`s, one per
-test item, with `${variables}` substituted.
+runs on (a matrix of flash sizes x firmware, optionally x PSRAM), and ordered steps
+(harness.steps). `load()` validates a file and turns any problem into one line,
+`file:line: what is wrong`. `Scenario.cells()` expands the matrix into `Cell`s, one
+per test item, choosing firmware by the one rule of harness.firmware.
 
 Variables: `${firmware}` (this cell's firmware file), `${firmware_dir}`,
 `${flash_size}`, `${scenario_dir}`, and any defined under `vars:`.
@@ -13,216 +12,35 @@ Variables: `${firmware}` (this cell's firmware file), `${firmware_dir}`,
 
 from __future__ import annotations
 
-import glob
 import itertools
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
-import yaml
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Discriminator,
-    Field,
-    PositiveFloat,
-    Tag,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator
 
-from . import images, inspect
+from . import recipes, yamlfile
 from .errors import HarnessError
+from .firmware import FirmwareFacts, read_firmware
+from .manifest import ENTRY_ID, Firmware, FirmwareSelector, FirmwareUnavailable
+from .steps import STEPS, Args
 
 VARIABLE = re.compile(r"\$\{([^}]*)\}")
 BUILTIN_VARS = ("firmware", "firmware_dir", "flash_size", "scenario_dir")
-PAYLOAD_KINDS = ("full-image", "app", "truncated-app", "corrupt-app")
-
-
-class ScenarioError(HarnessError):
-    """A scenario file that cannot run as written: `file:line: problem`."""
-
-
-class _Args(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-def _shorthand(key: str) -> Any:
-    """Let a step be written `step: value` for its most common argument."""
-
-    def wrap(value: Any) -> Any:
-        return value if isinstance(value, dict) else {key: value}
-
-    return model_validator(mode="before")(classmethod(lambda cls, v: wrap(v)))
-
-
-def _check_size(value: Any) -> None:
-    """parse_flash_size's refusal, as the ValueError pydantic turns into a located error."""
-    try:
-        images.parse_flash_size(str(value))
-    except HarnessError as exc:
-        raise ValueError(str(exc)) from None
+# ota: two OTA slots (made by the OTA recipe where the firmware has none); spiram: a
+# SPIRAM build; rollback: app rollback (v1.21.0 on); vfs-in-table / vfs-at-boot: the
+# filesystem named in the partition table (up to v1.25) / made at boot after the last
+# partition, with the flash chip's size queried at start-up (v1.26 on)
+Need = Literal["ota", "spiram", "rollback", "vfs-in-table", "vfs-at-boot"]
+ScenarioError = yamlfile.FileFormatError
 
 
 def _listify(value: Any) -> Any:
     return [value] if isinstance(value, str) else value
 
 
-class BootArgs(_Args):
-    """Power on. `until`: the >>> prompt, a detected boot loop, or just started."""
-
-    until: Literal["prompt", "boot-loop", "started"] = "prompt"
-    timeout: PositiveFloat = 30.0
-    _short = _shorthand("until")
-
-
-class ExpectArgs(_Args):
-    """Serial output must show `pattern` (all of a list, in order unless ordered: false)."""
-
-    pattern: list[str] = Field(min_length=1)
-    regex: bool = False
-    ordered: bool = True
-    timeout: PositiveFloat = 10.0
-    _short = _shorthand("pattern")
-    _list = field_validator("pattern", mode="before")(_listify)
-
-
-class NotExpectArgs(_Args):
-    """From here on, fail the moment serial output shows `pattern`."""
-
-    pattern: list[str] = Field(min_length=1)
-    regex: bool = False
-    _short = _shorthand("pattern")
-    _list = field_validator("pattern", mode="before")(_listify)
-
-
-class ReplArgs(_Args):
-    """Run code on the device; check its output exactly, by regex, or that it raises."""
-
-    code: str
-    expect: str | None = None
-    match: str | None = None
-    raises: str | None = None
-    timeout: PositiveFloat = 30.0
-    _short = _shorthand("code")
-
-
-class PutArgs(_Args):
-    """Copy a host file or folder (relative to the scenario) onto the device's vfs."""
-
-    src: str
-    dst: str = "/"
-
-
-class OtaArgs(_Args):
-    """Write a payload into the next OTA slot, select it, reboot.
-
-    payload: full-image | app | truncated-app | corrupt-app (made from this cell's
-    firmware, converted as the image is), or a file path. method: `harness` (UART1
-    writer) or `library` (a device library's REPL `command`, payload in the vfs).
-    select: `set_boot` (MicroPython's Partition.set_boot(), which validates the app),
-    `otadata` (write the otadata record directly, as the bootloader reads it), `none`.
-    """
-
-    payload: str
-    method: Literal["harness", "library"] = "harness"
-    command: str | None = None
-    device_lib: str | None = None
-    device_path: str = "/fw.bin"
-    select: Literal["set_boot", "otadata", "none"] = "set_boot"
-    set_boot_error: str | None = None
-    confirm: bool = False
-    reboot: bool = True
-    target: str | None = None
-    timeout: PositiveFloat = 300.0
-
-    @model_validator(mode="after")
-    def _library_needs_command(self) -> OtaArgs:
-        if self.method == "library" and not self.command:
-            raise ValueError("method: library needs a `command` (the user's REPL line)")
-        if self.method == "library" and self.select != "set_boot":
-            raise ValueError("method: library selects the slot itself; drop `select`")
-        return self
-
-
-class ResetArgs(_Args):
-    """Reset: `soft` is machine.reset() from the app, `hard` is QMP system_reset (EN pin)."""
-
-    kind: Literal["soft", "hard"] = "soft"
-    until: Literal["prompt", "started"] = "prompt"
-    timeout: PositiveFloat = 60.0
-    _short = _shorthand("kind")
-
-
-class AssertBootedArgs(_Args):
-    """The partition MicroPython runs from, as the device reports it."""
-
-    partition: str
-    _short = _shorthand("partition")
-
-
-class AssertOtadataArgs(_Args):
-    """otadata in the live flash: record states (sector 0, 1) and/or the slot it selects."""
-
-    states: list[str] | None = None
-    selects: str | None = None
-    _short = _shorthand("states")
-
-
-class AssertInspectArgs(_Args):
-    """A field of `harness inspect --json` (dotted path) for a payload kind, `image`,
-    `flash` (the live flash now) or a file."""
-
-    file: str = "full-image"
-    field: str
-    equals: Any = None
-    contains: str | None = None
-    matches: str | None = None
-
-
-class WriteOtadataArgs(_Args):
-    """Write otadata from the device: select a slot with a state, corrupt it, or erase it."""
-
-    select: str | None = None
-    state: Literal["NEW", "PENDING_VERIFY", "VALID", "INVALID", "ABORTED", "UNDEFINED"] = (
-        "UNDEFINED"
-    )
-    corrupt: bool = False
-    erase: bool = False
-
-    @model_validator(mode="before")
-    @classmethod
-    def _word(cls, value: Any) -> Any:
-        if value in ("corrupt", "erase"):
-            return {value: True}
-        return value
-
-    @model_validator(mode="after")
-    def _one_action(self) -> WriteOtadataArgs:
-        if sum([self.select is not None, self.corrupt, self.erase]) != 1:
-            raise ValueError("write_otadata takes one of: select: SLOT, corrupt, erase")
-        return self
-
-
-STEP_ARGS: dict[str, type[_Args]] = {
-    "boot": BootArgs,
-    "expect": ExpectArgs,
-    "not_expect": NotExpectArgs,
-    "repl": ReplArgs,
-    "put": PutArgs,
-    "ota": OtaArgs,
-    "reset": ResetArgs,
-    "write_otadata": WriteOtadataArgs,
-    "assert_booted": AssertBootedArgs,
-    "assert_otadata": AssertOtadataArgs,
-    "assert_inspect": AssertInspectArgs,
-}
-DEVICE_STEPS = set(STEP_ARGS) - {"boot", "assert_inspect"}
-
-
-def _step_model(kind: str, args: type[_Args]) -> type[BaseModel]:
+def _step_model(kind: str, args: type[Args]) -> type[BaseModel]:
     config = ConfigDict(extra="forbid", title=kind)
     return type(kind, (BaseModel,), {"__annotations__": {kind: args}, "model_config": config})
 
@@ -233,52 +51,51 @@ def _step_kind(value: Any) -> str | None:
     return None
 
 
-Step = Annotated[
-    Annotated[_step_model("boot", BootArgs), Tag("boot")]
-    | Annotated[_step_model("expect", ExpectArgs), Tag("expect")]
-    | Annotated[_step_model("not_expect", NotExpectArgs), Tag("not_expect")]
-    | Annotated[_step_model("repl", ReplArgs), Tag("repl")]
-    | Annotated[_step_model("put", PutArgs), Tag("put")]
-    | Annotated[_step_model("ota", OtaArgs), Tag("ota")]
-    | Annotated[_step_model("reset", ResetArgs), Tag("reset")]
-    | Annotated[_step_model("write_otadata", WriteOtadataArgs), Tag("write_otadata")]
-    | Annotated[_step_model("assert_booted", AssertBootedArgs), Tag("assert_booted")]
-    | Annotated[_step_model("assert_otadata", AssertOtadataArgs), Tag("assert_otadata")]
-    | Annotated[_step_model("assert_inspect", AssertInspectArgs), Tag("assert_inspect")],
-    Discriminator(_step_kind),
-]
+if TYPE_CHECKING:
+    Step = BaseModel
+else:  # one member per registered step, so the schema and the errors name every step
+    Step = Annotated[
+        Union[tuple(Annotated[_step_model(k, t.args), Tag(k)] for k, t in STEPS.items())],  # noqa: UP007
+        Discriminator(_step_kind),
+    ]
 
 
-class ImageSpec(_Args):
-    """How each cell's flash image is made from its firmware (see harness.images)."""
+def step_kind(step: BaseModel) -> tuple[str, Args]:
+    """(name, args) of a validated step."""
+    kind = next(iter(type(step).model_fields))
+    return kind, getattr(step, kind)
 
-    layout: Literal["keep", "ota"] = "keep"
+
+class ImageSpec(BaseModel):
+    """How each cell's flash image differs from its size's recipe (images/recipes/)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    layout: Literal["keep", "ota"] | None = None  # None: the recipe's
     resize: str | None = None
     header_flash_size: str | None = None  # what the bootloader header claims (-f)
     vfs: dict[str, str] = Field(default_factory=dict)  # device path -> host path
     # partition -> payload kind or file, written at its offset like `esptool write_flash`
     flash: dict[str, str] = Field(default_factory=dict)
-    psram: Literal["auto", "on", "off"] = "auto"
+    psram: recipes.Psram | None = None
 
-    @field_validator("header_flash_size")
-    @classmethod
-    def _size(cls, value: str | None) -> str | None:
-        if value is not None:
-            _check_size(value)
-        return value
+    _size = field_validator("header_flash_size")(
+        classmethod(lambda cls, v: recipes.check_size(v) if v is not None else None)
+    )
 
 
-class Matrix(_Args):
+class Matrix(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     flash_size: list[str] = Field(min_length=1)
-    firmware: list[str] = Field(min_length=1)  # file paths or globs; variables allowed
+    # manifest entries (ESP32_GENERIC-OTA@v1.25.0), file paths or globs; variables allowed
+    firmware: list[str] = Field(min_length=1)
     psram: list[bool] | None = None
 
     @field_validator("flash_size", mode="before")
     @classmethod
     def _sizes(cls, value: Any) -> Any:
-        for size in _listify(value) or []:
-            _check_size(size)
-        return _listify(value)
+        return [recipes.check_size(s) for s in _listify(value) or []]
 
     _firmware = field_validator("firmware", mode="before")(_listify)
 
@@ -291,7 +108,7 @@ class Scenario(BaseModel):
     title: str  # what it reproduces, in a line
     source: str  # link to the report, or where the case comes from
     notes: str | None = None  # where the real bootloader's wording differs from the report
-    requires: list[Literal["ota", "spiram"]] = Field(default_factory=list)
+    requires: list[Need] = Field(default_factory=list)
     vars: dict[str, str] = Field(default_factory=dict)
     matrix: Matrix
     image: ImageSpec = Field(default_factory=ImageSpec)
@@ -308,32 +125,43 @@ class Scenario(BaseModel):
     def step_line(self, index: int) -> int:
         return self.lines.get(("steps", index), 0)
 
+    def needs(self) -> set[str]:
+        """What the scenario asks of firmware and image: declared, and its steps' needs."""
+        derived = {need for s in self.steps for need in STEPS[step_kind(s)[0]].needs}
+        return {*self.requires, *derived}
+
     def cells(
         self,
-        firmware_dir: Path,
+        selector: FirmwareSelector,
         *,
         flash_sizes: list[str] | None = None,
         firmware: list[str] | None = None,
     ) -> list[Cell]:
         """One Cell per matrix combination; options narrow sizes or replace firmware."""
-        sizes = [images.size_name(images.parse_flash_size(s)) for s in self.matrix.flash_size]
+        sizes = self.matrix.flash_size
         if flash_sizes:
-            wanted = [images.size_name(images.parse_flash_size(s)) for s in flash_sizes]
+            wanted = [recipes.check_size(s) for s in flash_sizes]
             sizes = [s for s in sizes if s in wanted]
-        context = self._context(firmware_dir)
-        files: list[tuple[str, Path | None]] = []
-        for i, pattern in enumerate(firmware or self.matrix.firmware):
+        context = self._context(selector.folder)
+        chosen: list[tuple[str, Firmware | None, str]] = []
+        for i, spec in enumerate(firmware or self.matrix.firmware):
             where = ("matrix", "firmware", i) if not firmware else None
-            expanded = self._expand(pattern, context, where)
-            found = sorted(glob.glob(expanded)) if glob.has_magic(expanded) else [expanded]
-            found = [f for f in found if Path(f).is_file()]
-            files += [(_firmware_id(Path(f)), Path(f)) for f in found] or [(expanded, None)]
-        if len({fid for fid, _ in files}) < len(files):  # same version twice: use names
-            files = [(p.stem if p else fid, p) for fid, p in files]
+            expanded = self._expand(spec, context, where)
+            try:
+                found = selector.resolve(expanded)
+            except FirmwareUnavailable as exc:
+                named = ENTRY_ID.match(expanded)
+                chosen.append((named["version"] if named else expanded, None, str(exc)))
+                continue
+            if not found:
+                chosen.append((expanded, None, f"no firmware file matches {expanded}"))
+            chosen += [(f.id, f, "") for f in found]
+        if len({fid for fid, _, _ in chosen}) < len(chosen):  # same version twice: use names
+            chosen = [(_long_id(f) if f else fid, f, why) for fid, f, why in chosen]
         psram_axis: list[bool | None] = list(self.matrix.psram) if self.matrix.psram else [None]
         return [
-            Cell(self, size, fid, path, psram, context)
-            for size, (fid, path), psram in itertools.product(sizes, files, psram_axis)
+            Cell(self, size, fid, fw, why, psram, context)
+            for size, (fid, fw, why), psram in itertools.product(sizes, chosen, psram_axis)
         ]
 
     def _context(self, firmware_dir: Path) -> dict[str, str]:
@@ -346,15 +174,19 @@ class Scenario(BaseModel):
         def value(match: re.Match[str]) -> str:
             name = match.group(1)
             if name not in context:
-                raise ScenarioError(self._unknown_var(name, where))
+                raise ScenarioError(self.unknown_var(name, where))
             return context[name]
 
         return VARIABLE.sub(value, text)
 
-    def _unknown_var(self, name: str, where: tuple[Any, ...] | None) -> str:
+    def unknown_var(self, name: str, where: tuple[Any, ...] | None) -> str:
         known = ", ".join(sorted({*BUILTIN_VARS, *self.vars}))
         line = self.lines.get(where, 0) if where else 0
         return f"{self.path}:{line}: unknown variable ${{{name}}} (known: {known})"
+
+
+def _long_id(fw: Firmware) -> str:
+    return f"{fw.entry.name}-{fw.entry.version}" if fw.entry else fw.path.stem
 
 
 @dataclass
@@ -364,7 +196,8 @@ class Cell:
     scenario: Scenario
     flash_size: str  # '16MB'
     firmware_id: str  # 'v1.25.0'
-    firmware: Path | None  # None: nothing matched the pattern
+    firmware: Firmware | None  # None: it cannot be had (`missing` says why)
+    missing: str = ""
     psram: bool | None = None
     context: dict[str, str] = field(default_factory=dict)
 
@@ -380,116 +213,79 @@ class Cell:
         return f"{self.scenario.name}[{self.id}]"
 
     def expand(self, text: str, where: tuple[Any, ...] | None = None) -> str:
-        """Substitute ${variables} for this cell (firmware dir comes from the context)."""
+        """Substitute ${variables} for this cell."""
         context = dict(self.context)
-        context.update(firmware=str(self.firmware or ""), flash_size=self.flash_size)
+        context.update(firmware=str(self.firmware.path if self.firmware else ""),
+                       flash_size=self.flash_size)  # fmt: skip
         return self.scenario._expand(text, context, where)
 
+    def facts(self) -> FirmwareFacts:
+        assert self.firmware is not None
+        return FirmwareFacts.of(read_firmware(self.firmware.path))
+
+    def needs_ota_layout(self) -> bool:
+        """OTA slots asked for and not in the firmware: the cell uses the OTA recipe."""
+        layout = self.scenario.image.layout
+        return layout == "ota" or ("ota" in self.scenario.needs() and layout is None
+                                   and not self.facts().ota_slots)  # fmt: skip
+
     def skip_reason(self) -> str | None:
-        """Why this cell cannot run here (missing firmware, firmware lacks a feature)."""
+        """Why this cell cannot run here (firmware missing, or without what it needs)."""
         if self.firmware is None:
             return (
-                f"no firmware file matches {self.firmware_id}: set HARNESS_FIRMWARE_DIR, "
-                "--firmware-dir or --firmware (`harness firmware fetch` downloads releases)"
+                f"{self.missing}: set FIRMWARE_DIR (--firmware-dir) or --firmware, or "
+                "fetch it (`harness firmware fetch`)"
+                if self.missing.startswith("no firmware file")
+                else self.missing
             )
-        data = self.firmware.read_bytes()
-        for need in self.scenario.requires:
-            if need == "spiram" and not images.needs_psram(data):
-                return f"needs a SPIRAM build; {self.firmware.name} is not one"
-            if need == "ota" and self.scenario.image.layout != "ota" and not _has_ota(data):
-                return f"needs an OTA partition table; {self.firmware.name} has none"
+        facts = self.facts()
+        name, release = self.firmware.path.name, facts.version or "this release"
+        needs = self.scenario.needs()
+        if "spiram" in needs and not facts.spiram:
+            return f"needs a SPIRAM build; {name} is not one"
+        if "rollback" in needs and not facts.rollback:
+            return (
+                f"needs app rollback, which every MicroPython ESP32 build has from v1.21.0 "
+                f"(CONFIG_BOOTLOADER_APP_ROLLBACK_ENABLE); {name} is {release}"
+            )
+        if "vfs-in-table" in needs and not facts.fs_in_table:
+            return (
+                f"needs a partition table that names the filesystem (releases up to v1.25); "
+                f"{release} has no vfs line: MicroPython makes the filesystem at boot after "
+                "the last partition"
+            )
+        if "vfs-at-boot" in needs and facts.fs_in_table:
+            return (
+                f"needs a release that makes its filesystem at boot after the last partition "
+                f"(v1.26 on); {release} names vfs in its partition table"
+            )
         return None
-
-
-def _has_ota(firmware: bytes) -> bool:
-    try:
-        table = inspect.parse_table(inspect.as_flash(firmware))
-    except HarnessError:
-        return False
-    return sum(p.is_ota_app for p in table) >= 2
-
-
-def _firmware_id(path: Path) -> str:
-    found = re.search(r"v\d+\.\d+(?:\.\d+)?(?:-[\w.]+?)?(?=\.app-bin$|\.bin$|$)", path.name)
-    return found.group(0) if found else path.stem
-
-
-def default_firmware_dir() -> Path:
-    """HARNESS_FIRMWARE_DIR, else where `harness firmware fetch` keeps downloads."""
-    return images.user_cache("HARNESS_FIRMWARE_DIR", "firmware")
 
 
 # -- loading ------------------------------------------------------------------------
 
 
-def load(path: Path, firmware_dir: Path | None = None) -> Scenario:
+def _message(error: dict[str, Any]) -> str | None:
+    if error["type"] == "union_tag_invalid":
+        tag = error.get("ctx", {}).get("tag", "?")
+        return f"unknown step {tag!r}; known steps: {', '.join(STEPS)}"
+    if error["type"] == "union_tag_not_found":
+        return "a step is a mapping with one key, the step's name (e.g. `- boot: prompt`)"
+    return None
+
+
+def load(path: Path) -> Scenario:
     """Read and validate a scenario file; every problem is a ScenarioError `file:line: ...`."""
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise ScenarioError(f"{path}: cannot read scenario ({exc.strerror})") from None
-    try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line = mark.line + 1 if mark else 0
-        raise ScenarioError(f"{path}:{line}: YAML syntax error: {exc.problem}") from None
-    if not isinstance(data, dict) or node is None:
-        raise ScenarioError(
-            f"{path}:1: a scenario is a YAML mapping (title, source, matrix, steps)"
-        )
-    lines: dict[tuple[Any, ...], int] = {}
-    _record_lines(node, (), lines)
-    try:
-        scenario = Scenario.model_validate(data)
-    except ValidationError as exc:
-        raise ScenarioError(_first_error(path, exc, lines)) from None
+    scenario, lines, data = yamlfile.load(path, Scenario, what="scenario", message=_message)
     scenario.path, scenario.lines = path, lines
     _check_order(scenario)
     _check_variables(scenario, data)
     return scenario
 
 
-def _record_lines(node: yaml.Node, where: tuple[Any, ...], lines: dict) -> None:
-    lines[where] = node.start_mark.line + 1
-    if isinstance(node, yaml.MappingNode):
-        for key, value in node.value:
-            lines[(*where, key.value)] = key.start_mark.line + 1
-            _record_lines(value, (*where, key.value), lines)
-    elif isinstance(node, yaml.SequenceNode):
-        for i, item in enumerate(node.value):
-            _record_lines(item, (*where, i), lines)
-
-
-def _first_error(path: Path, exc: ValidationError, lines: dict) -> str:
-    """pydantic's first error as `file:line: where: message`, in the file's own terms."""
-    error = exc.errors()[0]
-    loc: tuple[Any, ...] = ()
-    for part in error["loc"]:  # pydantic adds union tags to loc; keep the real path
-        if (*loc, part) in lines:
-            loc = (*loc, part)
-    line = lines.get(loc, lines.get((), 1))
-    message = str(error["msg"]).removeprefix("Value error, ")
-    kind = error["type"]
-    if kind == "union_tag_invalid":
-        tag = error.get("ctx", {}).get("tag", "?")
-        message = f"unknown step {tag!r}; known steps: {', '.join(STEP_ARGS)}"
-    elif kind == "union_tag_not_found":
-        message = "a step is a mapping with one key, the step's name (e.g. `- boot: prompt`)"
-    elif kind == "missing":
-        message = f"missing required field {error['loc'][-1]!r}"
-    elif kind == "extra_forbidden":
-        message = f"unknown field {error['loc'][-1]!r}"
-    elif kind.endswith("_type") or kind.endswith("_parsing"):
-        message = f"{message} (got {error['input']!r})"
-    field = ".".join(str(p) for p in loc) or "scenario"
-    return f"{path}:{line}: {field}: {message}"
-
-
 def _check_order(scenario: Scenario) -> None:
     """Exactly one boot, and device steps only after it."""
-    kinds = [next(iter(s.model_fields_set)) for s in scenario.steps]
+    kinds = [step_kind(s)[0] for s in scenario.steps]
     boots = [i for i, k in enumerate(kinds) if k == "boot"]
     if len(boots) != 1:
         line = scenario.step_line(boots[1]) if len(boots) > 1 else scenario.lines[("steps",)]
@@ -498,14 +294,14 @@ def _check_order(scenario: Scenario) -> None:
             "(use `reset` to boot again)"
         )
     for i, kind in enumerate(kinds[: boots[0]]):
-        if kind in DEVICE_STEPS:
+        if STEPS[kind].device:
             raise ScenarioError(
                 f"{scenario.path}:{scenario.step_line(i)}: steps.{i}: `{kind}` needs a "
                 "running device: put it after the `boot` step"
             )
 
 
-def _check_variables(scenario: Scenario, data: dict) -> None:
+def _check_variables(scenario: Scenario, data: dict[str, Any]) -> None:
     """Every ${name} used anywhere must be defined (before anything boots)."""
     known = {*BUILTIN_VARS, *scenario.vars}
 
@@ -513,7 +309,7 @@ def _check_variables(scenario: Scenario, data: dict) -> None:
         if isinstance(value, str):
             for name in VARIABLE.findall(value):
                 if name not in known:
-                    raise ScenarioError(scenario._unknown_var(name, where))
+                    raise ScenarioError(scenario.unknown_var(name, where))
         elif isinstance(value, dict):
             for key, item in value.items():
                 walk(item, (*where, key))
@@ -524,12 +320,16 @@ def _check_variables(scenario: Scenario, data: dict) -> None:
     walk(data, ())
 
 
-def step_kind(step: BaseModel) -> tuple[str, Any]:
-    """(name, args) of a validated step."""
-    kind = next(iter(type(step).model_fields))
-    return kind, getattr(step, kind)
-
-
 def json_schema() -> dict[str, Any]:
     """The scenario format as JSON Schema (documented in the README)."""
     return Scenario.model_json_schema()
+
+
+def load_all(paths: list[Path]) -> list[Scenario]:
+    """Files, and every *.yaml / *.yml in folders; all validated before anything runs."""
+    files: list[Path] = []
+    for path in paths:
+        files += sorted([*path.glob("*.yaml"), *path.glob("*.yml")]) if path.is_dir() else [path]
+    if not files:
+        raise HarnessError(f"no scenario files in {', '.join(map(str, paths))}")
+    return [load(f) for f in files]

@@ -177,9 +177,12 @@ def test_firmware_fetch_unknown_version_and_offline(server, tmp_path: Path, fw) 
     run = harness("firmware", "fetch", "ESP32_GENERIC-OTA", "v9.9.9", "--cache", str(cache),
                   "--base-url", url, env={})  # fmt: skip
     one_line_error(run, "lists no ESP32_GENERIC-OTA firmware v9.9.9")
+    run = harness("firmware", "fetch", "ESP32_GENERIC-OTA", "v1.24.1", "--cache", str(cache),
+                  "--base-url", closed_port_url(), env={})  # fmt: skip
+    one_line_error(run, "cannot read", "offline?")  # unpinned: the download page is read
     run = harness("firmware", "fetch", "ESP32_GENERIC-OTA", "v1.25.0", "--cache", str(cache),
                   "--base-url", closed_port_url(), env={})  # fmt: skip
-    one_line_error(run, "cannot read", "offline?")
+    one_line_error(run, "cannot download", "offline?")  # pinned: the file itself
     assert not cache.exists() or not list(cache.glob("*.bin"))
 
 

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from harness import images, inspect
+from harness import formats, images
 from harness.errors import ImageError
+from harness.firmware import PSRAM_MARKER
 
 
 @pytest.mark.parametrize("text", ["2MB", "4MB", "8MB", "16MB", "16M", "4"])
@@ -38,18 +39,18 @@ def test_16mb_image_is_what_the_reporters_command_makes(fw, build_image, tmp_pat
     src = fw("OTA-20250415-v1.25.0")
     flash = build_image(src, "16MB", format_vfs=False).read_bytes()
     assert len(flash) == 16 * images.MB
-    converted = images.convert(src.read_bytes(), ["-f", "16M", "--resize", "vfs=0"], tmp_path)
+    converted = images.convert(src.read_bytes(), ["-f", "16M", "--resize", "vfs=0"])
     assert flash[0x1000 : 0x1000 + len(converted)] == converted
-    table = {p.name: p for p in inspect.parse_table(flash)}
+    table = {p.name: p for p in formats.parse_table(flash)}
     assert table["vfs"].offset + table["vfs"].size == 16 * images.MB
     assert flash[0x1003] >> 4 == 4  # bootloader header now says 16MB
 
 
 def test_ota_layout_converts_a_plain_firmware(fw, build_image) -> None:
     flash = build_image(fw("20240602-v1.23.0"), "16MB", layout="ota").read_bytes()
-    names = [p.name for p in inspect.parse_table(flash)]
+    names = [p.name for p in formats.parse_table(flash)]
     assert {"otadata", "ota_0", "ota_1", "vfs"} <= set(names)
-    assert inspect.boot_choice(inspect.parse_table(flash), None)["slot"] == "ota_0"
+    assert formats.boot_choice(formats.parse_table(flash), None).slot == "ota_0"
 
 
 def test_vfs_files_are_baked_into_littlefs(fw, build_image, tmp_path) -> None:
@@ -63,7 +64,7 @@ def test_vfs_files_are_baked_into_littlefs(fw, build_image, tmp_path) -> None:
     flash = build_image(
         fw("OTA-20250415-v1.25.0"), "4MB", vfs_files=((lib, "/lib"), (blob, "/fw.bin"))
     ).read_bytes()
-    vfs = next(p for p in inspect.parse_table(flash) if p.name == "vfs")
+    vfs = next(p for p in formats.parse_table(flash) if p.name == "vfs")
     fs = LittleFS(block_size=4096, block_count=vfs.size // 4096, mount=False, **images.LFS_OPTIONS)
     fs.context.buffer[:] = flash[vfs.offset : vfs.offset + vfs.size]
     fs.mount()
@@ -98,7 +99,7 @@ def test_inputs_are_never_modified(fw, tmp_path) -> None:
 def test_app_image_written_into_the_first_slot(fw, build_image, firmware_dir) -> None:
     app = firmware_dir / "ESP32_GENERIC-OTA-20231227-v1.22.0.app-bin"
     flash = build_image(fw("OTA-20250415-v1.25.0"), "4MB", app=app).read_bytes()
-    ota0 = next(p for p in inspect.parse_table(flash) if p.name == "ota_0")
+    ota0 = next(p for p in formats.parse_table(flash) if p.name == "ota_0")
     assert flash[ota0.offset : ota0.offset + app.stat().st_size] == app.read_bytes()
 
 
@@ -138,4 +139,4 @@ def test_firmware_that_does_not_fit_the_flash(fw, tmp_path) -> None:
 
 def test_psram_is_detected_only_in_spiram_builds(firmware_dir) -> None:
     for path in firmware_dir.glob("*.bin"):
-        assert images.needs_psram(path.read_bytes()) == ("SPIRAM" in path.name), path.name
+        assert (PSRAM_MARKER in path.read_bytes()) == ("SPIRAM" in path.name), path.name

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import device, images, inspect, ota
+from harness import device, images, inspector, ota
 
 NOT_BOOTABLE = "boot: OTA app partition slot 1 is not bootable"
 
@@ -28,8 +28,8 @@ def payloads(fw, tmp_path_factory) -> dict[str, dict[str, Path]]:
     out: dict[str, dict[str, Path]] = {}
     for size, args in (("4MB", []), ("16MB", ["-f", "16M", "--resize", "vfs=0"])):
         folder = tmp_path_factory.mktemp(f"payloads-{size}")
-        full = images.convert(src, args, folder) if args else src
-        app = images.convert(full, ["-x"], folder)
+        full = images.convert(src, args) if args else src
+        app = images.convert(full, ["-x"])
         files = {"full": full, "app": app, "truncated": app[: len(app) // 2]}
         out[size] = {}
         for name, data in files.items():
@@ -41,16 +41,16 @@ def payloads(fw, tmp_path_factory) -> dict[str, dict[str, Path]]:
 
 @pytest.mark.parametrize("size", ["4MB", "16MB"])
 def test_inspect_says_what_each_payload_is_before_anything_is_written(payloads, size) -> None:
-    full = inspect.report(payloads[size]["full"])
+    full = inspector.examine(payloads[size]["full"]).to_json()
     assert full["kind"] == "firmware"
     verdict = full["ota_payload"]["verdict"]
     assert "full firmware image (bootloader + partition table + app), not an app image" in verdict
     assert "0x3fff0030" in verdict and "overlaps bootloader data" in verdict
     assert full["flash_size"] == size
-    app = inspect.report(payloads[size]["app"])
+    app = inspector.examine(payloads[size]["app"]).to_json()
     assert app["kind"] == "app" and app["ota_payload"]["ok"]
     assert app["app"]["sha256_ok"] and app["app"]["checksum_ok"]
-    cut = inspect.report(payloads[size]["truncated"])
+    cut = inspector.examine(payloads[size]["truncated"]).to_json()
     assert not cut["ota_payload"]["ok"]
     assert "cut short" in " ".join(cut["app"]["problems"])
 
@@ -65,7 +65,7 @@ def test_users_library_from_file_reproduces_the_report(
     image = build_image(fw("OTA-20250415-v1.25.0"), "16MB",
                         vfs_files=((lib, "/lib"), (full, "/fw.bin")))  # fmt: skip
     with device.boot(image, qemu=qemu, artifacts=tmp_path) as dev:
-        dev.repl.wait_prompt(30)
+        dev.wait_prompt(30)
         report = ota.run_library(
             dev, full, "import ota.update\nota.update.from_file('/fw.bin', reboot=True)"
         )

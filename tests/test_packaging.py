@@ -124,3 +124,17 @@ def test_markdown_report_of_an_artifacts_folder(tmp_path: Path) -> None:
                          capture_output=True, text=True, env={**os.environ})  # fmt: skip
     assert run.returncode == 0
     assert "| ota-full-image-into-slot | 16mb-v1.25.0 | pass | ota_0 | 21.5 s |" in run.stdout
+
+
+def test_nightly_releases_come_from_the_firmware_manifest() -> None:
+    flow = yaml.safe_load((ROOT / ".github/workflows/nightly.yml").read_text())
+    image, job = flow["jobs"]["image"], flow["jobs"]["scenarios"]
+    assert job["strategy"]["matrix"]["firmware"] == "${{ fromJSON(needs.image.outputs.releases) }}"
+    steps = yaml.safe_dump(image["steps"])
+    assert "harness firmware list --nightly --json" in steps
+    assert "releases" in image["outputs"]
+
+
+def test_the_dockerfile_ships_the_recipes_and_the_manifest() -> None:
+    text = DOCKERFILE.read_text()
+    assert "COPY images ./images" in text and "COPY scenarios /scenarios" in text

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from harness import runner, scenario
+from harness.ota import OtaReport
 from harness.qemu import running_qemus
 
 ROOT = Path(__file__).parent.parent
@@ -147,8 +148,10 @@ def test_full_artifacts_disk_is_one_line(qemu, fw, tmp_path: Path) -> None:
 # -- QEMU dying in the middle of a scenario ---------------------------------------------
 
 
-def test_qemu_killed_during_a_scenario_step_fails_at_once(qemu, firmware_dir, tmp_path) -> None:
-    cell = scenario.load(REPORT).cells(firmware_dir, flash_sizes=["4MB"])[0]
+def test_qemu_killed_during_a_scenario_step_fails_at_once(
+    qemu, firmware_selector, tmp_path
+) -> None:
+    cell = scenario.load(REPORT).cells(firmware_selector, flash_sizes=["4MB"])[0]
     in_ota = threading.Event()
 
     def progress(_cell: scenario.Cell, _index: int, kind: str) -> None:
@@ -220,18 +223,18 @@ def test_killing_the_harness_leaves_no_qemu_and_no_temp_folder(
 
 
 def _outcome(result: runner.CellResult) -> tuple[str, str | None, tuple[str, ...]]:
-    ota = next((s.detail for s in result.timeline if s.step == "ota"), {})
-    lines = tuple(line.split(") ", 1)[-1] for line in ota.get("bootloader_lines", []))
+    ota = result.detail("ota", OtaReport)
+    lines = tuple(line.split(") ", 1)[-1] for line in (ota.bootloader_lines if ota else []))
     return result.status, result.booted, lines
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("workers", [1, 2])
 def test_the_starting_report_gives_the_same_outcome_20_times(
-    qemu, firmware_dir, tmp_path: Path, workers: int
+    qemu, firmware_selector, tmp_path: Path, workers: int
 ) -> None:
     """With the documented retry policy (--retries 1) that make uses; retries are counted."""
-    cell = scenario.load(REPORT).cells(firmware_dir, flash_sizes=["16MB"])[0]
+    cell = scenario.load(REPORT).cells(firmware_selector, flash_sizes=["16MB"])[0]
 
     def once(i: int) -> runner.CellResult:
         return runner.run_cell(cell, artifacts=tmp_path / f"run-{i}", qemu=qemu, retries=1)

@@ -19,7 +19,7 @@ def reporters_update(firmware: Path, size: str, folder: Path) -> Path:
     args = ["-f", "16M", "--resize", "vfs=0"] if size == "16MB" else []
     data = firmware.read_bytes()
     update = folder / "firmware-16M.bin"
-    update.write_bytes(images.convert(data, args, folder) if args else data)
+    update.write_bytes(images.convert(data, args) if args else data)
     return update
 
 
@@ -76,3 +76,47 @@ def test_repro_refuses_to_overwrite_and_names_missing_files(fw, tmp_path: Path) 
         assert words in run.stderr.splitlines()[0]
         assert "Traceback" not in run.stderr
     assert exists.read_text() == "keep me\n"
+
+
+@getattr(pytest.mark, "16mb")
+def test_repro_on_a_release_without_vfs_line(qemu, fw, tmp_path: Path) -> None:
+    """v1.27.0 (factory layout, no vfs line): OTA slots made as its OTA variant has them;
+    the reporter's update is `-f 16M` alone."""
+    firmware = fw("v1.27.0")
+    update = tmp_path / "firmware-16M.bin"
+    update.write_bytes(images.convert(firmware.read_bytes(), ["-f", "16M"]))
+    run = subprocess.run(
+        [sys.executable, "-m", "harness", "repro", "--firmware", str(firmware),
+         "--update", str(update), "--flash-size", "16MB", "--expect", "overlaps bootloader data",
+         "--artifacts", str(tmp_path / "art"), "--qemu", str(qemu)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "reproduced: yes, serial output showed 'overlaps bootloader data'" in run.stdout
+    assert "boot: OTA app partition slot 1 is not bootable" in run.stdout
+    assert "booted:    ota_0 (update written to ota_1, set_boot: ok)" in run.stdout
+    assert "--table nvs=0x4000,otadata=0x2000,phy_init=0x1000,ota_0=" in run.stdout
+
+
+@getattr(pytest.mark, "4mb")
+def test_repro_exit_codes_tell_reproduced_not_reproduced_and_could_not_run(
+    qemu, fw, tmp_path: Path
+) -> None:
+    firmware = fw("OTA-20250415-v1.25.0")
+    app = tmp_path / "app.bin"
+    app.write_bytes(images.convert(firmware.read_bytes(), ["-x"]))
+    base = [sys.executable, "-m", "harness", "repro", "--firmware", str(firmware),
+            "--qemu", str(qemu), "--artifacts", str(tmp_path / "art")]  # fmt: skip
+    good = subprocess.run([*base, "--update", str(app), "--expect", "overlaps bootloader data"],
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert good.returncode == 1, good.stdout + good.stderr  # a good update: not reproduced
+    assert "reproduced: no, serial output never showed 'overlaps bootloader data'" in good.stdout
+    lib = Path(__file__).parent / "device_lib"
+    cannot = subprocess.run(
+        [*base, "--update", str(firmware), "--device-lib", str(lib),
+         "--command", "import ota.update; ota.update.from_file('/fw.bin')"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert cannot.returncode == 2, cannot.stdout + cannot.stderr  # could not run
+    assert cannot.stderr.startswith("error: ") and "do not fit" in cannot.stderr.splitlines()[0]
+    assert "Traceback" not in cannot.stderr

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from harness import scenario
+from harness import scenario, steps
+from harness.manifest import FirmwareSelector
 from harness.scenario import ScenarioError
 
 ROOT = Path(__file__).parent.parent
@@ -63,30 +64,41 @@ def test_the_library_covers_what_the_issue_lists() -> None:
 
 def test_cells_and_ids(tmp_path: Path, firmware_dir: Path) -> None:
     loaded = scenario.load(write(tmp_path, GOOD))
-    cells = loaded.cells(firmware_dir)
+    cells = loaded.cells(FirmwareSelector(local=firmware_dir, download=False))
     assert [c.name for c in cells] == ["case[4mb-v1.25.0]", "case[16mb-v1.25.0]"]
-    assert all(c.firmware and c.firmware.is_file() for c in cells)
-    only16 = loaded.cells(firmware_dir, flash_sizes=["16MB"])
+    assert all(c.firmware and c.firmware.path.is_file() for c in cells)
+    only16 = loaded.cells(FirmwareSelector(local=firmware_dir), flash_sizes=["16MB"])
     assert [c.id for c in only16] == ["16mb-v1.25.0"]
     other = sorted(firmware_dir.glob("*OTA*v1.22.0.bin"))
-    replaced = loaded.cells(firmware_dir, firmware=[str(p) for p in other])
+    replaced = loaded.cells(FirmwareSelector(local=firmware_dir), firmware=[str(p) for p in other])
     assert [c.id for c in replaced] == ["4mb-v1.22.0", "16mb-v1.22.0"]
 
 
 def test_missing_firmware_is_a_skip_with_a_reason(tmp_path: Path) -> None:
     loaded = scenario.load(write(tmp_path, GOOD))
-    cell = loaded.cells(tmp_path / "empty")[0]
+    cell = loaded.cells(FirmwareSelector(local=tmp_path / "empty", download=False))[0]
     assert cell.firmware is None
     assert "no firmware file matches" in (cell.skip_reason() or "")
 
 
 def test_requirements_skip_cells_that_cannot_apply(tmp_path: Path, fw) -> None:
-    text = GOOD.replace("title: t", "title: t\nrequires: [ota]")
+    """OTA slots are made where a release has none; app rollback cannot be, so it skips."""
+    text = GOOD.replace("title: t", "title: t\nrequires: [ota, rollback]")
     loaded = scenario.load(write(tmp_path, text))
-    plain = loaded.cells(tmp_path, firmware=[str(fw("20241025-v1.24.0"))])[0]
-    assert "needs an OTA partition table" in (plain.skip_reason() or "")
-    ota = loaded.cells(tmp_path, firmware=[str(fw("OTA-20250415-v1.25.0"))])[0]
-    assert ota.skip_reason() is None
+    chooser = FirmwareSelector(download=False)
+    plain = loaded.cells(chooser, firmware=[str(fw("20241025-v1.24.0"))])[0]
+    assert plain.skip_reason() is None and plain.needs_ota_layout()
+    ota = loaded.cells(chooser, firmware=[str(fw("OTA-20250415-v1.25.0"))])[0]
+    assert ota.skip_reason() is None and not ota.needs_ota_layout()
+    old = loaded.cells(chooser, firmware=[str(fw("20230426-v1.20.0"))])[0]
+    reason = old.skip_reason() or ""
+    assert "needs app rollback" in reason and "v1.20.0" in reason
+    assert not old.facts().rollback and ota.facts().rollback  # the reason is true
+    spiram = scenario.load(
+        write(tmp_path, GOOD.replace("title: t", "title: t\nrequires: [spiram]"))
+    )
+    assert "needs a SPIRAM build" in (spiram.cells(chooser, firmware=[str(fw("v1.27.0"))])[0]
+                                      .skip_reason() or "")  # fmt: skip
 
 
 def test_yaml_syntax_error(tmp_path: Path) -> None:
@@ -153,7 +165,7 @@ def test_not_a_mapping(tmp_path: Path) -> None:
 
 def test_json_schema_names_every_step() -> None:
     text = str(scenario.json_schema())
-    for step in scenario.STEP_ARGS:
+    for step in steps.STEPS:
         assert step in text
 
 

@@ -1,0 +1,228 @@
+"""`harness inspect`: what a file is, and what the bootloader and MicroPython will do with it.
+
+A thin view over `harness.formats`: `examine()` reads one file into a `FileReport`,
+`FileReport.to_json()` is the stable JSON form (`harness inspect --json`, schema
+`SCHEMA_VERSION`, documented in the README) that scenarios assert on, and `render()`
+is the text form for people.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import formats
+from .errors import ImageError
+
+SCHEMA_VERSION = 1  # keys only ever added (filesystem: added in schema 1, 2026-11-25)
+
+
+@dataclass(frozen=True)
+class SlotReport:
+    """One app partition: what lies in it and what the bootloader will think of it."""
+
+    kind: str  # app | firmware | blank | no app image
+    check: formats.AppCheck
+
+    def to_json(self) -> dict[str, Any]:
+        if self.kind in ("blank", "no app image"):
+            return {"kind": self.kind, "ok": False, "problems": self.check.problems}
+        return {"kind": self.kind, **asdict(self.check)}
+
+
+@dataclass(frozen=True)
+class PayloadVerdict:
+    ok: bool
+    verdict: str
+
+
+@dataclass
+class FileReport:
+    file: str
+    size: int
+    sha256: str
+    kind: formats.FileKind
+    summary: str = ""
+    chip: str | None = None
+    flash_size: str | None = None
+    table: formats.PartitionTable | None = None
+    otadata: tuple[formats.OtaRecord, ...] | None = None
+    boot: formats.BootChoice | None = None
+    app: formats.AppCheck | None = None  # the app image (kind app), or the first app slot's
+    slots: dict[str, SlotReport] = field(default_factory=dict)
+    ota_payload: PayloadVerdict = PayloadVerdict(False, "")
+    filesystem: formats.FsRegion | None = None
+    filesystem_flash_size: int | None = None  # the flash size the region was computed for
+
+    def to_json(self) -> dict[str, Any]:
+        first_app = next((s for s in self.slots.values() if s.kind == "app"), None)
+        app: dict[str, Any] | None = None
+        if self.kind == "app" and self.app is not None:
+            app = asdict(self.app)
+        elif first_app is not None:
+            app = first_app.to_json()
+        fs = None
+        if self.filesystem is not None:
+            fs = {**asdict(self.filesystem), "flash_size": self.filesystem_flash_size}
+        return {
+            "schema": SCHEMA_VERSION,
+            "file": self.file,
+            "size": self.size,
+            "sha256": self.sha256,
+            "kind": self.kind,
+            "summary": self.summary,
+            "chip": self.chip,
+            "flash_size": self.flash_size,
+            "partitions": [asdict(p) for p in self.table] if self.table is not None else None,
+            "otadata": [asdict(r) for r in self.otadata] if self.otadata is not None else None,
+            "boot": asdict(self.boot) if self.boot is not None else None,
+            "app": app,
+            "slots": {n: s.to_json() for n, s in self.slots.items()}
+            if self.table is not None
+            else None,
+            "ota_payload": asdict(self.ota_payload),
+            "filesystem": fs,
+        }
+
+
+def read_input(path: Path) -> bytes:
+    """Read a user-given file, turning the usual mistakes into one-line errors."""
+    if not path.exists():
+        raise ImageError(f"{path}: no such file")
+    if path.is_dir():
+        raise ImageError(f"{path}: is a directory, expected an image file")
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ImageError(f"{path}: cannot read ({exc.strerror})") from None
+    if not data:
+        raise ImageError(f"{path}: file is empty")
+    return data
+
+
+def examine(path: Path, data: bytes | None = None) -> FileReport:
+    """Everything `harness inspect` says about one file."""
+    data = read_input(path) if data is None else data
+    kind = formats.classify(data)
+    if kind == "unknown":
+        raise ImageError(f"{path}: not an ESP32 image (no 0xE9 image header at 0 or 0x1000)")
+    rep = FileReport(str(path), len(data), hashlib.sha256(data).hexdigest(), kind)
+    if kind == "app":
+        app = formats.check_app(data)
+        rep.chip, rep.flash_size, rep.app = app.chip, app.flash_size, app
+        rep.ota_payload = PayloadVerdict(app.ok, payload_verdict(kind, app))
+    elif kind in ("firmware", "flash"):
+        flash = formats.as_flash(data)
+        boot = formats.check_app(flash[formats.BOOTLOADER_OFFSET :])
+        rep.chip, rep.flash_size = boot.chip, boot.flash_size
+        rep.table = formats.parse_table(flash)
+        rep.otadata = formats.read_otadata(flash, rep.table)
+        rep.boot = formats.boot_choice(rep.table, rep.otadata) if rep.table else None
+        # the bootloader reads an image's segments wherever they lead, even past its
+        # slot's end, and only then compares the length with the slot
+        rep.slots = {
+            p.name: _slot(flash[p.offset :], p.size)
+            for p in rep.table
+            if p.is_app and p.offset < len(flash)
+        }
+        # a whole flash image: the chip is as big as the file (QEMU picks it so); a
+        # firmware file: the size its header was built for
+        size = len(data) if kind == "flash" else _size_bytes(boot.flash_size)
+        rep.filesystem_flash_size = size
+        rep.filesystem = formats.fs_region(rep.table, size) if size else None
+        rep.ota_payload = PayloadVerdict(False, payload_verdict(kind, boot))
+    else:
+        rep.ota_payload = PayloadVerdict(False, f"not an app image ({kind})")
+    rep.summary = _summary(rep)
+    return rep
+
+
+def _size_bytes(name: str | None) -> int | None:
+    return int(name.removesuffix("MB")) << 20 if name else None
+
+
+def _slot(data: bytes, size: int) -> SlotReport:
+    if data[:1] != bytes([formats.APP_MAGIC]):
+        state = "blank" if data[:4096].count(0xFF) == len(data[:4096]) else "no app image"
+        return SlotReport(state, formats.AppCheck(False, [f"{state}: invalid magic byte"]))
+    kind = "firmware" if formats.classify(data[:size]) == "firmware" else "app"
+    return SlotReport(kind, formats.check_app(data, size))
+
+
+def payload_verdict(kind: str, first: formats.AppCheck) -> str:
+    """What an OTA of this file will come to, in one sentence."""
+    if kind == "app":
+        if first.ok:
+            return "app image: a correct OTA payload"
+        return "app image the bootloader will reject: " + "; ".join(first.problems)
+    if kind not in ("firmware", "flash"):
+        return f"not an app image ({kind})"
+    seg0 = first.segments[0].addr_hex if first.segments else "?"
+    return (
+        f"this is a {'whole flash' if kind == 'flash' else 'full firmware'} image "
+        "(bootloader + partition table + app), not an app image: its first segment loads "
+        f"at {seg0}, in the bootloader's own memory, so an OTA of it is rejected by the "
+        "bootloader with 'overlaps bootloader data'. Use the app image instead "
+        "(micropython.bin / .app-bin, or `mp-image-tool-esp32 FILE -x`)"
+    )
+
+
+def _summary(rep: FileReport) -> str:
+    if rep.kind == "app" and rep.app is not None:
+        app = rep.app
+        what = f"app image for {app.chip}, ESP-IDF {app.idf_version}, built {app.built}"
+        return what + ("" if app.ok else f" — PROBLEMS: {'; '.join(app.problems)}")
+    if rep.kind in ("firmware", "flash"):
+        slot = rep.boot.slot if rep.boot else None
+        return (
+            f"{'whole flash image' if rep.kind == 'flash' else 'full firmware image'} "
+            f"(bootloader + partition table + app) for {rep.chip}, "
+            f"{rep.flash_size} flash; bootloader will pick {slot}"
+        )
+    return f"{rep.kind}: not an ESP32 image"
+
+
+def render(rep: FileReport) -> str:
+    """The text form, for people."""
+    lines = [f"{rep.file}: {rep.summary}", f"  size {rep.size} bytes, sha256 {rep.sha256}"]
+    if rep.table is not None and len(rep.table):
+        lines.append("  partition table:")
+        for p in rep.table:
+            lines.append(
+                f"    {p.name:<10} type {p.type:#04x}/{p.subtype:#04x} "
+                f"at {p.offset:#09x} size {p.size:#09x}"
+            )
+    if rep.filesystem is not None:
+        fs = rep.filesystem
+        where = (
+            "in the table"
+            if fs.in_table
+            else (
+                "not in the table: MicroPython makes it at boot after the last partition, up to "
+                f"the end of a {(rep.filesystem_flash_size or 0) >> 20}MB flash"
+            )
+        )
+        lines.append(f"  filesystem: {fs.label} at {fs.offset:#09x} size {fs.size:#09x} ({where})")
+    if rep.otadata is not None:
+        lines.append("  otadata:")
+        for r in rep.otadata:
+            seq = "blank" if r.seq == formats.BLANK_SEQ else r.seq
+            lines.append(f"    sector {r.sector}: seq {seq}, {r.state}, "
+                         f"crc {'ok' if r.crc_ok else 'BAD'}")  # fmt: skip
+    if rep.boot:
+        lines.append(f"  bootloader will pick: {rep.boot.slot} ({rep.boot.reason})")
+    for name, slot in rep.slots.items():
+        state = "ok" if slot.check.ok else "; ".join(slot.check.problems)
+        lines.append(f"  slot {name}: {slot.kind}, {state}")
+    if rep.kind == "app" and rep.app is not None:
+        app = rep.app
+        for seg in app.segments:
+            lines.append(f"    segment at {seg.addr_hex} length {seg.length}")
+        sha = "ok" if app.sha256_ok else "BAD" if app.sha256_appended else "none"
+        lines.append(
+            f"    length {app.length}, checksum {'ok' if app.checksum_ok else 'BAD'}, sha256 {sha}"
+        )
+    lines.append(f"  as an OTA payload: {rep.ota_payload.verdict}")
+    return "\n".join(lines)

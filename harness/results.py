@@ -1,0 +1,129 @@
+"""What a scenario cell came to, as typed values: the timeline, the attempts, the outcome.
+
+The runner fills these in; `timeline.json` and `result.json` are written from them
+(`to_json`), and `CellResult.load` reads a `result.json` back (for `harness report`,
+which may run on another machine than the one that ran the cells).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+Status = Literal["passed", "failed", "skipped", "running"]
+T = TypeVar("T")
+
+
+def to_jsonable(value: object) -> Any:
+    """Dataclasses (nested), paths and tuples as JSON values."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: to_jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, dict):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [to_jsonable(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def write_json(path: Path, value: object) -> None:
+    path.write_text(json.dumps(to_jsonable(value), indent=2, default=str) + "\n")
+
+
+@dataclass
+class StepRecord:
+    index: int
+    step: str
+    line: int
+    start_s: float
+    elapsed_s: float = 0.0
+    status: Status = "running"
+    detail: object | None = None  # the step's own result (an OtaReport, a Boot, ...)
+
+
+@dataclass
+class Attempt:
+    attempt: int
+    status: Status
+    message: str = ""
+    artifacts: str = ""
+
+    def line(self) -> str:
+        first = self.message.splitlines()[0] if self.message else ""
+        return f"attempt {self.attempt}: {self.status}" + (f" ({first})" if first else "")
+
+
+@dataclass
+class FirmwareUsed:
+    path: str
+    id: str
+    sha256: str
+    entry: str | None  # the manifest entry, when the scenario named one
+    pinned: bool  # False: the sha256 was recorded on first download, not pinned
+    origin: str  # local | cache | downloaded | path
+
+
+@dataclass
+class ImageUsed:
+    recipe: str  # images/recipes name (16mb, 16mb-ota, ...)
+    conversion: str  # the mp-image-tool-esp32 command, as a user would type it
+    notes: list[str] = field(default_factory=list)
+    filesystem: str | None = None  # "vfs at 0x310000, 0xf0000 bytes (made at boot)"
+
+
+@dataclass
+class CellResult:
+    name: str
+    status: Status
+    message: str = ""
+    elapsed_s: float = 0.0
+    artifacts: str = ""
+    booted: str | None = None
+    attempts: list[Attempt] = field(default_factory=list)
+    timeline: list[StepRecord] = field(default_factory=list)
+    firmware: FirmwareUsed | None = None
+    image: ImageUsed | None = None
+
+    @property
+    def serial_logs(self) -> list[Path]:
+        root = Path(self.artifacts)
+        return sorted(root.glob("serial.log")) + sorted(root.glob("attempt-*/serial.log"))
+
+    def detail(self, kind: str, of: type[T]) -> T | None:
+        """The first step `kind`'s detail, if it is an `of`."""
+        for record in self.timeline:
+            if record.step == kind and isinstance(record.detail, of):
+                return record.detail
+        return None
+
+    def write(self, folder: Path) -> None:
+        write_json(folder / "result.json", self)
+
+    @classmethod
+    def load(cls, path: Path) -> CellResult:
+        """A result.json (step details stay JSON: they are for people from here on)."""
+        data = json.loads(path.read_text())
+        fw, image = data.get("firmware"), data.get("image")
+        return cls(
+            name=str(data["name"]),
+            status=data["status"],
+            message=str(data.get("message", "")),
+            elapsed_s=float(data.get("elapsed_s", 0.0)),
+            artifacts=str(data.get("artifacts", path.parent)),
+            booted=data.get("booted"),
+            attempts=[
+                Attempt(
+                    int(a.get("attempt", i + 1)),
+                    a.get("status", "failed"),
+                    str(a.get("message", "")),
+                    str(a.get("artifacts", "")),
+                )
+                for i, a in enumerate(data.get("attempts", []))
+            ],
+            firmware=FirmwareUsed(**fw) if isinstance(fw, dict) else None,
+            image=ImageUsed(**image) if isinstance(image, dict) else None,
+        )
