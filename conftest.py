@@ -9,6 +9,7 @@ folder (FIRMWARE_DIR / --firmware-dir), then the user cache, then downloaded.
 from __future__ import annotations
 
 import hashlib
+import signal
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -68,6 +69,19 @@ def fw(firmware_selector: FirmwareSelector) -> Callable[[str], Path]:
             pytest.skip(str(exc))
 
     return find
+
+
+@pytest.fixture(scope="session")
+def default_signals() -> Callable[[], None]:
+    """preexec_fn for children a test signals: default SIGINT/SIGTERM, whatever this run
+    inherited (a suite started as a background job has SIGINT ignored, and so would the
+    CLI under test)."""
+
+    def reset() -> None:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+    return reset
 
 
 @pytest.fixture(scope="session")

@@ -1,100 +1,138 @@
-"""The scenario library's wall time with 1 and 2 pytest-xdist workers, and image building.
+"""The scenario library's wall time and the sum of its cells, side by side in one run.
 
-First every cell's image and payloads are built into an empty cache (cold) and once more
-(warm: all cache hits). Then `pytest scenarios -n N --retries 0` runs with N = 1 and 2,
-each with its own JUnit XML. Prints a table, the cells whose outcome (pass/fail/skip and
-booted partition) differs between the two runs, and a final key=value line. Retries are
-off: a retried cell would hide a changed result.
+Runs `pytest scenarios --flash-size SIZE` (16MB by default, what `make test-16mb` runs)
+in these configurations, each with its own JUnit XML and retries off (a retry would
+hide a changed outcome):
+
+- staged writes, 1 worker, watchdogs off (the default: the baseline);
+- staged writes, 2 workers, watchdogs off (repeated `--repeat` times);
+- device-side writes (every `method: staged` turned into `method: harness`), 1 worker;
+- staged writes, 2 workers, watchdogs on.
+
+Image building (cold, then warm) is timed first. Prints a table, every cell whose
+outcome (status and booted partition) differs from the baseline, and a key=value line.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
 import xml.etree.ElementTree as ET
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def outcomes(junit: Path) -> dict[str, str]:
-    """test id -> 'passed booted=ota_0' (or failed/skipped with the first message line)."""
-    result = {}
+@dataclass
+class Run:
+    name: str
+    wall_s: float
+    cells_s: float  # the sum of the cells' own times
+    outcomes: dict[str, str]
+
+
+def outcomes(junit: Path) -> tuple[dict[str, str], float]:
+    """test id -> 'passed booted=ota_0' (or failed/skipped), and the sum of cell times."""
+    result, total = {}, 0.0
     for case in ET.parse(junit).getroot().iter("testcase"):
         props = {p.get("name"): p.get("value") for p in case.iter("property")}
-        if case.find("failure") is not None or case.find("error") is not None:
-            status = "failed"
-        elif case.find("skipped") is not None:
-            status = "skipped"
-        else:
-            status = "passed"
+        bad = case.find("failure") if case.find("failure") is not None else case.find("error")
+        skipped = case.find("skipped") is not None
+        status = "failed" if bad is not None else "skipped" if skipped else "passed"
         result[case.get("name", "?")] = f"{status} booted={props.get('booted')}"
-        why = case.find("failure") if case.find("failure") is not None else case.find("error")
-        if why is not None:
-            print(f"    {junit.stem}: {case.get('name')}: {(why.get('message') or '')[:300]}")
-    return result
+        total += float(case.get("time", 0))
+        if bad is not None:
+            print(f"    {junit.stem}: {case.get('name')}: {(bad.get('message') or '')[:300]}")
+    return result, total
 
 
-def build_all(cache: Path) -> float:
+def build_all(cache: Path, size: str) -> float:
     """Build every cell's image and payloads into `cache`; return the seconds it took."""
-    from harness import images, runner, scenario
+    from harness import images, manifest, runner, scenario
 
     start = time.monotonic()
-    firmware_dir = scenario.default_firmware_dir()
     for path in sorted((ROOT / "scenarios").glob("*.yaml")):
-        for cell in scenario.load(path).cells(firmware_dir):
+        for cell in scenario.load(path).cells(manifest.selector(), flash_sizes=[size]):
             if cell.skip_reason() is None:
-                recipe = runner.recipe_for(cell)
-                images.build(recipe, cache)
-                for kind in scenario.PAYLOAD_KINDS:
-                    runner.payload_path(cell, recipe, kind, cache)
+                image = runner.recipe_for(cell, cache)
+                built = images.build_image(image.recipe, cache)
+                runner.plan_staging(cell, image, built, cache)
+                for kind in images.PAYLOAD_KINDS:
+                    runner.payload_path(cell, image.recipe, kind, cache)
     return time.monotonic() - start
 
 
-def run(workers: int, folder: Path, extra: list[str]) -> tuple[float, dict[str, str]]:
-    junit = folder / f"junit-{workers}.xml"
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "scenarios",
+def device_side_copy(folder: Path) -> Path:
+    """The library with every staged write done by the device instead."""
+    target = folder / "device-side" / "scenarios"
+    shutil.copytree(ROOT / "scenarios", target)
+    for path in target.glob("*.yaml"):
+        path.write_text(path.read_text().replace("method: staged", "method: harness"))
+    return target
+
+
+def run(name: str, scenarios: Path, folder: Path, workers: int, extra: list[str]) -> Run:
+    tag = name.replace(" ", "-").replace(",", "")
+    junit = folder / f"junit-{tag}.xml"
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(scenarios),
            "-n", str(workers), "--retries", "0", "--junitxml", str(junit),
-           "--artifacts", str(folder / f"artifacts-{workers}"), *extra]  # fmt: skip
+           "--artifacts", str(folder / f"artifacts-{tag}"), *extra]  # fmt: skip
     start = time.monotonic()
     subprocess.run(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, check=False)
-    return time.monotonic() - start, outcomes(junit)
+    wall = time.monotonic() - start
+    found, cells = outcomes(junit)
+    print(f"  {name:<34}{wall:>9.1f} s{cells:>10.1f} s  ({len(found)} cells)", flush=True)
+    return Run(name, wall, cells, found)
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--qemu")
-    ap.add_argument("-m", dest="marker", help="only cells with this marker (4mb, 16mb)")
+    ap.add_argument("--flash-size", default="16MB")
+    ap.add_argument("--repeat", type=int, default=1, help="runs of the 2-worker configuration")
     args = ap.parse_args()
-    extra = [*(["--qemu", args.qemu] if args.qemu else []),
-             *(["-m", args.marker] if args.marker else [])]  # fmt: skip
-    print(f"scenario library, {os.cpu_count()} cores, load {os.getloadavg()[0]:.2f}")
+    extra = ["--flash-size", args.flash_size, *(["--qemu", args.qemu] if args.qemu else [])]
+    print(f"scenario library at {args.flash_size}, {os.cpu_count()} cores, "
+          f"load {os.getloadavg()[0]:.2f}, {time.strftime('%F')}")  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         os.environ["HARNESS_CACHE"] = str(folder / "cache")  # the pytest runs use it too
-        cold = build_all(folder / "cache")
-        warm = build_all(folder / "cache")
-        print(f"  image build, cold  {cold:8.1f} s   warm {warm:6.2f} s", flush=True)
-        one_s, one = run(1, folder, extra)
-        print(f"  1 worker   {one_s:8.1f} s  ({len(one)} cells)", flush=True)
-        two_s, two = run(2, folder, extra)
-        print(f"  2 workers  {two_s:8.1f} s  ({len(two)} cells)", flush=True)
-    changed = sorted(k for k in one.keys() | two.keys() if one.get(k) != two.get(k))
-    for name in changed:
-        print(f"  changed: {name}: 1 worker {one.get(name)} / 2 workers {two.get(name)}")
-    for runs, results in (("1 worker", one), ("2 workers", two)):
-        for name, outcome in sorted(results.items()):
-            if outcome.startswith("failed"):
-                print(f"  failed with {runs}: {name}: {outcome}")
-    failed = sum(v.startswith("failed") for v in [*one.values(), *two.values()])
+        cold = build_all(folder / "cache", args.flash_size)
+        warm = build_all(folder / "cache", args.flash_size)
+        print(f"  image build, cold {cold:.1f} s, warm {warm:.2f} s")
+        print(f"  {'configuration':<34}{'wall':>11}{'cells sum':>12}")
+        scenarios = ROOT / "scenarios"
+        base = run("staged, 1 worker, watchdogs off", scenarios, folder, 1,
+                   [*extra, "--watchdogs", "off"])  # fmt: skip
+        twos = [run(f"staged, 2 workers, watchdogs off #{i + 1}", scenarios, folder, 2,
+                    [*extra, "--watchdogs", "off"]) for i in range(args.repeat)]  # fmt: skip
+        device = run("device-side, 1 worker, watchdogs off", device_side_copy(folder), folder,
+                     1, [*extra, "--watchdogs", "off"])  # fmt: skip
+        wdt = run("staged, 2 workers, watchdogs on", scenarios, folder, 2,
+                  [*extra, "--watchdogs", "on"])  # fmt: skip
+    changed = 0
+    for other in [*twos, device, wdt]:
+        for cell in sorted(base.outcomes.keys() | other.outcomes.keys()):
+            if base.outcomes.get(cell) != other.outcomes.get(cell):
+                changed += 1
+                print(f"  changed in '{other.name}': {cell}: {base.outcomes.get(cell)} -> "
+                      f"{other.outcomes.get(cell)}")  # fmt: skip
+    two = min(twos, key=lambda r: r.wall_s)
+    same_twos = sum(r.outcomes == base.outcomes for r in twos)
     print(
-        f"build_cold_s={cold:.1f} build_warm_s={warm:.2f} "
-        f"suite_1_worker_s={one_s:.1f} suite_2_workers_s={two_s:.1f} "
-        f"speedup={one_s / two_s:.2f} cells={len(one)} changed={len(changed)} failed={failed}"
+        f"build_cold_s={cold:.1f} build_warm_s={warm:.2f} staged_1w_wall_s={base.wall_s:.1f} "
+        f"staged_cells_sum_s={base.cells_s:.1f} staged_2w_wall_s={two.wall_s:.1f} "
+        f"speedup_2w={base.wall_s / two.wall_s:.2f} device_side_cells_sum_s={device.cells_s:.1f} "
+        f"staged_over_device={base.cells_s / device.cells_s:.2f} "
+        f"watchdogs_on_2w_wall_s={wdt.wall_s:.1f} "
+        f"two_worker_runs_identical={same_twos}/{len(twos)} "
+        f"changed={changed}"
     )
     return 0
 

@@ -26,6 +26,10 @@ from .qemu import find_qemu
 if TYPE_CHECKING:
     from .scenario import Cell
 
+WATCHDOG_HELP = (
+    "the emulated timer-group watchdogs (default: off, as `idf.py qemu` runs; a scenario's "
+    "own `watchdogs:` wins)"
+)
 QUIT_KEY = b"\x1d"  # Ctrl-], as in telnet and idf.py monitor
 
 
@@ -81,10 +85,19 @@ def image_for(args: argparse.Namespace, path: Path) -> Path:
     return images.build(recipe_from(args, path))
 
 
+def _watchdogs(word: str | None) -> bool | None:
+    return None if word is None else word == "on"
+
+
 def cmd_boot(args: argparse.Namespace) -> int:
+    from .qemu import WATCHDOGS
+
     image = image_for(args, args.image)
     psram = {"auto": None, "on": True, "off": False}[args.psram]
-    with device.boot(image, qemu=args.qemu, psram=psram, artifacts=args.artifacts) as dev:
+    wdt = WATCHDOGS if args.watchdogs is None else args.watchdogs == "on"
+    with device.boot(
+        image, qemu=args.qemu, psram=psram, artifacts=args.artifacts, watchdogs=wdt
+    ) as dev:
         if args.exec is None:
             return interact(dev)
         dev.repl.wait_prompt(args.timeout)
@@ -193,6 +206,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         for cell in cells:
             result = runner.run_cell(
                 cell, artifacts=args.artifacts, qemu=args.qemu, retries=args.retries,
+                watchdogs=_watchdogs(args.watchdogs),
                 progress=progress.step,
             )  # fmt: skip
             progress.result(result)
@@ -338,6 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="give the machine 4MB PSRAM (auto: when it is a SPIRAM build)",
     )
     boot.add_argument("--timeout", type=float, default=60.0, help="seconds for boot and --exec")
+    boot.add_argument("--watchdogs", choices=["on", "off"], help=WATCHDOG_HELP)
     boot.add_argument("--artifacts", type=Path, help="keep serial log, QEMU command line, flash")
     boot.set_defaults(func=cmd_boot)
 
@@ -374,6 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--retries", type=int, default=0, help="rerun a cell whose QEMU crashed itself (listed)"
     )
+    run.add_argument("--watchdogs", choices=["on", "off"], help=WATCHDOG_HELP)
     run.set_defaults(func=cmd_run)
 
     provision = sub.add_parser(

@@ -345,8 +345,8 @@ class Console:
     def _timeout_message(self, wanted: list[re.Pattern[bytes]], timeout: float, during: str) -> str:
         what = " or ".join(repr(p.pattern.decode("utf-8", "replace")) for p in wanted)
         return (
-            f"timed out after {timeout:g}s during {during} waiting for {what}; last serial lines:\n"
-            f"{self.log.last_lines()}\n    serial log: {self.log.path}"
+            f"timed out after {timeout:.3g}s during {during} waiting for {what}; "
+            f"last serial lines:\n{self.log.last_lines()}\n    serial log: {self.log.path}"
         )
 
     def close(self) -> None:

@@ -16,23 +16,25 @@ the end unless the caller gave one (`artifacts`), where it stays as evidence.
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import socket
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from . import formats, images, janitor
+from . import formats, hostlock, images, janitor
 from .console import RESET_BANNER, Console, log_lines
-from .errors import HarnessError
-from .firmware import PSRAM_MARKER
+from .errors import DeviceTimeout, GuestStalled, HarnessError
+from .firmware import PSRAM_MARKER, app_idf_version, stalls_under_load
 from .qemu import Machine, find_qemu
 from .repl import Repl
 
 ResetKind = Literal["soft", "hard"]
 RUNNING = "esp32.Partition(esp32.Partition.RUNNING)"
+STALL_AFTER = 10.0  # a start-up takes about 2 s: this long silent after `entry` is a stall
 
 
 @dataclass(frozen=True)
@@ -65,8 +67,24 @@ class Device:
         return self.machine.data
 
     def wait_prompt(self, timeout: float = 30.0) -> None:
-        """Wait for `>>> ` after power-on or reset (fails fast on crash or boot loop)."""
-        self.repl.wait_prompt(timeout)
+        """Wait for `>>> ` after power-on or reset (fails fast on crash or boot loop).
+
+        A wait that ends with the bootloader's `entry 0x...` as the last line is a
+        stalled start-up, and says so.
+        """
+        try:
+            self.repl.wait_prompt(timeout)
+        except DeviceTimeout as exc:
+            said = [line for line in self.console.log.lines[-8:] if line.strip()]
+            if timeout >= STALL_AFTER and said and said[-1].startswith("entry 0x"):
+                load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+                raise GuestStalled(
+                    f"MicroPython never started: the emulated CPUs stalled after the "
+                    f"bootloader's `{said[-1]}` for {timeout:g}s (host load average {load} "
+                    f"on {os.cpu_count()} cores: likely the host, not the firmware); serial "
+                    f"log {self.console.log.path}"
+                ) from exc
+            raise
 
     def running_partition(self) -> str:
         """The partition MicroPython runs from, as the device itself says."""
@@ -113,11 +131,18 @@ def boot(
     artifacts: Path | None = None,
     run_dir: Path | None = None,
     data_channel: bool = False,
+    watchdogs: bool = True,
+    stage: Sequence[tuple[int, bytes]] = (),
+    alone: bool | None = None,
 ) -> Iterator[Device]:
     """Boot `image` (a flash image of an exact size) and yield the Device.
 
     `psram=None` gives the machine PSRAM exactly when the firmware is a SPIRAM build.
     `data_channel` wires the guest's UART1 to `Device.data`, a socket for payloads.
+    `watchdogs=False` disables the emulated timer-group watchdogs (harness.qemu).
+    `stage` (offset, bytes) is written into the run's flash copy before QEMU starts.
+    `alone`: have the host to itself (harness.hostlock); None: when the firmware is one
+    measured to stall on a shared host.
     `artifacts` keeps a fresh run folder inside it; `run_dir` is that folder, exactly.
     """
     qemu_path = find_qemu(qemu)
@@ -131,10 +156,16 @@ def boot(
         run_dir = janitor.mkdtemp(prefix="esp32-ota-harness-")
     console: Console | None = None
     try:
-        flash = images.run_copy(image, run_dir)
+        flash = images.run_copy(image, run_dir, stage)
+        data = image.read_bytes()
         if psram is None:
-            psram = PSRAM_MARKER in image.read_bytes()
-        with Machine(qemu_path, flash, run_dir, psram=psram, data_channel=data_channel) as machine:
+            psram = PSRAM_MARKER in data
+        if alone is None:
+            alone = stalls_under_load(app_idf_version(data, formats.parse_table(data)))
+        machine = Machine(
+            qemu_path, flash, run_dir, psram=psram, watchdogs=watchdogs, data_channel=data_channel
+        )
+        with hostlock.emulation_slot(alone), machine:
 
             def attach(serial: socket.socket) -> None:
                 nonlocal console

@@ -83,10 +83,17 @@ class WatchdogReset(UnexpectedReset):
     """A watchdog reset the guest mid-step: under emulation, most often the host's doing."""
 
 
-# What a retry policy may rerun: QEMU's own crash, and watchdog resets (the guest's clock
-# runs on while the host starves QEMU). A firmware result is never among them. Names are
-# stable: `pytest --only-rerun` matches "QemuCrashed: ...".
-RETRYABLE: tuple[type[HarnessError], ...] = (QemuCrashed, WatchdogBootLoop, WatchdogReset)
+class GuestStalled(DeviceTimeout):
+    """The emulated CPUs stopped making progress after the bootloader handed over: seen
+    with old ESP-IDF builds when the host is shared (harness.firmware.STALLS_BEFORE)."""
+
+
+# What a retry policy may rerun: QEMU's own crash, watchdog resets and stalled start-ups
+# (the guest's clock runs on while the host starves QEMU). A firmware result is never
+# among them. Names are stable: `pytest --only-rerun` matches "QemuCrashed: ...".
+RETRYABLE: tuple[type[HarnessError], ...] = (
+    QemuCrashed, WatchdogBootLoop, WatchdogReset, GuestStalled,
+)  # fmt: skip
 
 
 class UnexpectedOutput(HarnessError):

@@ -67,6 +67,7 @@ class FirmwareFacts:
     app_size: int  # bytes of the app image after the first app partition's offset
     file_size: int  # the whole firmware file: bootloader, table and app, from 0x1000
     spiram: bool
+    idf_version: str | None  # v5.2.2, from the app's esp_app_desc_t
 
     @classmethod
     def of(cls, firmware: bytes) -> FirmwareFacts:
@@ -85,6 +86,7 @@ class FirmwareFacts:
             app_size,
             len(firmware),
             PSRAM_MARKER in firmware,
+            app_idf_version(flash, table),
         )
 
     @property
@@ -97,10 +99,36 @@ class FirmwareFacts:
         return self.table.fs_partition() is not None
 
     @property
+    def runs_alone(self) -> bool:
+        """Measured to stall when another emulation shares the host (see STALLS_BEFORE)."""
+        return stalls_under_load(self.idf_version)
+
+    @property
     def rollback(self) -> bool:
         """App rollback is built in (every MicroPython ESP32 build from v1.21.0)."""
         numbers = re.findall(r"\d+", self.version or "")
         return bool(numbers) and tuple(int(n) for n in numbers[:2]) >= ROLLBACK_SINCE
+
+
+# Builds measured to stall under host load in Espressif's QEMU (both CPUs parked at
+# fixed PCs after the bootloader's `entry`, with the watchdogs on or off): ESP-IDF
+# v4.2.4 (MicroPython v1.20.0) and v5.0.2 (v1.21.0 SPIRAM). Measured not to: v5.0.4,
+# v5.2.2, v5.5.1 (bench/watchdog.py, README). Such a guest gets the host to itself.
+STALLS_BEFORE = (5, 0, 4)
+
+
+def stalls_under_load(idf_version: str | None) -> bool:
+    numbers = tuple(int(n) for n in re.findall(r"\d+", idf_version or "")[:3])
+    return bool(numbers) and numbers < STALLS_BEFORE
+
+
+def app_idf_version(flash: bytes, table: formats.PartitionTable) -> str | None:
+    """The ESP-IDF version of the first app in a flash image (what boots on a fresh one)."""
+    app = next((p for p in table if p.is_app), None)
+    if app is None:
+        return None
+    desc = formats.app_description(flash[app.offset : app.offset + 512])
+    return desc.idf_version if desc else None
 
 
 def firmware_id(path: Path) -> str:

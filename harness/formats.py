@@ -355,6 +355,18 @@ def otadata_blank() -> dict[int, bytes]:
     return {0: b"\xff" * SECTOR, 1: b"\xff" * SECTOR}
 
 
+def next_update_slot(table: PartitionTable, running: str | None) -> Partition | None:
+    """esp_ota_get_next_update_partition(NULL): the OTA slot after the running app
+    (wrapping round), or the first one when a factory app runs."""
+    slots = table.ota_slots
+    names = [p.name for p in slots]
+    if not slots:
+        return None
+    if running not in names:
+        return slots[0]
+    return slots[(names.index(running) + 1) % len(slots)]
+
+
 @dataclass(frozen=True)
 class FlashState:
     """otadata and the bootloader's choice in one flash image."""
@@ -404,6 +416,22 @@ class AppCheck:
 _DESC_FIELDS = [(80, 96), (96, 112), (112, 144)]
 
 
+@dataclass(frozen=True)
+class AppDescription:
+    """esp_app_desc_t, which ESP-IDF puts at the start of every app's first segment."""
+
+    built: str | None
+    idf_version: str | None
+
+
+def app_description(app: bytes) -> AppDescription | None:
+    desc = app[32:288]
+    if len(desc) < 256 or struct.unpack_from("<I", desc, 0)[0] != APP_DESC_MAGIC:
+        return None
+    text = [desc[a:b].split(b"\0")[0].decode("ascii", "replace") for a, b in _DESC_FIELDS]
+    return AppDescription(f"{text[1]} {text[0]}".strip() or None, text[2] or None)
+
+
 def check_app(data: bytes, slot_size: int | None = None) -> AppCheck:
     """Parse one app image with esptool and apply the bootloader's checks."""
     header = ImageHeader.parse(data)
@@ -441,10 +469,9 @@ def check_app(data: bytes, slot_size: int | None = None) -> AppCheck:
         check.problems.append(f"built for {check.chip}, not esp32")
     if slot_size is not None and length > slot_size:
         check.problems.append(f"image length {length} does not fit its slot of {slot_size} bytes")
-    desc = data[32:288]
-    if len(desc) >= 256 and struct.unpack_from("<I", desc, 0)[0] == APP_DESC_MAGIC:
-        text = [desc[a:b].split(b"\0")[0].decode("ascii", "replace") for a, b in _DESC_FIELDS]
-        check.built, check.idf_version = f"{text[1]} {text[0]}".strip() or None, text[2] or None
+    desc = app_description(data)
+    if desc is not None:
+        check.built, check.idf_version = desc.built, desc.idf_version
     check.ok = not check.problems
     return check
 

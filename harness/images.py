@@ -26,6 +26,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import version
 from pathlib import Path
@@ -431,9 +432,23 @@ def _put(fs: Any, src: Path, dst: str) -> None:
         f.write(src.read_bytes())
 
 
-def run_copy(image: Path, run_dir: Path) -> Path:
-    """The per-run flash file QEMU writes into; the cached image stays pristine."""
+def run_copy(image: Path, run_dir: Path, writes: Sequence[tuple[int, bytes]] = ()) -> Path:
+    """The per-run flash file QEMU writes into; the cached image stays pristine.
+
+    `writes` (offset, bytes) go into the copy before QEMU starts: the only time a host
+    write reaches the guest (see harness.ota, staged writes).
+    """
     dst = run_dir / "flash.bin"
     shutil.copyfile(image, dst)
     os.chmod(dst, 0o644)
+    if writes:
+        size = dst.stat().st_size
+        with dst.open("r+b") as f:
+            for offset, data in writes:
+                if offset + len(data) > size:
+                    raise ImageError(
+                        f"a staged write at {offset:#x} runs past the end of the flash"
+                    )
+                f.seek(offset)
+                f.write(data)
     return dst

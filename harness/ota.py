@@ -12,6 +12,17 @@ Two ways to write, both real:
   the filesystem at image build time, and the user's REPL command runs as it would on
   a board, reboot included.
 
+- `staged()`, no emulated flash operation at all: the payload is written into the slot
+  of the run's flash file on the host *before QEMU starts*, as `esptool write_flash`
+  would, and the device then only selects the slot and reboots. Before the start is the
+  only correct time: Espressif's QEMU reads the whole flash file into memory when the
+  machine is created (hw/block/m25p80.c, m25p80_realize) and serves SPI reads from that
+  copy, while memory-mapped reads through the cache refill from the file
+  (hw/misc/esp32_dport.c); a host write while QEMU runs, even stopped, would leave the
+  guest with two different views of its flash. The step then checks that the slot it
+  was staged into is the one the device would update, and that the slot holds the
+  payload byte for byte.
+
 Either way the result is an `OtaReport`: the slot written, set_boot()'s verdict, the
 bootloader's E/W lines during the reboot, the partition that booted (asked of the REPL:
 MicroPython's bootloader logs nothing on success or rollback), and otadata before and
@@ -50,7 +61,7 @@ WRITER = """
 import esp32, hashlib, machine, binascii, gc
 def _harness_write(label, size, chunk):
     p = esp32.Partition.find(esp32.Partition.TYPE_APP, label=label)[0]
-    u = machine.UART(1, baudrate=5000000, tx=17, rx=16, rxbuf=chunk, timeout=5000)
+    u = machine.UART(1, baudrate=5000000, tx=17, rx=16, rxbuf=min(chunk, 32768), timeout=5000)
     gc.collect()
     buf = bytearray(chunk)
     mv = memoryview(buf)
@@ -168,6 +179,39 @@ def update(
     _select_and_reboot(dev, report, select, confirm, reboot, deadline)
     report.timings.total_s = deadline.elapsed()
     return report
+
+
+def staged(
+    dev: Device,
+    payload: Path,
+    target: str,
+    *,
+    select: Select = "set_boot",
+    confirm: bool = False,
+    reboot: bool = True,
+    timeout: float = 300.0,
+) -> OtaReport:
+    """Select and reboot into a slot whose payload was staged before the boot."""
+    data = inspector.read_input(payload)
+    deadline = Deadline(timeout)
+    report = _new_report(payload, data, "staged")
+    report.before = dev.flash_state()
+    report.target = target
+    slot = _slot(dev, target)
+    if len(data) > slot.size:
+        data, report.truncated_to_slot = data[: slot.size], True
+    report.bytes_written = len(data)
+    written = dev.flash.read_bytes()[slot.offset : slot.offset + len(data)]
+    report.slot_matches_payload = written == data
+    report.timings.write_s = deadline.elapsed()
+    _select_and_reboot(dev, report, select, confirm, reboot, deadline)
+    report.timings.total_s = deadline.elapsed()
+    return report
+
+
+def staged_bytes(payload: Path, slot: formats.Partition) -> bytes:
+    """What a staged write puts at the slot's offset: the payload, cut to the slot."""
+    return inspector.read_input(payload)[: slot.size]
 
 
 def run_library(

@@ -62,6 +62,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="folder for per-cell evidence: serial log, timeline, otadata (default: artifacts)",
     )
     group.addoption(
+        "--watchdogs",
+        choices=["on", "off"],
+        help="the emulated timer-group watchdogs for scenario cells that do not say "
+        "(default: off, as `idf.py qemu` runs them)",
+    )
+    group.addoption(
         "--retries",
         type=int,
         default=0,
@@ -107,6 +113,10 @@ class ScenarioFile(pytest.File):
             yield item
 
 
+def _on_off(word: str | None) -> bool | None:
+    return None if word is None else word == "on"
+
+
 def _firmware_option(given: list[str] | None) -> list[str] | None:
     """--firmware values: manifest entries as they are, files as absolute paths."""
     if not given:
@@ -133,12 +143,14 @@ class ScenarioItem(pytest.Item):
             artifacts=Path(self.config.getoption("artifacts")).resolve(),
             qemu=qemu,
             retries=self.config.getoption("retries"),
+            watchdogs=_on_off(self.config.getoption("watchdogs")),
         )
         for log in result.serial_logs:
             self.add_report_section(
                 "call", "stdout", f"== {log} ==\n{log.read_text('utf-8', 'replace')}"
             )
-        self.user_properties += [("artifacts", result.artifacts), ("booted", result.booted)]
+        self.user_properties += [("artifacts", result.artifacts), ("booted", result.booted),
+                                 ("watchdogs", "on" if result.watchdogs else "off")]  # fmt: skip
         if result.image is not None:
             self.user_properties.append(("image", result.image.conversion))
         if result.firmware is not None and not result.firmware.pinned:
@@ -189,6 +201,21 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "qemu" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.emulation)
+    # Scenario cells longest first, so parallel workers finish together instead of one
+    # waiting on the other's last long cell; those that need the host to themselves
+    # (harness.hostlock) last, when the other workers are done and the host is quiet
+    # (they stall even beside a busy Python process). Other tests keep their places.
+    slots = [i for i, item in enumerate(items) if isinstance(item, ScenarioItem)]
+    cells = sorted((items[i] for i in slots), key=_scheduling_key)
+    for i, item in zip(slots, cells, strict=True):
+        items[i] = item
+
+
+def _scheduling_key(item: pytest.Item) -> tuple[bool, int]:
+    assert isinstance(item, ScenarioItem)
+    cell = item.cell
+    alone = cell.firmware is not None and cell.skip_reason() is None and cell.facts().runs_alone
+    return alone, -cell.scenario.cost()
 
 
 @pytest.fixture(scope="session")

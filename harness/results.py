@@ -87,6 +87,7 @@ class CellResult:
     timeline: list[StepRecord] = field(default_factory=list)
     firmware: FirmwareUsed | None = None
     image: ImageUsed | None = None
+    watchdogs: bool | None = None  # the emulated timer-group watchdogs ran (None: unknown)
 
     @property
     def serial_logs(self) -> list[Path]:
@@ -126,4 +127,5 @@ class CellResult:
             ],
             firmware=FirmwareUsed(**fw) if isinstance(fw, dict) else None,
             image=ImageUsed(**image) if isinstance(image, dict) else None,
+            watchdogs=data.get("watchdogs"),
         )

@@ -31,9 +31,10 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from . import device, formats, images, recipes
+from . import device, formats, images, ota, recipes
 from .errors import RETRYABLE, HarnessError, StepFailed
 from .firmware import sha256_of
+from .qemu import WATCHDOGS
 from .results import Attempt, CellResult, FirmwareUsed, ImageUsed, Status, StepRecord, write_json
 from .scenario import Cell, step_kind
 from .steps import STEPS
@@ -86,6 +87,43 @@ def recipe_for(cell: Cell, cache: Path | None = None) -> CellImage:
     return CellImage(recipe, named.name, psram)
 
 
+@dataclass(frozen=True)
+class StagedSlot:
+    """A payload written into an OTA slot of the run's flash copy before QEMU starts."""
+
+    target: str
+    offset: int
+    data: bytes
+
+
+def plan_staging(
+    cell: Cell, image: CellImage, built: images.BuiltImage, cache: Path | None = None
+) -> dict[str, StagedSlot]:
+    """payload name -> where its staged step writes it: its `target`, or the slot the
+    device will update (esp_ota_get_next_update_partition, by the image's otadata)."""
+    flash = built.path.read_bytes()
+    table = formats.parse_table(flash)
+    running = formats.FlashState.of(flash).boot.slot
+    planned: dict[str, StagedSlot] = {}
+    for index, item in enumerate(cell.scenario.steps):
+        kind, args = step_kind(item)
+        want = STEPS[kind].stages(expand_args(cell, args, index))
+        if want is None:
+            continue
+        slot = table.get(want.target) if want.target else formats.next_update_slot(table, running)
+        if slot is None or not slot.is_app:
+            raise HarnessError(f"no OTA slot {want.target or '(next)'} to stage {want.payload} in")
+        taken = [p for p, s in planned.items() if s.target == slot.name and p != want.payload]
+        if taken:
+            raise HarnessError(
+                f"{want.payload} and {taken[0]} would both be staged into {slot.name} before "
+                "the boot: give one of them method: harness"
+            )
+        data = ota.staged_bytes(payload_path(cell, image.recipe, want.payload, cache), slot)
+        planned[want.payload] = StagedSlot(slot.name, slot.offset, data)
+    return planned
+
+
 def payload_path(cell: Cell, recipe: images.Recipe, name: str, cache: Path | None = None) -> Path:
     """A payload kind made from the cell's firmware, or a file relative to the scenario."""
     if name in images.PAYLOAD_KINDS:
@@ -113,8 +151,14 @@ def run_cell(
     cache: Path | None = None,
     retries: int = 0,
     progress: Progress | None = None,
+    watchdogs: bool | None = None,
+    keep_flash: bool = False,
 ) -> CellResult:
-    """Run every step of `cell`, retrying QEMU's own crashes up to `retries` times."""
+    """Run every step of `cell`, retrying QEMU's own crashes up to `retries` times.
+
+    `watchdogs`: the run's setting, used where the scenario does not say (None: the
+    harness's default). `keep_flash` keeps `flash.bin` even when the cell passes.
+    """
     folder = artifacts / _safe(cell.name)
     reason = cell.skip_reason()
     if reason:
@@ -125,13 +169,15 @@ def run_cell(
     fw = cell.firmware
     entry = fw.entry.id if fw.entry else None
     start = time.monotonic()
+    wanted = cell.scenario.watchdogs
+    wdt = wanted == "on" if wanted else (WATCHDOGS if watchdogs is None else watchdogs)
     result = CellResult(
-        cell.name, "failed", artifacts=str(folder),
+        cell.name, "failed", artifacts=str(folder), watchdogs=wdt,
         firmware=FirmwareUsed(str(fw.path), fw.id, fw.sha256, entry, fw.pinned, fw.origin),
     )  # fmt: skip
     for attempt in range(1, retries + 2):
         run_dir = folder if attempt == 1 else folder / f"attempt-{attempt}"
-        run = CellRun(cell, run_dir, qemu, cache, progress)
+        run = CellRun(cell, run_dir, qemu, cache, progress, watchdogs=wdt, keep_flash=keep_flash)
         error = run.run()
         result.timeline, result.booted, result.image = run.timeline, run.booted, run.image_used
         status: Status = "passed" if error is None else "failed"
@@ -178,15 +224,19 @@ class CellRun:
         qemu: str | Path | None,
         cache: Path | None,
         progress: Progress | None,
+        *,
+        watchdogs: bool,
+        keep_flash: bool = False,
     ):
         self.cell, self.run_dir, self.qemu, self.cache = cell, run_dir, qemu, cache
-        self.progress = progress
+        self.progress, self.watchdogs, self.keep_flash = progress, watchdogs, keep_flash
         self.cursor = 0
         self.booted: str | None = None
         self.timeline: list[StepRecord] = []
         self.image_used: ImageUsed | None = None
         self._image: CellImage | None = None
         self.built: images.BuiltImage | None = None
+        self.staging: dict[str, StagedSlot] = {}
         self.dev: device.Device | None = None
         self.stack = contextlib.ExitStack()
         self.clock = time.monotonic()
@@ -199,6 +249,7 @@ class CellRun:
             try:
                 self._image = recipe_for(self.cell, self.cache)
                 self.built = images.build_image(self.image.recipe, self.cache)
+                self.staging = plan_staging(self.cell, self.image, self.built, self.cache)
             except HarnessError as exc:
                 failure = StepFailed(f"{self.cell.name}: the image could not be made: {exc}"
                                      f"\n  artifacts: {self.run_dir}")  # fmt: skip
@@ -244,6 +295,8 @@ class CellRun:
                 psram=self.image.psram,
                 run_dir=self.run_dir,
                 data_channel=True,
+                watchdogs=self.watchdogs,
+                stage=[(s.offset, s.data) for s in self.staging.values()],
             )
         )
         _flash_summary(self.run_dir / "flash-before.json", self.dev.flash)
@@ -253,6 +306,9 @@ class CellRun:
         if self.dev is None:  # load() rejects this order; kept for API users
             raise StepFailed("no device: this step needs a `boot` step before it")
         return self.dev
+
+    def staged_slot(self, payload: str) -> str:
+        return self.staging[payload].target
 
     def payload(self, name: str) -> Path:
         return payload_path(self.cell, self.image.recipe, name, self.cache)
@@ -292,7 +348,7 @@ class CellRun:
         self._write_timeline()
         self.stack.close()  # QEMU is reaped here, before the flash file is judged
         flash = self.run_dir / "flash.bin"
-        if not failed and flash.exists():
+        if not failed and not self.keep_flash and flash.exists():
             flash.unlink()  # 4-16 MB per cell; kept only as evidence of a failure
 
     def _write_timeline(self) -> None:

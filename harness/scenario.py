@@ -112,6 +112,16 @@ class Scenario(BaseModel):
     vars: dict[str, str] = Field(default_factory=dict)
     matrix: Matrix
     image: ImageSpec = Field(default_factory=ImageSpec)
+    # the emulated timer-group watchdogs: on (as on a board), off (as `idf.py qemu` runs),
+    # or unset: the run's setting (--watchdogs), else harness.qemu.WATCHDOGS
+    watchdogs: Literal["on", "off"] | None = None
+
+    @field_validator("watchdogs", mode="before")
+    @classmethod
+    def _on_off(cls, value: Any) -> Any:
+        """YAML reads a bare on/off as true/false."""
+        return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
+
     steps: list[Step] = Field(min_length=1)
 
     # set by load(), not by the file
@@ -124,6 +134,10 @@ class Scenario(BaseModel):
 
     def step_line(self, index: int) -> int:
         return self.lines.get(("steps", index), 0)
+
+    def cost(self) -> int:
+        """A rough cost in boots, for scheduling: each step's own estimate."""
+        return sum(STEPS[step_kind(s)[0]].cost(step_kind(s)[1]) for s in self.steps)
 
     def needs(self) -> set[str]:
         """What the scenario asks of firmware and image: declared, and its steps' needs."""
@@ -280,7 +294,22 @@ def load(path: Path) -> Scenario:
     scenario.path, scenario.lines = path, lines
     _check_order(scenario)
     _check_variables(scenario, data)
+    _check_watchdogs(scenario)
     return scenario
+
+
+def _check_watchdogs(scenario: Scenario) -> None:
+    """A scenario that waits for a watchdog reset must not run with the watchdogs off."""
+    if scenario.watchdogs == "on":
+        return
+    for i, item in enumerate(scenario.steps):
+        kind, args = step_kind(item)
+        patterns = getattr(args, "pattern", None) or []
+        if kind == "expect" and any("WDT" in p for p in patterns):
+            raise ScenarioError(
+                f"{scenario.path}:{scenario.step_line(i)}: steps.{i}: expects a watchdog "
+                "reset: set `watchdogs: on` (the run may turn them off otherwise)"
+            )
 
 
 def _check_order(scenario: Scenario) -> None:

@@ -38,6 +38,7 @@ class Run(Protocol):
 
     def boot(self) -> Device: ...
     def device(self) -> Device: ...
+    def staged_slot(self, payload: str) -> str: ...
     def payload(self, name: str) -> Path: ...
     def host_path(self, name: str) -> Path: ...
     def inspect_target(self, name: str) -> Path: ...
@@ -57,6 +58,14 @@ class ImageFile:
     payload: bool  # `source` is a payload kind or file made for the cell, else a host path
 
 
+@dataclass(frozen=True)
+class Staged:
+    """A payload a step wants in an OTA slot before the boot (its `target`, or the next)."""
+
+    payload: str
+    target: str | None
+
+
 A = TypeVar("A", bound=Args)
 
 
@@ -68,6 +77,8 @@ class StepType:
     device: bool  # needs a running device: must come after `boot`
     needs: frozenset[str]  # what the image must offer: "ota" (two OTA slots)
     files: Callable[[Any], list[ImageFile]]  # what it puts into the filesystem at build time
+    stages: Callable[[Any], Staged | None]  # what it writes into a slot before the boot
+    cost: Callable[[Any], int]  # roughly how many boots it is worth (for scheduling)
 
 
 STEPS: dict[str, StepType] = {}
@@ -79,12 +90,14 @@ def step(
     device: bool = True,
     needs: tuple[str, ...] = (),
     files: Callable[[Any], list[ImageFile]] = lambda args: [],
+    stages: Callable[[Any], Staged | None] = lambda args: None,
+    cost: Callable[[Any], int] = lambda args: 0,
 ) -> Callable[[Callable[[Run, A], object]], Callable[[Run, A], object]]:
     """Register a handler as the step `kind`; its `args` annotation is the step's format."""
 
     def register(handler: Callable[[Run, A], object]) -> Callable[[Run, A], object]:
         args = get_type_hints(handler)["args"]
-        STEPS[kind] = StepType(kind, args, handler, device, frozenset(needs), files)
+        STEPS[kind] = StepType(kind, args, handler, device, frozenset(needs), files, stages, cost)
         return handler
 
     return register
@@ -154,7 +167,7 @@ class BootArgs(Args):
     _short = _shorthand("until")
 
 
-@step("boot", device=False)
+@step("boot", device=False, cost=lambda args: 3 if args.until == "boot-loop" else 1)
 def boot(run: Run, args: BootArgs) -> BootDetail:
     dev = run.boot()
     if args.until == "started":
@@ -277,15 +290,17 @@ class OtaArgs(Args):
     """Write a payload into the next OTA slot, select it, reboot.
 
     payload: full-image | app | truncated-app | corrupt-app (made from this cell's
-    firmware, converted as the image is), or a file path. method: `harness` (UART1
-    writer) or `library` (a device library's REPL `command`, payload in the filesystem).
+    firmware, converted as the image is), or a file path. method: `harness` (the device
+    writes it, delivered over UART1), `staged` (written into the slot of the flash file
+    before the boot, as esptool would; the device only selects it and reboots) or
+    `library` (a device library's REPL `command`, payload in the filesystem).
     select: `set_boot` (MicroPython's Partition.set_boot(), which validates the app),
     `otadata` (write the otadata record directly, as the bootloader reads it), `none`.
     `timeout` bounds the whole step.
     """
 
     payload: str
-    method: Literal["harness", "library"] = "harness"
+    method: Literal["harness", "staged", "library"] = "harness"
     command: str | None = None
     device_lib: str | None = None
     device_path: str = "/fw.bin"
@@ -315,11 +330,32 @@ def _ota_files(args: OtaArgs) -> list[ImageFile]:
     return files
 
 
-@step("ota", needs=("ota",), files=_ota_files)
+def _ota_stages(args: OtaArgs) -> Staged | None:
+    return Staged(args.payload, args.target) if args.method == "staged" else None
+
+
+def _ota_cost(args: OtaArgs) -> int:
+    """A device-side write is some 8 boots' worth of emulated flash operations."""
+    return {"staged": 1, "harness": 8, "library": 15}[args.method]
+
+
+@step("ota", needs=("ota",), files=_ota_files, stages=_ota_stages, cost=_ota_cost)
 def ota_step(run: Run, args: OtaArgs) -> ota.OtaReport:
     dev = run.device()
     payload = run.payload(args.payload)
-    if args.method == "library":
+    if args.method == "staged":
+        target = run.staged_slot(args.payload)
+        now = args.target or dev.next_update_partition()
+        if now != target:
+            raise StepFailed(
+                f"the payload was staged into {target} before the boot, but the device now "
+                f"updates {now}: stage it elsewhere (target:) or use method: harness"
+            )
+        report = ota.staged(
+            dev, payload, target, select=args.select, confirm=args.confirm,
+            reboot=args.reboot, timeout=args.timeout,
+        )  # fmt: skip
+    elif args.method == "library":
         assert args.command is not None  # the model checked it
         report = ota.run_library(dev, payload, args.command, confirm=args.confirm,
                                  timeout=args.timeout)  # fmt: skip
@@ -329,7 +365,8 @@ def ota_step(run: Run, args: OtaArgs) -> ota.OtaReport:
             reboot=args.reboot, timeout=args.timeout,
         )  # fmt: skip
     run.booted = report.booted
-    if report.method == "harness" and not (report.delivered_sha_ok and report.slot_matches_payload):
+    intact = report.slot_matches_payload and report.delivered_sha_ok is not False
+    if report.method != "library" and not intact:
         raise StepFailed(f"the payload did not arrive intact in {report.target}")
     if args.set_boot_error:
         if not report.set_boot_error or not re.search(args.set_boot_error, report.set_boot_error):
@@ -352,7 +389,7 @@ class ResetArgs(Args):
     _short = _shorthand("kind")
 
 
-@step("reset")
+@step("reset", cost=lambda args: 1)
 def reset(run: Run, args: ResetArgs) -> Boot:
     boot = run.device().reset(args.kind, until=args.until, timeout=args.timeout)
     if boot.booted is not None:

@@ -60,7 +60,7 @@ def test_qemu_killed_mid_run_fails_at_once_naming_the_signal(qemu, image, tmp_pa
         assert time.monotonic() - start < 5
 
 
-def _cli_boot(image, tmp_path) -> subprocess.Popen[bytes]:
+def _cli_boot(image, tmp_path, default_signals) -> subprocess.Popen[bytes]:
     code = "import time\nwhile True: time.sleep(1)"
     return subprocess.Popen(
         [
@@ -76,6 +76,7 @@ def _cli_boot(image, tmp_path) -> subprocess.Popen[bytes]:
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
+        preexec_fn=default_signals,
     )
 
 
@@ -88,8 +89,8 @@ def _wait_for_qemu(marker: str, within: float = 20.0) -> None:
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGKILL])
 @pytest.mark.parametrize("when", ["boot", "exec"])
-def test_killing_the_cli_kills_its_qemu(sig, when, qemu, image, tmp_path) -> None:
-    proc = _cli_boot(image, tmp_path)
+def test_killing_the_cli_kills_its_qemu(sig, when, qemu, image, tmp_path, default_signals) -> None:
+    proc = _cli_boot(image, tmp_path, default_signals)
     try:
         _wait_for_qemu(str(tmp_path))
         time.sleep(0.2 if when == "boot" else 3.0)  # mid-boot, or inside the running --exec

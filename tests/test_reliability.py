@@ -191,7 +191,7 @@ def _leftovers(tmp: Path, keep: set[str]) -> list[str]:
 @pytest.mark.parametrize("phase", ["boot", "ota"])
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM, signal.SIGINT], ids=str)
 def test_killing_the_harness_leaves_no_qemu_and_no_temp_folder(
-    qemu, fw, tmp_path: Path, image_cache: Path, sig: int, phase: str
+    qemu, fw, tmp_path: Path, image_cache: Path, sig: int, phase: str, default_signals
 ) -> None:
     rng = random.Random(f"{sig}-{phase}")  # random points, the same on every run
     firmware = fw(OTA_FW)
@@ -208,8 +208,8 @@ def test_killing_the_harness_leaves_no_qemu_and_no_temp_folder(
             delay = rng.uniform(3.0, 15.0)
         env = {**os.environ, "TMPDIR": str(tmp), "HARNESS_CACHE": str(image_cache)}
         proc = subprocess.Popen([sys.executable, "-m", "harness", *cmd, "--qemu", str(qemu)],
-                                env=env, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)  # fmt: skip
+                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                preexec_fn=default_signals)  # fmt: skip
         time.sleep(delay)
         proc.send_signal(sig)
         proc.wait(30)

@@ -198,7 +198,9 @@ def test_harness_run_firmware_that_is_not_there(tmp_path: Path) -> None:
 
 
 @getattr(pytest.mark, "16mb")
-@pytest.mark.parametrize("firmware", ["OTA-20231227-v1.22.0", "OTA-20250415-v1.25.0"])
+@pytest.mark.parametrize(
+    "firmware", ["OTA-20231227-v1.22.0", "OTA-20250415-v1.25.0", "20251209-v1.27.0"]
+)
 def test_harness_run_reproduces_the_report_with_every_ota_firmware(
     qemu, fw, tmp_path: Path, firmware: str
 ) -> None:
@@ -239,3 +241,10 @@ def test_a_failing_scenario_names_step_expectation_and_artifacts(qemu, fw, tmp_p
     )
     assert "artifacts: " in run.stdout
     assert (tmp_path / "art" / "case[4mb-v1.25.0]" / "flash.bin").is_file()
+
+
+def test_a_scenario_expecting_a_watchdog_reset_must_keep_the_watchdogs_on(tmp_path: Path) -> None:
+    text = GOOD.replace("assert_booted: ota_0", "expect: 'rst:0x8 (TG1WDT_SYS_RESET)'")
+    message = error_of(tmp_path, text)
+    assert message.startswith("8: steps.1: expects a watchdog reset: set `watchdogs: on`")
+    scenario.load(write(tmp_path, text.replace("title: t", "title: t\nwatchdogs: 'on'"), "ok.yaml"))
