@@ -14,6 +14,7 @@ import select
 import signal
 import sys
 import termios
+import threading
 import time
 import tty
 from pathlib import Path
@@ -92,9 +93,16 @@ def _watchdogs(word: str | None) -> bool | None:
 def cmd_boot(args: argparse.Namespace) -> int:
     from .qemu import WATCHDOGS
 
+    if args.pty and args.exec is not None:
+        raise HarnessError("--pty serves the board to your own tools until Ctrl-C; it cannot "
+                           "run --exec too: use one or the other")  # fmt: skip
+    if args.download and not args.pty:
+        raise HarnessError("--download needs --pty: download mode is for esptool over the port")
     image = image_for(args, args.image)
     psram = {"auto": None, "on": True, "off": False}[args.psram]
     wdt = WATCHDOGS if args.watchdogs is None else args.watchdogs == "on"
+    if args.pty:
+        return serve(image, args, psram, wdt)
     with device.boot(
         image, qemu=args.qemu, psram=psram, artifacts=args.artifacts, watchdogs=wdt
     ) as dev:
@@ -109,6 +117,46 @@ def cmd_boot(args: argparse.Namespace) -> int:
             return 1
         sys.stdout.write(out)
         return 0
+
+
+def serve(image: Path, args: argparse.Namespace, psram: bool | None, watchdogs: bool) -> int:
+    """Serve the board's UART until Ctrl-C or SIGTERM; then say what booted."""
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    artifacts = args.artifacts or Path("artifacts")
+    with device.boot(image, qemu=args.qemu, psram=psram, artifacts=artifacts, watchdogs=watchdogs,
+                     serve=True, download=args.download) as dev:  # fmt: skip
+        board = dev.board
+        assert board is not None
+        before = dev.flash_state()
+        if not args.download:  # the port is handed out ready: MicroPython at its prompt
+            dev.wait_prompt(args.timeout)
+        print(f"serial: {board.relay.pty_path}")
+        print(f"rfc2217: {board.relay.rfc2217_url}", flush=True)
+        print("--- harness boot --pty: Ctrl-C or SIGTERM ends it ---", file=sys.stderr, flush=True)
+        try:
+            while not stop.wait(0.5):
+                board.check_alive("serving the port")
+        except KeyboardInterrupt:
+            pass
+        if board.download:
+            booted = "download mode (the ROM waits for esptool)"
+        elif board.relay.owner is not None:
+            booted = f"not asked: a client still has the port ({board.relay.owner})"
+        else:
+            try:
+                dev.repl.raw = False
+                dev.console.drain()
+                booted = dev.running_partition()
+            except HarnessError as exc:
+                booted = f"not known ({str(exc).splitlines()[0]})"
+        after = dev.flash_state()
+        print(f"booted:    {booted}")
+        print(f"otadata:   before [{', '.join(before.states())}], after "
+              f"[{', '.join(after.states())}]; bootloader will pick {after.boot.slot}")  # fmt: skip
+        print(f"resets:    {board.cycles} power cycles by DTR/RTS")
+        print(f"artifacts: {dev.run_dir}")
+    return 0
 
 
 def interact(dev: device.Device) -> int:
@@ -141,6 +189,31 @@ def interact(dev: device.Device) -> int:
         if saved is not None:
             termios.tcsetattr(stdin, termios.TCSADRAIN, saved)
             print(file=sys.stderr)
+
+
+def cmd_otadata(args: argparse.Namespace) -> int:
+    """An otadata partition image that makes the bootloader pick a slot (for esptool)."""
+    from . import formats
+
+    data = inspector.read_input(args.image)
+    flash = formats.as_flash(data)
+    table = formats.parse_table(flash)
+    part = table.otadata
+    records = formats.read_otadata(flash, table)
+    if part is None or records is None:
+        raise HarnessError(f"{args.image} has no otadata partition (an OTA layout is needed)")
+    if args.output.exists() and args.output.resolve() == args.image.resolve():
+        raise HarnessError(f"-o {args.output} would overwrite the input: choose another name")
+    current = flash[part.offset : part.end].ljust(part.size, b"\xff")
+    content = bytearray(current)
+    for sector, sector_data in formats.otadata_selecting(table, records, args.select,
+                                                         args.state).items():  # fmt: skip
+        content[sector * formats.SECTOR : (sector + 1) * formats.SECTOR] = sector_data
+    state = formats.FlashState.of(flash[: part.offset] + bytes(content) + flash[part.end :])
+    args.output.write_bytes(bytes(content))
+    print(f"{args.output}: otadata selecting {state.boot.slot} ({', '.join(state.states())})")
+    print(f"  write it at {part.offset:#x}: esptool write-flash {part.offset:#x} {args.output}")
+    return 0
 
 
 def cmd_image_build(args: argparse.Namespace) -> int:
@@ -353,6 +426,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     boot.add_argument("--timeout", type=float, default=60.0, help="seconds for boot and --exec")
     boot.add_argument("--watchdogs", choices=["on", "off"], help=WATCHDOG_HELP)
+    boot.add_argument(
+        "--pty",
+        action="store_true",
+        help="serve the UART as a pty and an RFC2217 port for your own tools until Ctrl-C",
+    )
+    boot.add_argument(
+        "--download", action="store_true", help="with --pty: start in download mode (GPIO0 low)"
+    )
     boot.add_argument("--artifacts", type=Path, help="keep serial log, QEMU command line, flash")
     boot.set_defaults(func=cmd_boot)
 
@@ -451,6 +532,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     schema = sub.add_parser("schema", help="print the scenario file JSON Schema")
     schema.set_defaults(func=cmd_schema)
+
+    ota = sub.add_parser("otadata", help="an otadata image that selects a slot (for esptool)")
+    ota.add_argument("image", type=Path, help="the firmware or flash image it is for")
+    ota.add_argument("--select", required=True, metavar="SLOT", help="e.g. ota_1")
+    ota.add_argument("--state", default="UNDEFINED", help="NEW, PENDING_VERIFY, VALID, ... "
+                     "(default UNDEFINED, as set_boot() without rollback)")  # fmt: skip
+    ota.add_argument("-o", "--output", type=Path, required=True)
+    ota.set_defaults(func=cmd_otadata)
 
     insp = sub.add_parser("inspect", help="say what an image file is and what will boot")
     insp.add_argument("file", type=Path)

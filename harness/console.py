@@ -119,6 +119,15 @@ class SerialLog:
         for text in self.lines[since:]:
             self._check(text)
 
+    def record_input(self, data: bytes) -> None:
+        """What a client sent the board, as `>>` lines (the log keeps both directions)."""
+        stamp = f"[{time.monotonic() - self._start:9.3f}] >> ".encode()
+        self._file.write(stamp + repr(data).encode() + b"\n")
+
+    def note(self, text: str) -> None:
+        """A line of the harness's own (`--`), not the board's."""
+        self._file.write(f"[{time.monotonic() - self._start:9.3f}] -- {text}\n".encode())
+
     def flush(self) -> None:
         self._file.flush()
 
@@ -148,14 +157,17 @@ class Console:
     def __init__(
         self,
         sock: socket.socket,
-        log_path: Path,
+        log: Path | SerialLog,
         exit_check: ExitCheck = lambda during, wait: None,
     ):
+        """`log`: a path for a new serial log fed from what this console reads, or a
+        log something else feeds (the relay, which sees bytes this console does not)."""
         self.sock = sock
-        self.log = SerialLog(log_path)
+        self.log = log if isinstance(log, SerialLog) else SerialLog(log)
         self.exit_check = exit_check  # raises QemuExited when QEMU is gone
         self._child = fdpexpect.fdspawn(sock.fileno(), timeout=30, maxread=65536)
-        self._child.logfile_read = self.log
+        if not isinstance(log, SerialLog):
+            self._child.logfile_read = self.log
         self.boot_loop_resets = BOOT_LOOP_RESETS
 
     # -- what was read ----------------------------------------------------------------
@@ -259,6 +271,13 @@ class Console:
         except (pexpect.EOF, OSError):
             self.exit_check("reading the serial port", 2.0)
             raise QemuExited("QEMU closed the serial port") from None
+
+    def drain(self) -> None:
+        """Drop what arrived and was never read (a client had the port meanwhile): the
+        serial log keeps it; waits from here on see only what comes next."""
+        while self.read_available(0.05):
+            pass
+        self.log.resets_since_up.clear()
 
     def read_exact(self, n: int, timeout: float, during: str) -> bytes:
         """Exactly `n` bytes (a binary protocol on the UART: raw-paste flow control)."""

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Literal
 
 from . import formats, hostlock, images, janitor
+from .board import Board
 from .console import RESET_BANNER, Console, log_lines
 from .errors import DeviceTimeout, GuestStalled, HarnessError
 from .firmware import PSRAM_MARKER, app_idf_version, stalls_under_load
@@ -47,10 +48,23 @@ class Boot:
 
 @dataclass
 class Device:
-    machine: Machine
+    host: Machine | Board  # a Board when the UART is served to the user's own tools
     console: Console
     repl: Repl
     run_dir: Path
+
+    @property
+    def machine(self) -> Machine:
+        """The QEMU running now (a served board gets a new one at each power cycle)."""
+        if isinstance(self.host, Machine):
+            return self.host
+        if self.host.machine is None:
+            raise HarnessError("the board has no QEMU running")
+        return self.host.machine
+
+    @property
+    def board(self) -> Board | None:
+        return self.host if isinstance(self.host, Board) else None
 
     @property
     def flash(self) -> Path:
@@ -134,6 +148,8 @@ def boot(
     watchdogs: bool = True,
     stage: Sequence[tuple[int, bytes]] = (),
     alone: bool | None = None,
+    serve: bool = False,
+    download: bool = False,
 ) -> Iterator[Device]:
     """Boot `image` (a flash image of an exact size) and yield the Device.
 
@@ -142,7 +158,8 @@ def boot(
     `watchdogs=False` disables the emulated timer-group watchdogs (harness.qemu).
     `stage` (offset, bytes) is written into the run's flash copy before QEMU starts.
     `alone`: have the host to itself (harness.hostlock); None: when the firmware is one
-    measured to stall on a shared host.
+    measured to stall on a shared host. `serve` puts the UART on a pty and an RFC2217
+    port for the user's own tools (harness.board), `download` starts in download mode.
     `artifacts` keeps a fresh run folder inside it; `run_dir` is that folder, exactly.
     """
     qemu_path = find_qemu(qemu)
@@ -162,18 +179,30 @@ def boot(
             psram = PSRAM_MARKER in data
         if alone is None:
             alone = stalls_under_load(app_idf_version(data, formats.parse_table(data)))
-        machine = Machine(
-            qemu_path, flash, run_dir, psram=psram, watchdogs=watchdogs, data_channel=data_channel
-        )
-        with hostlock.emulation_slot(alone), machine:
+        with hostlock.emulation_slot(alone):
+            if serve:
+                board = Board(qemu_path, flash, run_dir, psram=psram, watchdogs=watchdogs,
+                              download=download)  # fmt: skip
+                try:
+                    board.start()
+                    console = Console(board.console_socket, board.log, board.check_alive)
+                    yield Device(board, console, Repl(console), run_dir)
+                finally:
+                    board.close()
+                return
+            machine = Machine(
+                qemu_path, flash, run_dir, psram=psram, watchdogs=watchdogs,
+                data_channel=data_channel, download=download,
+            )  # fmt: skip
+            with machine:
 
-            def attach(serial: socket.socket) -> None:
-                nonlocal console
-                console = Console(serial, run_dir / "serial.log", machine.check_alive)
+                def attach(serial: socket.socket) -> None:
+                    nonlocal console
+                    console = Console(serial, run_dir / "serial.log", machine.check_alive)
 
-            machine.start(attach)
-            assert console is not None
-            yield Device(machine, console, Repl(console), run_dir)
+                machine.start(attach)
+                assert console is not None
+                yield Device(machine, console, Repl(console), run_dir)
     finally:
         if console is not None:
             console.close()

@@ -127,6 +127,7 @@ class Machine:
         *,
         psram: bool = False,
         watchdogs: bool = True,
+        download: bool = False,
         data_channel: bool = False,
         extra_args: list[str] | None = None,
     ):
@@ -135,6 +136,7 @@ class Machine:
         self.run_dir = run_dir
         self.psram = psram
         self.watchdogs = watchdogs
+        self.download = download  # the ROM's download mode: a strap, fixed at start-up
         self.data_channel = data_channel
         self.data: socket.socket | None = None  # UART1: a byte pipe for payloads
         self.extra_args = extra_args or []
@@ -162,6 +164,8 @@ class Machine:
             cmd += ["-m", "4M"]
         if not self.watchdogs:  # what ESP-IDF's `idf.py qemu` does: see WATCHDOGS
             cmd += ["-global", "driver=timer.esp32.timg,property=wdt_disable,value=true"]
+        if self.download:  # GPIO0 low at reset: the ROM waits for esptool (normal: 0x12)
+            cmd += ["-global", "driver=esp32.gpio,property=strap_mode,value=0x0f"]
         return cmd + self.extra_args
 
     def start(
@@ -185,8 +189,9 @@ class Machine:
         data_listener = _listen(sockets / "data") if self.data_channel else None
         self.qmp = QEMUMonitorProtocol(str(sockets / "qmp"), server=True)
         cmd = self.command(sockets)
-        (self.run_dir / "qemu-cmdline.txt").write_text(shlex.join(cmd) + "\n")
-        log = open(self.run_dir / "qemu-stderr.log", "wb")  # noqa: SIM115 - child keeps it
+        with (self.run_dir / "qemu-cmdline.txt").open("a") as f:  # one line per start
+            f.write(shlex.join(cmd) + "\n")
+        log = open(self.run_dir / "qemu-stderr.log", "ab")  # noqa: SIM115 - child keeps it
         try:
             self.proc = subprocess.Popen(
                 cmd,
@@ -263,8 +268,17 @@ class Machine:
         assert self.qmp is not None
         self.qmp.cmd("system_reset")
 
-    def stop(self) -> None:
-        """Kill QEMU and wait for it. Safe to call more than once, from any path."""
+    def stop(self, graceful: bool = False) -> None:
+        """Kill QEMU and wait for it. Safe to call more than once, from any path.
+
+        `graceful` asks QEMU to quit first (QMP `quit`), so flash writes still in flight
+        reach the file: what a power cycle on the same flash file needs.
+        """
+        if graceful and self.qmp is not None and self.proc is not None and self.proc.poll() is None:
+            with contextlib.suppress(Exception):
+                self.qmp.cmd("quit")
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(3)
         proc, self.proc = self.proc, None
         _live.discard(self)
         for sock in (self.serial, self.data):

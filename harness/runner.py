@@ -23,6 +23,7 @@ import contextlib
 import dataclasses
 import re
 import shutil
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -131,15 +132,23 @@ def payload_path(cell: Cell, recipe: images.Recipe, name: str, cache: Path | Non
     return cell.scenario.path.parent / cell.expand(name)
 
 
-def expand_args(cell: Cell, args: BaseModel, index: int) -> Any:
+def expand_args(
+    cell: Cell, args: BaseModel, index: int, runtime: dict[str, str] | None = None
+) -> Any:
     """The step's arguments with ${variables} substituted for this cell."""
     where = ("steps", index)
+
+    def expand(text: str) -> str:
+        return cell.expand(text, where, runtime)
+
     update: dict[str, Any] = {}
     for name, value in args:
         if isinstance(value, str):
-            update[name] = cell.expand(value, where)
+            update[name] = expand(value)
         elif isinstance(value, list) and all(isinstance(v, str) for v in value):
-            update[name] = [cell.expand(v, where) for v in value]
+            update[name] = [expand(v) for v in value]
+        elif isinstance(value, dict) and all(isinstance(v, str) for v in value.values()):
+            update[name] = {k: expand(v) for k, v in value.items()}
     return args.model_copy(update=update)
 
 
@@ -263,7 +272,8 @@ class CellRun:
                 if self.progress:
                     self.progress(self.cell, index, kind)
                 try:
-                    record.detail = STEPS[kind].run(self, expand_args(self.cell, args, index))
+                    expanded = expand_args(self.cell, args, index, self.runtime_vars())
+                    record.detail = STEPS[kind].run(self, expanded)
                     if self.dev is not None:
                         self.dev.console.check(f"step {index + 1} `{kind}`")
                 except HarnessError as exc:
@@ -285,12 +295,31 @@ class CellRun:
         assert self._image is not None, "run() makes the image first"
         return self._image
 
+    def runtime_vars(self) -> dict[str, str]:
+        """${port}, ${rfc2217}, ${run_dir}, ${image}, ${python} and the payload files."""
+        board = self.dev.board if self.dev is not None else None
+        values = {
+            "port": board.relay.pty_path if board else "",
+            "rfc2217": board.relay.rfc2217_url if board else "",
+            "run_dir": str(self.run_dir),
+            "image": str(self.built.path) if self.built else "",
+            "python": sys.executable,
+        }
+        used = str([s.model_dump() for s in self.cell.scenario.steps])
+        for kind in images.PAYLOAD_KINDS:  # made only when the scenario names them
+            name = f"payload_{kind.replace('-', '_')}"
+            values[name] = str(self.payload(kind)) if f"${{{name}}}" in used else ""
+        return values
+
     # -- Run, as the steps see it ---------------------------------------------------------
     def boot(self) -> device.Device:
         assert self.built is not None
+        steps = self.cell.scenario.steps
+        serve = any(STEPS[step_kind(s)[0]].port for s in steps)
         self.dev = self.stack.enter_context(
             device.boot(
                 self.built.path,
+                serve=serve,
                 qemu=self.qemu,
                 psram=self.image.psram,
                 run_dir=self.run_dir,

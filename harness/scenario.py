@@ -27,7 +27,10 @@ from .manifest import ENTRY_ID, Firmware, FirmwareSelector, FirmwareUnavailable
 from .steps import STEPS, Args
 
 VARIABLE = re.compile(r"\$\{([^}]*)\}")
-BUILTIN_VARS = ("firmware", "firmware_dir", "flash_size", "scenario_dir")
+# known once the cell runs: the served port, the run's folder and files, payload files
+RUNTIME_VARS = ("port", "rfc2217", "run_dir", "image", "python", "payload_full_image",
+                "payload_app", "payload_truncated_app", "payload_corrupt_app")  # fmt: skip
+BUILTIN_VARS = ("firmware", "firmware_dir", "flash_size", "scenario_dir", *RUNTIME_VARS)
 # ota: two OTA slots (made by the OTA recipe where the firmware has none); spiram: a
 # SPIRAM build; rollback: app rollback (v1.21.0 on); vfs-in-table / vfs-at-boot: the
 # filesystem named in the partition table (up to v1.25) / made at boot after the last
@@ -226,11 +229,15 @@ class Cell:
     def name(self) -> str:
         return f"{self.scenario.name}[{self.id}]"
 
-    def expand(self, text: str, where: tuple[Any, ...] | None = None) -> str:
-        """Substitute ${variables} for this cell."""
+    def expand(
+        self, text: str, where: tuple[Any, ...] | None = None, runtime: dict[str, str] | None = None
+    ) -> str:
+        """Substitute ${variables} for this cell; `runtime` has the run's own (${port}, ...),
+        which stay as they are until the cell runs."""
         context = dict(self.context)
         context.update(firmware=str(self.firmware.path if self.firmware else ""),
                        flash_size=self.flash_size)  # fmt: skip
+        context.update(runtime or {name: f"${{{name}}}" for name in RUNTIME_VARS})
         return self.scenario._expand(text, context, where)
 
     def facts(self) -> FirmwareFacts:

@@ -22,7 +22,7 @@ from typing import Any, Literal, Protocol, TypeVar, cast, get_type_hints
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, field_validator, model_validator
 
-from . import formats, ota
+from . import formats, hostcommand, ota
 from .console import Forbidden
 from .device import Boot, Device
 from .errors import BootLoop, DeviceError, StepFailed
@@ -79,6 +79,7 @@ class StepType:
     files: Callable[[Any], list[ImageFile]]  # what it puts into the filesystem at build time
     stages: Callable[[Any], Staged | None]  # what it writes into a slot before the boot
     cost: Callable[[Any], int]  # roughly how many boots it is worth (for scheduling)
+    port: bool  # serves the UART to host tools: the cell boots with a pty and RFC2217
 
 
 STEPS: dict[str, StepType] = {}
@@ -92,12 +93,15 @@ def step(
     files: Callable[[Any], list[ImageFile]] = lambda args: [],
     stages: Callable[[Any], Staged | None] = lambda args: None,
     cost: Callable[[Any], int] = lambda args: 0,
+    port: bool = False,
 ) -> Callable[[Callable[[Run, A], object]], Callable[[Run, A], object]]:
     """Register a handler as the step `kind`; its `args` annotation is the step's format."""
 
     def register(handler: Callable[[Run, A], object]) -> Callable[[Run, A], object]:
         args = get_type_hints(handler)["args"]
-        STEPS[kind] = StepType(kind, args, handler, device, frozenset(needs), files, stages, cost)
+        STEPS[kind] = StepType(
+            kind, args, handler, device, frozenset(needs), files, stages, cost, port
+        )
         return handler
 
     return register
@@ -425,6 +429,63 @@ def write_otadata(run: Run, args: WriteOtadataArgs) -> OtadataDetail:
     ota.write_otadata(dev, select=args.select, state=args.state, corrupt=args.corrupt,
                       erase=args.erase)  # fmt: skip
     return OtadataDetail(dev.flash_state())
+
+
+class RunArgs(Args):
+    """Run a host command against the board: `${port}` is its pty, `${rfc2217}` its
+    RFC2217 URL (esptool's resets work there). The exit status must be `exit_code`; the
+    output must contain each of `expect` and match `match`. `timeout` bounds it."""
+
+    command: str
+    exit_code: int = 0
+    expect: list[str] = Field(default_factory=list)
+    match: str | None = None
+    env: dict[str, str] = Field(default_factory=dict)
+    timeout: PositiveFloat = 120.0
+    _short = _shorthand("command")
+    _list = field_validator("expect", mode="before")(_listify)
+
+
+@dataclass
+class CommandDetail:
+    command: str
+    exit_code: int
+    elapsed_s: float
+    output_tail: str
+    power_cycles: int  # resets the command made through DTR/RTS
+
+
+@step("run", port=True, cost=lambda args: 3)
+def run_command(run: Run, args: RunArgs) -> CommandDetail:
+    dev = run.device()
+    board = dev.board
+    assert board is not None  # the runner serves the port to every cell with a run step
+    cycles = board.cycles
+    result = hostcommand.run(args.command, timeout=args.timeout, env=args.env, cwd=dev.run_dir)
+    dev.repl.raw = False  # the client may have left the REPL in any mode
+    dev.console.drain()
+    made = board.cycles - cycles
+    if made and not board.download:  # esptool's hard reset: MicroPython boots again
+        dev.wait_prompt(30)
+    tail = "\n".join(result.output.splitlines()[-15:])
+    detail = CommandDetail(result.command, result.exit_code, result.elapsed_s, tail, made)
+    if result.exit_code != args.exit_code:
+        raise StepFailed(
+            f"`{args.command}` exited with {result.exit_code}, expected {args.exit_code}; "
+            f"its last output:\n{_indent(tail)}"
+        )
+    for text in args.expect:
+        if text not in result.output:
+            raise StepFailed(f"`{args.command}` did not print {text!r}; its last output:\n"
+                             f"{_indent(tail)}")  # fmt: skip
+    if args.match is not None and not re.search(args.match, result.output):
+        raise StepFailed(f"`{args.command}` output has no match for {args.match!r}; its last "
+                         f"output:\n{_indent(tail)}")  # fmt: skip
+    return detail
+
+
+def _indent(text: str) -> str:
+    return "\n".join(f"    | {line}" for line in text.splitlines())
 
 
 class AssertBootedArgs(Args):

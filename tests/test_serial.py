@@ -1,0 +1,217 @@
+"""The emulated board as a serial port for the user's own tools: mpremote and esptool.
+
+`harness boot --pty` runs as a user would start it; the clients are the real ones from
+PyPI (mpremote, esptool), talking to the pty and to the RFC2217 port. esptool 5's new
+flasher stub does not start under this project's QEMU 8.0 build, so esptool runs with
+ESPTOOL_STUB_VERSION=1 (its legacy stub); its resets are its defaults.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from harness import images, runner, scenario
+from harness.qemu import running_qemus
+
+BIN = Path(sys.executable).parent
+MB4 = getattr(pytest.mark, "4mb")
+ESPTOOL_ENV = {**os.environ, "ESPTOOL_STUB_VERSION": "1"}
+RUNNING = "import esp32; print(esp32.Partition(esp32.Partition.RUNNING).info()[4])"
+
+
+@dataclass
+class Served:
+    proc: subprocess.Popen[str]
+    port: str
+    rfc2217: str
+    folder: Path
+
+    def stop(self, sig: int = signal.SIGINT) -> str:
+        self.proc.send_signal(sig)
+        out, _ = self.proc.communicate(timeout=30)
+        return out
+
+
+def tool(name: str) -> str:
+    path = shutil.which(name, path=str(BIN)) or shutil.which(name)
+    if path is None:
+        pytest.skip(f"{name} is not installed (pip install {name})")
+    return path
+
+
+@pytest.fixture
+def served(qemu, fw, tmp_path, default_signals) -> Iterator[Served]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "harness", "boot", str(fw("OTA-20250415-v1.25.0")), "--pty",
+         "--qemu", str(qemu), "--artifacts", str(tmp_path / "art")],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, preexec_fn=default_signals,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    lines = [proc.stdout.readline(), proc.stdout.readline()]
+    found = dict(line.strip().split(": ", 1) for line in lines if ": " in line)
+    assert set(found) == {"serial", "rfc2217"}, lines
+    board = Served(proc, found["serial"], found["rfc2217"], tmp_path)
+    try:
+        yield board
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def mpremote(port: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([tool("mpremote"), "connect", port, *args], capture_output=True,
+                          text=True, timeout=timeout)  # fmt: skip
+
+
+def mpremote_after_boot(port: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """mpremote right after esptool's hard reset: what it types while the board still boots
+    is lost (as on a board), so it tries again, as a user would."""
+    for _ in range(3):
+        try:
+            return mpremote(port, *args, timeout=15)
+        except subprocess.TimeoutExpired:
+            continue
+    raise AssertionError("mpremote never reached the REPL after the hard reset")
+
+
+def esptool(url: str, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([tool("esptool"), "--port", url, *args], capture_output=True,
+                          text=True, timeout=timeout, env=ESPTOOL_ENV)  # fmt: skip
+
+
+@MB4
+def test_mpremote_over_the_pty(served: Served, tmp_path: Path) -> None:
+    run = mpremote(served.port, "exec", "print(6*7)")
+    assert run.returncode == 0 and run.stdout.strip() == "42", run.stderr
+    blob = tmp_path / "blob.bin"
+    blob.write_bytes(os.urandom(4096) + bytes(range(256)) * 4)
+    back = tmp_path / "back.bin"
+    assert mpremote(served.port, "cp", str(blob), ":blob.bin").returncode == 0
+    assert mpremote(served.port, "cp", ":blob.bin", str(back)).returncode == 0
+    assert back.read_bytes() == blob.read_bytes()
+    again = mpremote(served.port, "exec", RUNNING)  # a new client after the last one left
+    assert again.returncode == 0 and again.stdout.strip() == "ota_0"
+    out = served.stop()
+    assert "booted:    ota_0" in out
+    assert "otadata:   before [UNDEFINED, UNDEFINED]" in out
+    log = next((served.folder / "art").glob("run-*/serial.log")).read_text(errors="replace")
+    assert "-- client opened" in log and ">> " in log  # both directions are recorded
+
+
+@MB4
+def test_esptool_with_its_default_resets_flashes_and_the_board_boots_it(
+    served: Served, fw, tmp_path: Path
+) -> None:
+    """chip-id; then the v1.25.0 app at ota_1 and an otadata that selects it: ota_1 boots."""
+    chip = esptool(served.rfc2217, "chip-id")
+    assert chip.returncode == 0, chip.stdout + chip.stderr
+    assert "ESP32-D0WDQ6" in chip.stdout and "Hard resetting via RTS pin" in chip.stdout
+    firmware = fw("OTA-20250415-v1.25.0")
+    app = tmp_path / "app.bin"
+    app.write_bytes(images.convert(firmware.read_bytes(), ["-x"]))
+    otadata = tmp_path / "otadata.bin"
+    made = subprocess.run([sys.executable, "-m", "harness", "otadata", str(firmware),
+                           "--select", "ota_1", "-o", str(otadata)],
+                          capture_output=True, text=True)  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    assert "write it at 0xd000" in made.stdout
+    flashed = esptool(served.rfc2217, "-b", "2000000", "write-flash",
+                      "0xd000", str(otadata), "0x190000", str(app))  # fmt: skip
+    assert flashed.returncode == 0, flashed.stdout + flashed.stderr
+    assert "Hash of data verified." in flashed.stdout
+    booted = mpremote_after_boot(served.port, "exec", RUNNING)
+    assert booted.returncode == 0 and booted.stdout.strip() == "ota_1", booted.stderr
+    back = tmp_path / "back.bin"
+    read = esptool(served.rfc2217, "-b", "2000000", "read-flash", "0x190000", "4096", str(back))
+    assert read.returncode == 0, read.stdout + read.stderr
+    assert back.read_bytes() == app.read_bytes()[:4096]
+    out = served.stop()
+    assert re.search(r"resets:\s+[4-9]\d* power cycles", out), out  # 3 esptool runs: 6 cycles
+
+
+@MB4
+def test_ctrl_c_with_a_client_attached_leaves_nothing_behind(served: Served) -> None:
+    import serial
+
+    client = serial.Serial(served.port, timeout=1)  # holds the port, as a terminal would
+    try:
+        client.write(b"\r")
+        time.sleep(0.5)
+        out = served.stop(signal.SIGINT)
+    finally:
+        client.close()
+    assert served.proc.returncode == 0
+    assert "booted:    not asked: a client still has the port (pty)" in out
+    assert not running_qemus(str(served.folder))
+
+
+def test_pty_with_exec_is_one_line(fw) -> None:
+    firmware = str(fw("OTA-20250415-v1.25.0"))
+    run = subprocess.run([sys.executable, "-m", "harness", "boot", firmware, "--pty", "--exec",
+                          "print(1)"], capture_output=True, text=True)  # fmt: skip
+    assert run.returncode == 2
+    assert run.stderr.startswith("error: --pty serves the board to your own tools")
+    assert len(run.stderr.strip().splitlines()) == 1
+
+
+RUN_STEP = """\
+title: t
+source: s
+matrix: {{flash_size: [4MB], firmware: [ESP32_GENERIC-OTA@v1.25.0]}}
+steps:
+  - boot: prompt
+  - run: {{command: "{command}", timeout: 2}}
+  - assert_booted: ota_0
+"""
+
+
+@MB4
+@pytest.mark.parametrize(
+    ("command", "words"),
+    [
+        ("no-such-tool --port ${port}", "command not found: no-such-tool"),
+        ("sleep 30", "sleep did not finish within 2s and was killed"),
+        ("mpremote connect ${port} exec 'print(7*6)'", None),
+    ],
+    ids=["missing", "hangs", "mpremote"],
+)
+def test_a_scenario_host_command(qemu, firmware_selector, tmp_path, command, words) -> None:
+    path = tmp_path / "run.yaml"
+    path.write_text(RUN_STEP.format(command=command))
+    cell = scenario.load(path).cells(firmware_selector)[0]
+    start = time.monotonic()
+    result = runner.run_cell(cell, artifacts=tmp_path / "art", qemu=qemu)
+    if words is None:
+        assert result.status == "passed", result.message
+        assert result.booted == "ota_0"  # the harness's own steps go on after the client
+        return
+    assert result.status == "failed"
+    first = result.message.splitlines()[0]
+    assert "step 2 `run`" in first and words in first, result.message
+    assert time.monotonic() - start < 20
+    assert not running_qemus(str(tmp_path))
+
+
+@pytest.mark.slow
+@getattr(pytest.mark, "16mb")
+def test_the_report_reproduced_with_mpremote_moving_every_byte(qemu, tmp_path: Path) -> None:
+    """About 10 minutes: mpremote cp of 1.5 MB through the REPL, then the library's read."""
+    path = Path(__file__).parent / "serial" / "ota-report-via-mpremote.yaml"
+    run = subprocess.run([sys.executable, "-m", "harness", "run", str(path), "--qemu", str(qemu),
+                          "--artifacts", str(tmp_path)], capture_output=True, text=True,
+                         timeout=2400)  # fmt: skip
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "PASS ota-report-via-mpremote[16mb-v1.25.0]" in run.stdout
+    assert "booted ota_0" in run.stdout
