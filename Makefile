@@ -56,9 +56,10 @@ test-matrix: venv
 	  else $(BIN)/harness firmware list --pinned --ids | sed 's/^/--firmware /'; fi)"; \
 	$(PROVISION) $$fw && $(RUN) scenarios $$fw
 
-## the long loops: 120 kills, 40 repeats of the starting report, host load (about 30 min)
+## the long runs: 120 kills, 40 repeats of the starting report, host load, the report with
+## mpremote moving every byte (about 45 min)
 test-reliability: venv
-	$(PYTEST) -q -s -m slow tests/test_reliability.py
+	$(PYTEST) -q -s -m slow tests
 
 ## Docker: Espressif's pinned QEMU release inside; build args come from harness/downloads.py
 DOCKER_IMAGE ?= esp32-ota-harness

@@ -125,7 +125,7 @@ def serve(image: Path, args: argparse.Namespace, psram: bool | None, watchdogs: 
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     artifacts = args.artifacts or Path("artifacts")
     with device.boot(image, qemu=args.qemu, psram=psram, artifacts=artifacts, watchdogs=watchdogs,
-                     serve=True, download=args.download) as dev:  # fmt: skip
+                     serve=True, download=args.download, alone=True) as dev:  # fmt: skip
         board = dev.board
         assert board is not None
         before = dev.flash_state()

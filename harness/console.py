@@ -92,6 +92,7 @@ class SerialLog:
             self._line(line.rstrip(b"\r"))
         if MICROPYTHON_UP.search(self._partial):
             self.resets_since_up.clear()
+        self._file.flush()  # a SIGKILLed harness still leaves the evidence
 
     def _line(self, line: bytes) -> None:
         stamp = f"[{time.monotonic() - self._start:9.3f}] ".encode()

@@ -221,10 +221,6 @@ class FsRegion:
     size: int
     in_table: bool
 
-    @property
-    def end(self) -> int:
-        return self.offset + self.size
-
 
 def fs_region(table: PartitionTable, flash_size: int) -> FsRegion | None:
     """The filesystem region by MicroPython's own rule; None when there is no room for one."""

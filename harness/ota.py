@@ -151,15 +151,8 @@ def update(
     bootloader alone judges the slot; "none" leaves otadata as it is.
     """
     sock = dev.data
-    data = inspector.read_input(payload)
     deadline = Deadline(timeout)
-    report = _new_report(payload, data, "harness")
-    report.before = dev.flash_state()
-    report.target = target or dev.next_update_partition()
-    slot = _slot(dev, report.target)
-    if len(data) > slot.size:
-        data, report.truncated_to_slot = data[: slot.size], True
-    report.bytes_written = len(data)
+    report, slot, data = _begin(dev, payload, "harness", target)
     call = f"_harness_write({report.target!r}, {len(data)}, {CHUNK})\n"
     dev.repl.exec_start(WRITER + call, deadline.left("starting the on-device writer"))
     dev.console.expect(
@@ -173,12 +166,7 @@ def update(
     if err:
         raise DeviceError(err, out)
     report.delivered_sha_ok = out.strip() == hashlib.sha256(data).hexdigest()
-    written = dev.flash.read_bytes()[slot.offset : slot.offset + len(data)]
-    report.slot_matches_payload = written == data
-    report.timings.write_s = deadline.elapsed()
-    _select_and_reboot(dev, report, select, confirm, reboot, deadline)
-    report.timings.total_s = deadline.elapsed()
-    return report
+    return _finish(dev, report, slot, data, select, confirm, reboot, deadline)
 
 
 def staged(
@@ -192,15 +180,37 @@ def staged(
     timeout: float = 300.0,
 ) -> OtaReport:
     """Select and reboot into a slot whose payload was staged before the boot."""
-    data = inspector.read_input(payload)
     deadline = Deadline(timeout)
-    report = _new_report(payload, data, "staged")
+    report, slot, data = _begin(dev, payload, "staged", target)
+    return _finish(dev, report, slot, data, select, confirm, reboot, deadline)
+
+
+def _begin(
+    dev: Device, payload: Path, method: str, target: str | None
+) -> tuple[OtaReport, formats.Partition, bytes]:
+    """The report, the target slot and the bytes that go into it (cut to the slot)."""
+    data = inspector.read_input(payload)
+    report = _new_report(payload, data, method)
     report.before = dev.flash_state()
-    report.target = target
-    slot = _slot(dev, target)
+    report.target = target or dev.next_update_partition()
+    slot = _slot(dev, report.target)
     if len(data) > slot.size:
         data, report.truncated_to_slot = data[: slot.size], True
     report.bytes_written = len(data)
+    return report, slot, data
+
+
+def _finish(
+    dev: Device,
+    report: OtaReport,
+    slot: formats.Partition,
+    data: bytes,
+    select: Select,
+    confirm: bool,
+    reboot: bool,
+    deadline: Deadline,
+) -> OtaReport:
+    """The slot checked byte for byte in the flash file, then selected and rebooted into."""
     written = dev.flash.read_bytes()[slot.offset : slot.offset + len(data)]
     report.slot_matches_payload = written == data
     report.timings.write_s = deadline.elapsed()

@@ -214,7 +214,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 def _scheduling_key(item: pytest.Item) -> tuple[bool, int]:
     assert isinstance(item, ScenarioItem)
     cell = item.cell
-    alone = cell.firmware is not None and cell.skip_reason() is None and cell.facts().runs_alone
+    alone = cell.skip_reason() is None and runner.needs_host_alone(cell)
     return alone, -cell.scenario.cost()
 
 

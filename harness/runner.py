@@ -125,6 +125,15 @@ def plan_staging(
     return planned
 
 
+def needs_host_alone(cell: Cell) -> bool:
+    """The cell must not share the host: a step says so (device-side writes, the user's
+    tools), or its firmware is one measured to stall on a shared host."""
+    steps = [step_kind(s) for s in cell.scenario.steps]
+    if any(STEPS[kind].alone(args) for kind, args in steps):
+        return True
+    return cell.firmware is not None and cell.facts().runs_alone
+
+
 def payload_path(cell: Cell, recipe: images.Recipe, name: str, cache: Path | None = None) -> Path:
     """A payload kind made from the cell's firmware, or a file relative to the scenario."""
     if name in images.PAYLOAD_KINDS:
@@ -314,12 +323,13 @@ class CellRun:
     # -- Run, as the steps see it ---------------------------------------------------------
     def boot(self) -> device.Device:
         assert self.built is not None
-        steps = self.cell.scenario.steps
-        serve = any(STEPS[step_kind(s)[0]].port for s in steps)
+        serve = any(STEPS[step_kind(s)[0]].port for s in self.cell.scenario.steps)
+        alone = needs_host_alone(self.cell)
         self.dev = self.stack.enter_context(
             device.boot(
                 self.built.path,
                 serve=serve,
+                alone=alone,
                 qemu=self.qemu,
                 psram=self.image.psram,
                 run_dir=self.run_dir,

@@ -96,10 +96,26 @@ class ResetCircuit:
             self._release()
 
 
+class _Line:
+    """A modem line the client sets (DTR, RTS): it lives in the reset circuit."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, port: RelayPort, owner: type | None = None) -> bool:
+        return bool(getattr(port.circuit, self.name))
+
+    def __set__(self, port: RelayPort, value: bool) -> None:
+        port.circuit.set(**{self.name: value})
+
+
 class RelayPort:
     """The serial port pyserial's RFC2217 PortManager drives: line settings are
     accepted as they are (QEMU's UART takes what the guest sets), DTR/RTS go to the
     reset circuit, a purge drops what the board printed and the client did not read."""
+
+    dtr = _Line()
+    rts = _Line()
 
     def __init__(self, circuit: ResetCircuit, purge: Callable[[], None]):
         self.circuit, self.purge = circuit, purge
@@ -107,22 +123,6 @@ class RelayPort:
         self.xonxoff = self.rtscts = self.break_condition = False
         self.cts = self.dsr = self.cd = True
         self.ri = False
-
-    @property
-    def dtr(self) -> bool:
-        return self.circuit.dtr
-
-    @dtr.setter
-    def dtr(self, value: bool) -> None:
-        self.circuit.set(dtr=value)
-
-    @property
-    def rts(self) -> bool:
-        return self.circuit.rts
-
-    @rts.setter
-    def rts(self, value: bool) -> None:
-        self.circuit.set(rts=value)
 
     def reset_input_buffer(self) -> None:
         self.purge()
@@ -135,8 +135,15 @@ class SerialRelay:
     """Owns the board's UART0 bytes: QEMU on one side, the pty, RFC2217 and console on
     the other. Runs in a thread from `start()` until `close()`."""
 
-    def __init__(self, log: SerialLog, restart: Callable[[bool], None]):
+    def __init__(
+        self,
+        log: SerialLog,
+        restart: Callable[[bool], None],
+        tick: Callable[[], None] = lambda: None,
+    ):
+        """`restart(download)`: EN was pulsed; `tick()`: called from the loop, often."""
         self.log = log
+        self.tick = tick
         self.qemu: socket.socket | None = None
         self.console, self._console_peer = socket.socketpair()
         self.master, slave = os.openpty()
@@ -218,6 +225,7 @@ class SerialRelay:
             if writable:
                 self._flush_pty()
             self.circuit.poll()
+            self.tick()
 
     def _recv(self, sock: socket.socket) -> bytes:
         try:

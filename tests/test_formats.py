@@ -61,7 +61,9 @@ def test_table_without_vfs_gets_the_region_after_the_last_partition() -> None:
     assert table.fs_partition() is None
     assert formats.fs_region(table, 4 * MB) == formats.FsRegion("vfs", 0x310000, 0xF0000, False)
     region = formats.fs_region(table, 16 * MB)
-    assert region is not None and region.offset == 0x310000 and region.end == 16 * MB
+    assert (
+        region is not None and region.offset == 0x310000 and region.offset + region.size == 16 * MB
+    )
 
 
 def test_table_with_vfs_line_keeps_it_whatever_the_flash_size() -> None:

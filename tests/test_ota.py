@@ -64,7 +64,7 @@ def test_users_library_from_file_reproduces_the_report(
     full = payloads["16MB"]["full"]
     image = build_image(fw("OTA-20250415-v1.25.0"), "16MB",
                         vfs_files=((lib, "/lib"), (full, "/fw.bin")))  # fmt: skip
-    with device.boot(image, qemu=qemu, artifacts=tmp_path) as dev:
+    with device.boot(image, qemu=qemu, artifacts=tmp_path, alone=True) as dev:
         dev.wait_prompt(30)
         report = ota.run_library(
             dev, full, "import ota.update\nota.update.from_file('/fw.bin', reboot=True)"

@@ -151,7 +151,9 @@ def test_full_artifacts_disk_is_one_line(qemu, fw, tmp_path: Path) -> None:
 def test_qemu_killed_during_a_scenario_step_fails_at_once(
     qemu, firmware_selector, tmp_path
 ) -> None:
-    cell = scenario.load(REPORT).cells(firmware_selector, flash_sizes=["4MB"])[0]
+    device_write = tmp_path / "report.yaml"  # the device writes: a step that lasts
+    device_write.write_text(REPORT.read_text().replace("method: staged", "method: harness"))
+    cell = scenario.load(device_write).cells(firmware_selector, flash_sizes=["4MB"])[0]
     in_ota = threading.Event()
 
     def progress(_cell: scenario.Cell, _index: int, kind: str) -> None:
@@ -265,9 +267,11 @@ def test_boot_under_host_load_is_reported_as_host_load_not_firmware(qemu, fw, tm
                 outcomes.append("booted")
                 continue
             first = run.stderr.splitlines()[0]
-            assert "boot loop" in first and "host load average" in first, run.stderr
+            # watchdogs on: a boot loop of watchdog resets; off (the default): a stall
+            assert "boot loop" in first or "stalled" in first, run.stderr
+            assert "host load average" in first, run.stderr
             assert "likely the host, not the firmware" in first, run.stderr
-            outcomes.append("boot loop (host load)")
+            outcomes.append("boot loop or stall (host load)")
         print(f"under load: {outcomes}")
     finally:
         for hog in hogs:

@@ -248,3 +248,29 @@ def test_a_scenario_expecting_a_watchdog_reset_must_keep_the_watchdogs_on(tmp_pa
     message = error_of(tmp_path, text)
     assert message.startswith("8: steps.1: expects a watchdog reset: set `watchdogs: on`")
     scenario.load(write(tmp_path, text.replace("title: t", "title: t\nwatchdogs: 'on'"), "ok.yaml"))
+
+
+def test_every_skip_in_the_matrix_has_a_true_reason(firmware_dir: Path) -> None:
+    """make test-matrix: every library scenario x every firmware file; each skip's reason
+    must hold for that firmware (read from the image), and cells not skipped must not
+    lack what their scenario needs."""
+    chooser = FirmwareSelector(local=firmware_dir, download=False)
+    files = [str(p) for p in sorted(firmware_dir.glob("*.bin"))]
+    checked = 0
+    for path in LIBRARY:
+        loaded = scenario.load(path)
+        for cell in loaded.cells(chooser, firmware=files):
+            facts, needs, reason = cell.facts(), loaded.needs(), cell.skip_reason()
+            lacks = {
+                "needs a SPIRAM build": "spiram" in needs and not facts.spiram,
+                "needs app rollback": "rollback" in needs and not facts.rollback,
+                "names the filesystem": "vfs-in-table" in needs and not facts.fs_in_table,
+                "makes its filesystem at boot": "vfs-at-boot" in needs and facts.fs_in_table,
+            }
+            if reason is None:
+                assert not any(lacks.values()), (cell.name, lacks)
+            else:
+                true = any(lacks[phrase] for phrase in lacks if phrase in reason)
+                assert true, (cell.name, reason)
+                checked += 1
+    assert checked > 20  # the matrix does skip: PSRAM, rollback and vfs-line cells
