@@ -57,11 +57,13 @@ os.chdir('/')
 """
 FIND_APP = "esp32.Partition.find(esp32.Partition.TYPE_APP, label={!r})[0]"
 
+# UART1 on GPIO26/27: QEMU carries UART1 whatever the pins, and MicroPython refuses 16/17
+# (UART1's usual pins) on SPIRAM builds, where PSRAM owns them ("ValueError: invalid pin")
 WRITER = """
 import esp32, hashlib, machine, binascii, gc
 def _harness_write(label, size, chunk):
     p = esp32.Partition.find(esp32.Partition.TYPE_APP, label=label)[0]
-    u = machine.UART(1, baudrate=5000000, tx=17, rx=16, rxbuf=min(chunk, 32768), timeout=5000)
+    u = machine.UART(1, baudrate=5000000, tx=26, rx=27, rxbuf=min(chunk, 32768), timeout=5000)
     gc.collect()
     buf = bytearray(chunk)
     mv = memoryview(buf)

@@ -31,6 +31,9 @@ VARIABLE = re.compile(r"\$\{([^}]*)\}")
 RUNTIME_VARS = ("port", "rfc2217", "run_dir", "image", "python", "payload_full_image",
                 "payload_app", "payload_truncated_app", "payload_corrupt_app")  # fmt: skip
 BUILTIN_VARS = ("firmware", "firmware_dir", "flash_size", "scenario_dir", *RUNTIME_VARS)
+# ${offset_ota_1}, ${offset_otadata}, ...: where a partition of the cell's image starts
+# (hex), so host commands find the slot on every layout, converted or not
+PARTITION_VAR = re.compile(r"offset_(\w+)")
 # ota: two OTA slots (made by the OTA recipe where the firmware has none); spiram: a
 # SPIRAM build; rollback: app rollback (v1.21.0 on); vfs-in-table / vfs-at-boot: the
 # filesystem named in the partition table (up to v1.25) / made at boot after the last
@@ -197,8 +200,11 @@ class Scenario(BaseModel):
         return VARIABLE.sub(value, text)
 
     def unknown_var(self, name: str, where: tuple[Any, ...] | None) -> str:
-        known = ", ".join(sorted({*BUILTIN_VARS, *self.vars}))
         line = self.lines.get(where, 0) if where else 0
+        part = PARTITION_VAR.fullmatch(name)
+        if part:
+            return f"{self.path}:{line}: ${{{name}}}: the image has no partition {part.group(1)}"
+        known = ", ".join(sorted({*BUILTIN_VARS, *self.vars, "offset_PARTITION"}))
         return f"{self.path}:{line}: unknown variable ${{{name}}} (known: {known})"
 
 
@@ -237,7 +243,10 @@ class Cell:
         context = dict(self.context)
         context.update(firmware=str(self.firmware.path if self.firmware else ""),
                        flash_size=self.flash_size)  # fmt: skip
-        context.update(runtime or {name: f"${{{name}}}" for name in RUNTIME_VARS})
+        if runtime is None:  # the run's own stay as they are until the cell runs
+            parts = [n for n in VARIABLE.findall(text) if PARTITION_VAR.fullmatch(n)]
+            runtime = {name: f"${{{name}}}" for name in [*RUNTIME_VARS, *parts]}
+        context.update(runtime)
         return self.scenario._expand(text, context, where)
 
     def facts(self) -> FirmwareFacts:
@@ -344,7 +353,7 @@ def _check_variables(scenario: Scenario, data: dict[str, Any]) -> None:
     def walk(value: Any, where: tuple[Any, ...]) -> None:
         if isinstance(value, str):
             for name in VARIABLE.findall(value):
-                if name not in known:
+                if name not in known and not PARTITION_VAR.fullmatch(name):
                     raise ScenarioError(scenario.unknown_var(name, where))
         elif isinstance(value, dict):
             for key, item in value.items():

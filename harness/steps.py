@@ -299,7 +299,8 @@ class OtaArgs(Args):
     `library` (a device library's REPL `command`, payload in the filesystem).
     select: `set_boot` (MicroPython's Partition.set_boot(), which validates the app),
     `otadata` (write the otadata record directly, as the bootloader reads it), `none`.
-    `timeout` bounds the whole step.
+    `timeout` bounds the whole step (default 60 s staged, where the device only selects
+    and reboots, some 2 s; 300 s when the device writes).
     """
 
     payload: str
@@ -312,7 +313,11 @@ class OtaArgs(Args):
     confirm: bool = False
     reboot: bool = True
     target: str | None = None
-    timeout: PositiveFloat = 300.0
+    timeout: PositiveFloat | None = None
+
+    @property
+    def deadline_s(self) -> float:
+        return self.timeout or (60.0 if self.method == "staged" else 300.0)
 
     @model_validator(mode="after")
     def _library_needs_command(self) -> OtaArgs:
@@ -363,16 +368,16 @@ def ota_step(run: Run, args: OtaArgs) -> ota.OtaReport:
             )
         report = ota.staged(
             dev, payload, target, select=args.select, confirm=args.confirm,
-            reboot=args.reboot, timeout=args.timeout,
+            reboot=args.reboot, timeout=args.deadline_s,
         )  # fmt: skip
     elif args.method == "library":
         assert args.command is not None  # the model checked it
         report = ota.run_library(dev, payload, args.command, confirm=args.confirm,
-                                 timeout=args.timeout)  # fmt: skip
+                                 timeout=args.deadline_s)  # fmt: skip
     else:
         report = ota.update(
             dev, payload, target=args.target, select=args.select, confirm=args.confirm,
-            reboot=args.reboot, timeout=args.timeout,
+            reboot=args.reboot, timeout=args.deadline_s,
         )  # fmt: skip
     run.booted = report.booted
     intact = report.slot_matches_payload and report.delivered_sha_ok is not False

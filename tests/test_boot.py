@@ -42,7 +42,7 @@ def _version(name: str) -> str:
 def test_boots_on_4mb(name, qemu, fw, build_image, tmp_path) -> None:
     image = build_image(fw(name), "4MB")
     with device.boot(image, qemu=qemu, artifacts=tmp_path) as dev:
-        dev.repl.wait_prompt(30)
+        dev.wait_prompt(30)
         assert f"MicroPython {_version(name)}" in (dev.run_dir / "serial.log").read_text()
         assert dev.repl.exec(FLASH_SIZE).strip() == str(4 * images.MB)
         assert dev.repl.exec("print(6 * 7)").strip() == "42"
@@ -54,7 +54,7 @@ def test_boots_on_16mb_as_users_convert_it(name, layout, qemu, fw, build_image, 
     """`mp-image-tool-esp32 FILE -f 16M [--table ota] --resize vfs=0`, then padded."""
     image = build_image(fw(name), "16MB", layout=layout)
     with device.boot(image, qemu=qemu, artifacts=tmp_path) as dev:
-        dev.repl.wait_prompt(30)
+        dev.wait_prompt(30)
         assert dev.repl.exec(FLASH_SIZE).strip() == str(16 * images.MB)
         assert dev.repl.exec(RUNNING).strip() == "ota_0"
         P = "esp32.Partition"
@@ -69,7 +69,7 @@ def test_spiram_build_without_psram_names_the_psram_error(qemu, fw, build_image,
     with device.boot(image, qemu=qemu, psram=False, artifacts=tmp_path) as dev:
         for line in PSRAM_ERRORS:
             dev.console.expect(re.escape(line), 30, during="PSRAM init")
-        dev.repl.wait_prompt(30)
+        dev.wait_prompt(30)
         assert "-m 4M" not in (dev.run_dir / "qemu-cmdline.txt").read_text()
 
 
@@ -77,7 +77,7 @@ def test_spiram_build_without_psram_names_the_psram_error(qemu, fw, build_image,
 def test_spiram_build_with_psram_boots_clean(qemu, fw, build_image, tmp_path) -> None:
     image = build_image(fw("SPIRAM"), "4MB")
     with device.boot(image, qemu=qemu, artifacts=tmp_path) as dev:  # psram auto-detected
-        dev.repl.wait_prompt(30)
+        dev.wait_prompt(30)
         assert "-m 4M" in (dev.run_dir / "qemu-cmdline.txt").read_text()
         assert "PSRAM" not in (dev.run_dir / "serial.log").read_text()
         assert dev.repl.exec("print('with SPIRAM' in __import__('os').uname().machine)") == "True\n"

@@ -52,7 +52,7 @@ def test_exception_mid_boot_leaves_no_qemu(qemu, image, tmp_path) -> None:
 
 def test_qemu_killed_mid_run_fails_at_once_naming_the_signal(qemu, image, tmp_path) -> None:
     with device.boot(image, qemu=qemu, artifacts=tmp_path) as dev:
-        dev.repl.wait_prompt(30)
+        dev.wait_prompt(30)
         os.kill(dev.machine.proc.pid, signal.SIGKILL)
         start = time.monotonic()
         with pytest.raises(QemuExited, match=r"QEMU exited \(signal 9\) during"):

@@ -147,6 +147,19 @@ def test_unknown_variable(tmp_path: Path) -> None:
     assert "firmware_dir" in message
 
 
+def test_partition_offsets_are_variables_of_the_run(tmp_path: Path, firmware_dir: Path) -> None:
+    """${offset_NAME} passes validation for any name, stays as it is until the cell runs,
+    then is the partition's offset in the cell's image, or a line naming the missing one."""
+    text = GOOD.replace("  - assert_booted: ota_0", "  - run: {command: 'echo ${offset_ota_1}'}")
+    selector = FirmwareSelector(local=firmware_dir, download=False)
+    cell = scenario.load(write(tmp_path, text)).cells(selector)[0]
+    assert cell.expand("${offset_ota_1} ${port}") == "${offset_ota_1} ${port}"
+    assert cell.expand("${offset_ota_1}", runtime={"offset_ota_1": "0x190000"}) == "0x190000"
+    missing = r":8: \$\{offset_vfs2\}: the image has no partition vfs2$"
+    with pytest.raises(ScenarioError, match=missing):
+        cell.expand("${offset_vfs2}", ("steps", 1), runtime={"offset_ota_1": "0x190000"})
+
+
 def test_device_step_before_boot(tmp_path: Path) -> None:
     text = GOOD.replace(
         "  - boot: prompt\n  - assert_booted: ota_0", "  - assert_booted: ota_0\n  - boot: prompt"
