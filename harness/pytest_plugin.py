@@ -190,7 +190,8 @@ class _RetryLog:
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         retried = self.config.stash[RETRIED]
         if retried:  # never silent: a retry is named here and in the JUnit properties
-            terminalreporter.section("retried (QEMU crashed itself, or a guest watchdog fired)")
+            why = "QEMU crashed itself, a guest watchdog fired, or the guest stalled"
+            terminalreporter.section(f"retried ({why})")
             for nodeid, attempts in retried.items():
                 terminalreporter.line(nodeid)
                 for attempt in attempts:
