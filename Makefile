@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PYTEST := $(BIN)/pytest
 # A folder of firmware files looked in before the user cache and micropython.org
-# (empty: the cache, then downloads). This project's CI passes ../shared/firmware.
+# (empty: the cache, then downloads). This project's CI passes its own (.ci/run).
 FIRMWARE_DIR ?=
 ifneq ($(strip $(FIRMWARE_DIR)),)
 export HARNESS_FIRMWARE_DIR := $(abspath $(FIRMWARE_DIR))

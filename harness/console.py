@@ -94,9 +94,12 @@ class SerialLog:
             self.resets_since_up.clear()
         self._file.flush()  # a SIGKILLed harness still leaves the evidence
 
+    def _stamp(self, mark: str = "") -> bytes:
+        """`[  seconds] `, then `>> ` for what a client sent, `-- ` for the harness's notes."""
+        return f"[{time.monotonic() - self._start:9.3f}] {mark}".encode()
+
     def _line(self, line: bytes) -> None:
-        stamp = f"[{time.monotonic() - self._start:9.3f}] ".encode()
-        self._file.write(stamp + line + b"\n")
+        self._file.write(self._stamp() + line + b"\n")
         text = strip_ansi(line.decode("utf-8", "replace"))
         self.tail.append(text)
         self.lines.append(text)
@@ -122,12 +125,13 @@ class SerialLog:
 
     def record_input(self, data: bytes) -> None:
         """What a client sent the board, as `>>` lines (the log keeps both directions)."""
-        stamp = f"[{time.monotonic() - self._start:9.3f}] >> ".encode()
-        self._file.write(stamp + repr(data).encode() + b"\n")
+        self._file.write(self._stamp(">> ") + repr(data).encode() + b"\n")
+        self._file.flush()
 
     def note(self, text: str) -> None:
         """A line of the harness's own (`--`), not the board's."""
-        self._file.write(f"[{time.monotonic() - self._start:9.3f}] -- {text}\n".encode())
+        self._file.write(self._stamp("-- ") + f"{text}\n".encode())
+        self._file.flush()  # the note that explains a hang must survive a kill
 
     def flush(self) -> None:
         self._file.flush()

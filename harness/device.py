@@ -174,11 +174,12 @@ def boot(
     console: Console | None = None
     try:
         flash = images.run_copy(image, run_dir, stage)
-        data = image.read_bytes()
-        if psram is None:
-            psram = PSRAM_MARKER in data
-        if alone is None:
-            alone = stalls_under_load(app_idf_version(data, formats.parse_table(data)))
+        if psram is None or alone is None:  # the runner knows both; other callers may not
+            data = image.read_bytes()
+            if psram is None:
+                psram = PSRAM_MARKER in data
+            if alone is None:
+                alone = stalls_under_load(app_idf_version(data, formats.parse_table(data)))
         with hostlock.emulation_slot(alone):
             if serve:
                 board = Board(qemu_path, flash, run_dir, psram=psram, watchdogs=watchdogs,

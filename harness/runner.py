@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import re
 import shutil
 import sys
@@ -131,6 +132,11 @@ def needs_host_alone(cell: Cell) -> bool:
     steps = [step_kind(s) for s in cell.scenario.steps]
     if any(STEPS[kind].alone(args) for kind, args in steps):
         return True
+    return stalls(cell)
+
+
+def stalls(cell: Cell) -> bool:
+    """The cell's firmware is a build measured to stall under emulation (harness.firmware)."""
     return cell.firmware is not None and cell.facts().runs_alone
 
 
@@ -304,8 +310,7 @@ class CellRun:
         """A device that stopped answering, on a build before ESP-IDF 5.0.4, is that build's
         known stall under QEMU 8.0 (it passes on the next run), so say so, and let the
         retry policy have it."""
-        old = self.cell.firmware is not None and self.cell.facts().runs_alone
-        if type(exc) is not DeviceTimeout or not old:
+        if type(exc) is not DeviceTimeout or not stalls(self.cell):
             return exc
         stalled = GuestStalled(
             f"{exc}\n  the device stopped answering; builds before ESP-IDF 5.0.4 stall like "
@@ -321,21 +326,25 @@ class CellRun:
         return self._image
 
     def runtime_vars(self) -> dict[str, str]:
-        """${port}, ${rfc2217}, ${run_dir}, ${image}, ${python}, the payload files and
-        ${offset_PARTITION} for each partition of the image."""
+        """${port}, ${rfc2217} (once the board is served) and the image's own."""
         board = self.dev.board if self.dev is not None else None
-        values = {
+        return {
             "port": board.relay.pty_path if board else "",
             "rfc2217": board.relay.rfc2217_url if board else "",
-            "run_dir": str(self.run_dir),
-            "image": str(self.built.path) if self.built else "",
-            "python": sys.executable,
+            **self._image_vars,
         }
-        if self.built:
-            with self.built.path.open("rb") as f:  # the table: one sector at 0x8000
-                head = f.read(formats.TABLE_OFFSET + formats.SECTOR)
-            for part in formats.parse_table(head):
-                values[f"offset_{part.name}"] = f"0x{part.offset:x}"
+
+    @functools.cached_property
+    def _image_vars(self) -> dict[str, str]:
+        """${run_dir}, ${image}, ${python}, the payload files and ${offset_PARTITION} for
+        each partition of the image: fixed for the run, so worked out once."""
+        assert self.built is not None, "run() makes the image before the steps"
+        values = {"run_dir": str(self.run_dir), "image": str(self.built.path),
+                  "python": sys.executable}  # fmt: skip
+        with self.built.path.open("rb") as f:  # the table: one sector at 0x8000
+            head = f.read(formats.TABLE_OFFSET + formats.SECTOR)
+        for part in formats.parse_table(head):
+            values[f"offset_{part.name}"] = f"0x{part.offset:x}"
         used = str([s.model_dump() for s in self.cell.scenario.steps])
         for kind in images.PAYLOAD_KINDS:  # made only when the scenario names them
             name = f"payload_{kind.replace('-', '_')}"
