@@ -146,6 +146,11 @@ class SerialRelay:
         self.tick = tick
         self.qemu: socket.socket | None = None
         self.console, self._console_peer = socket.socketpair()
+        # The harness reads its console only while it waits for something (and not at all
+        # while `harness boot --pty` serves): never block on it. Each small send costs the
+        # socket far more than its bytes, so a few hundred boot lines filled it and a
+        # blocking send stopped the relay for good (seen after esptool's hard reset).
+        self.console.setblocking(False)
         self.master, slave = os.openpty()
         tty.setraw(slave)  # bytes as they are: no echo, no line editing, no CR/LF mapping
         attrs = termios.tcgetattr(slave)
@@ -163,6 +168,7 @@ class SerialRelay:
         self.replay = bytearray()
         self.to_device = bytearray()  # held while QEMU restarts
         self.to_pty = bytearray()
+        self.to_console = bytearray()  # the newest REPLAY bytes the console has not taken
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="serial-relay", daemon=True)
@@ -205,10 +211,13 @@ class SerialRelay:
                 watch.append(self.client)
             pty_in: list[Any] = [self.master] if self.owner == "pty" else []
             pty_out: list[Any] = [self.master] if self.owner == "pty" and self.to_pty else []
+            console_out: list[Any] = [self.console] if self.to_console else []
             due = self.circuit.due()
             wait = 0.05 if due is None else min(0.05, due)
             try:
-                readable, writable, _ = select.select([*watch, *pty_in], pty_out, [], wait)
+                readable, writable, _ = select.select(
+                    [*watch, *pty_in], [*pty_out, *console_out], [], wait
+                )
             except (OSError, ValueError):  # a socket closed under us: look again
                 continue
             for item in readable:
@@ -222,8 +231,10 @@ class SerialRelay:
                     self._from_rfc2217()
                 elif item == self.master:
                     self._from_pty()
-            if writable:
+            if self.master in writable:
                 self._flush_pty()
+            if self.console in writable:
+                self._flush_console()
             self.circuit.poll()
             self.tick()
 
@@ -253,8 +264,19 @@ class SerialRelay:
         else:
             self.replay += data
             del self.replay[:-REPLAY]
-            with contextlib.suppress(OSError):
-                self.console.sendall(data)
+            self.to_console += data
+            del self.to_console[:-REPLAY]  # older output is in the serial log
+            self._flush_console()
+
+    def _flush_console(self) -> None:
+        try:
+            sent = self.console.send(self.to_console)
+        except BlockingIOError:
+            return
+        except OSError:  # the console is gone: nobody will read it
+            self.to_console.clear()
+            return
+        del self.to_console[:sent]
 
     def _to_device(self, data: bytes, *, record: bool) -> None:
         if not data:
