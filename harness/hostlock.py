@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import os
 from collections.abc import Iterator
 
 from . import paths
+
+_log = logging.getLogger(__name__)
 
 
 @contextlib.contextmanager
@@ -28,7 +31,17 @@ def emulation_slot(alone: bool) -> Iterator[None]:
     try:
         fcntl.flock(turnstile, fcntl.LOCK_EX)
         try:
-            fcntl.flock(host, fcntl.LOCK_EX if alone else fcntl.LOCK_SH)
+            mode = fcntl.LOCK_EX if alone else fcntl.LOCK_SH
+            try:
+                fcntl.flock(host, mode | fcntl.LOCK_NB)
+            except BlockingIOError:  # say why nothing happens yet, then wait
+                _log.warning(
+                    "waiting for the host: %s",
+                    "other emulations are running"
+                    if alone
+                    else "an emulation that must run alone is running",
+                )
+                fcntl.flock(host, mode)
         finally:
             fcntl.flock(turnstile, fcntl.LOCK_UN)
         yield

@@ -87,7 +87,7 @@ class Repl:
 
     def exec_start(self, code: str | bytes, timeout: float = 30.0) -> None:
         """Paste `code` and let it run; `exec_finish` collects its output later."""
-        self._enter_raw()
+        self._enter_raw(timeout)
         self._paste(code.encode() if isinstance(code, str) else code, timeout)
 
     def exec_finish(self, timeout: float = 30.0) -> tuple[str, str]:
@@ -100,13 +100,15 @@ class Repl:
         con.expect(b">", timeout, during="raw-paste execution (prompt)", resets=False)
         return _text(out), _text(err)
 
-    def _enter_raw(self) -> None:
+    def _enter_raw(self, timeout: float) -> None:
+        # the caller's timeout, not a short fixed one: a loaded host can hold the
+        # answer back for seconds, and a wrong "timed out" costs a whole cell
         if self.raw:
             return
         self.console.send(b"\r" + CTRL_C + CTRL_C)
         time.sleep(0.02)  # let a running program die before the mode switch
         self.console.send(CTRL_A)
-        self.console.expect(RAW_BANNER, 5, during="entering raw REPL", resets=False)
+        self.console.expect(RAW_BANNER, timeout, during="entering raw REPL", resets=False)
         self.raw = True
 
     def _leave_raw(self) -> None:
@@ -118,8 +120,8 @@ class Repl:
     def _paste(self, data: bytes, timeout: float) -> None:
         con = self.console
         con.send(CTRL_E + b"A" + CTRL_A)
-        reply = con.expect(rb"R[\x00\x01]", 5, during="raw-paste handshake", resets=False).group(0)
-        if reply != b"R\x01":
+        reply = con.expect(rb"R[\x00\x01]", timeout, during="raw-paste handshake", resets=False)
+        if reply.group(0) != b"R\x01":
             raise HarnessError("this firmware refused raw-paste mode (MicroPython < 1.14?)")
         window = struct.unpack("<H", con.read_exact(2, timeout, "raw-paste flow control"))[0]
         credit, sent = window, 0

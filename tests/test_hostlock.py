@@ -13,7 +13,7 @@ from harness import device, hostlock
 
 
 def test_an_exclusive_holder_keeps_others_out_and_is_not_starved(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     monkeypatch.setenv("HARNESS_LOCKS", str(tmp_path))
     events: list[str] = []
@@ -43,6 +43,10 @@ def test_an_exclusive_holder_keeps_others_out_and_is_not_starved(
     for t in (first, waiter, late):
         t.join(10)
     assert events == ["a in", "a out", "alone in", "alone out", "b in", "b out"]
+    assert caplog.messages == [  # each waiter says why it waits
+        "waiting for the host: other emulations are running",
+        "waiting for the host: an emulation that must run alone is running",
+    ]
 
 
 @getattr(pytest.mark, "4mb")

@@ -80,9 +80,16 @@ def _cli_boot(image, tmp_path, default_signals) -> subprocess.Popen[bytes]:
     )
 
 
-def _wait_for_qemu(marker: str, within: float = 20.0) -> None:
+def _wait_for_qemu(proc: subprocess.Popen[bytes], marker: str, within: float = 300.0) -> None:
+    """Wait for the CLI's QEMU. Generous: the CLI may wait for the host lock while
+    another worker's emulation has the host to itself (harness.hostlock)."""
     deadline = time.monotonic() + within
     while not running_qemus(marker):
+        if proc.poll() is not None:
+            pytest.fail(
+                f"the CLI exited ({proc.returncode}) before its QEMU started: "
+                f"{proc.stderr.read().decode(errors='replace') if proc.stderr else ''}"
+            )
         assert time.monotonic() < deadline, "QEMU never started"
         time.sleep(0.05)
 
@@ -92,7 +99,7 @@ def _wait_for_qemu(marker: str, within: float = 20.0) -> None:
 def test_killing_the_cli_kills_its_qemu(sig, when, qemu, image, tmp_path, default_signals) -> None:
     proc = _cli_boot(image, tmp_path, default_signals)
     try:
-        _wait_for_qemu(str(tmp_path))
+        _wait_for_qemu(proc, str(tmp_path))
         time.sleep(0.2 if when == "boot" else 3.0)  # mid-boot, or inside the running --exec
         proc.send_signal(sig)
         proc.wait(timeout=10)
