@@ -37,7 +37,7 @@ venv: $(STAMP)
 
 ## the project's tests and the scenario library (emulation skips with a reason without QEMU)
 test: venv
-	$(RUN) $(RERUN) -m "not slow"
+	$(RUN) $(RERUN) --timeout 600 -m "not slow"
 
 ## the main job: the scenario library on 16MB images (-f 16M --resize vfs=0 where there is a vfs line)
 test-16mb: venv

@@ -145,8 +145,8 @@ def serve(image: Path, args: argparse.Namespace, psram: bool | None, watchdogs: 
             booted = f"not asked: a client still has the port ({board.relay.owner})"
         else:
             try:
-                dev.repl.raw = False
                 dev.console.drain()
+                dev.repl.wake()  # the last client, or esptool's hard reset, left it so
                 booted = dev.running_partition()
             except HarnessError as exc:
                 booted = f"not known ({str(exc).splitlines()[0]})"
@@ -339,7 +339,7 @@ def cmd_repro(args: argparse.Namespace) -> int:
         images.parse_flash_size(args.flash_size)
     request = repro.Request(
         args.firmware, args.update, args.flash_size, args.layout, args.command,
-        args.device_lib, tuple(args.expect),
+        args.device_lib, tuple(args.expect), args.method,
     )  # fmt: skip
     repro.check(request, args.save)
     find_qemu(args.qemu)
@@ -485,6 +485,10 @@ def build_parser() -> argparse.ArgumentParser:
     repro.add_argument("--flash-size", help="e.g. 16MB (converted with -f 16M --resize vfs=0)")
     repro.add_argument("--layout", choices=["keep", "ota"],
                        help="default: keep, or OTA slots when the firmware has none")  # fmt: skip
+    repro.add_argument("--method", choices=["staged", "harness"], default="staged",
+                       help="without --command: how the update gets into the slot; staged "
+                       "(default): written into the flash file before the boot, the device "
+                       "runs set_boot() and reboots; harness: the device writes it")  # fmt: skip
     repro.add_argument("--command", help="their REPL line; the update is /fw.bin in the vfs")
     repro.add_argument("--device-lib", type=Path, help="their device library folder (-> /lib)")
     repro.add_argument("--expect", action="append", default=[], help="text that shows the bug")

@@ -18,7 +18,7 @@ import struct
 import time
 
 from .console import Console
-from .errors import DeviceError, HarnessError
+from .errors import DeviceError, DeviceTimeout, HarnessError
 
 CTRL_A, CTRL_B, CTRL_C, CTRL_D, CTRL_E = b"\x01", b"\x02", b"\x03", b"\x04", b"\x05"
 PROMPT = re.compile(rb">>> $|>>> (?=[^\r\n]*$)")
@@ -38,6 +38,23 @@ class Repl:
         """Wait for `>>> ` after power-on or reset (fails fast on crash or boot loop)."""
         self.console.expect(PROMPT, timeout, during="boot to the >>> prompt")
         self.raw = False
+
+    def wake(self, timeout: float = 15.0, every: float = 1.0) -> None:
+        """Get the prompt back from a board in an unknown state (a client just left it,
+        or a reset it was given is still under way): Ctrl-C and Ctrl-B each `every`
+        seconds until `>>> ` answers. What is typed while the board still boots is lost,
+        as on a real board, so one try is not enough."""
+        deadline = time.monotonic() + timeout
+        while True:
+            self.console.send(CTRL_C + CTRL_B)  # stop a program; leave raw mode, or reprint
+            try:
+                wait = max(0.1, min(every, deadline - time.monotonic()))
+                self.console.expect(PROMPT, wait, during="waking the REPL")
+                self.raw = False
+                return
+            except DeviceTimeout:
+                if time.monotonic() >= deadline:
+                    raise
 
     def line(self, code: str, timeout: float = 10.0) -> str:
         """Type one line at the friendly prompt; return what it printed."""

@@ -41,6 +41,9 @@ class Request:
     command: str | None = None
     device_lib: Path | None = None
     expect: tuple[str, ...] = ()
+    # without `command`: the update staged into the slot before the boot (what the
+    # bootloader judges is the same bytes: tests/test_staged.py), or written by the device
+    method: str = "staged"
 
 
 @dataclass(frozen=True)
@@ -53,7 +56,7 @@ def scenario_data(req: Request, where: Path) -> dict[str, Any]:
     """The scenario that reproduces `req`, with paths relative to the folder `where`."""
     size = req.flash_size or images.size_name(FirmwareFacts.of(read_firmware(req.firmware))
                                               .header_flash_size)  # fmt: skip
-    ota: dict[str, Any] = {"payload": _rel(req.update, where)}
+    ota: dict[str, Any] = {"payload": _rel(req.update, where), "method": req.method}
     if req.command:
         ota.update(method="library", command=req.command)
         if req.device_lib:

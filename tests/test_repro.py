@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from harness import images, scenario
+from harness import images, repro, scenario
 
 SIZES = [pytest.param("4MB", marks=getattr(pytest.mark, "4mb")),
          pytest.param("16MB", marks=getattr(pytest.mark, "16mb"))]  # fmt: skip
@@ -120,3 +121,19 @@ def test_repro_exit_codes_tell_reproduced_not_reproduced_and_could_not_run(
     assert cannot.returncode == 2, cannot.stdout + cannot.stderr  # could not run
     assert cannot.stderr.startswith("error: ") and "do not fit" in cannot.stderr.splitlines()[0]
     assert "Traceback" not in cannot.stderr
+
+
+def test_repro_stages_the_update_unless_told_to_write_it_on_the_device(fw, tmp_path) -> None:
+    """Staged by default (the bootloader judges the same bytes: tests/test_staged.py);
+    `--method harness` has the device write it; a library command is always on the device."""
+    firmware = fw("OTA-20250415-v1.25.0")
+    base = repro.Request(firmware, firmware, "4MB")
+
+    def method(req: repro.Request) -> str:
+        return repro.scenario_data(req, tmp_path)["steps"][1]["ota"]["method"]
+
+    assert method(base) == "staged"
+    assert method(dataclasses.replace(base, method="harness")) == "harness"
+    assert method(dataclasses.replace(base, command="import ota.update", method="harness")) == (
+        "library"
+    )

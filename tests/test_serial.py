@@ -58,12 +58,19 @@ def served(qemu, fw, tmp_path, default_signals) -> Iterator[Served]:
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, preexec_fn=default_signals,
     )  # fmt: skip
     assert proc.stdout is not None
-    lines = [proc.stdout.readline(), proc.stdout.readline()]
-    found = dict(line.strip().split(": ", 1) for line in lines if ": " in line)
-    assert set(found) == {"serial", "rfc2217"}, lines
-    board = Served(proc, found["serial"], found["rfc2217"], tmp_path)
     try:
-        yield board
+        # the two endpoint lines; anything before them (such as "waiting for the host: ...",
+        # when another worker's emulation has the host to itself) is passed over
+        lines: list[str] = []
+        found: dict[str, str] = {}
+        while not {"serial", "rfc2217"} <= found.keys():
+            line = proc.stdout.readline()
+            assert line, f"harness boot --pty ended before serving the board: {lines}"
+            lines.append(line)
+            key, sep, value = line.strip().partition(": ")
+            if sep and key in ("serial", "rfc2217"):
+                found[key] = value
+        yield Served(proc, found["serial"], found["rfc2217"], tmp_path)
     finally:
         if proc.poll() is None:
             proc.kill()
