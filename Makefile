@@ -49,7 +49,10 @@ test-4mb: venv
 	$(RUN) scenarios --flash-size 4MB
 
 ## every scenario x every size x every firmware file in FIRMWARE_DIR (else every pinned release);
-## cells that cannot apply skip with the reason
+## cells that cannot apply skip with the reason. Builds before ESP-IDF 5.0.4 (v1.20.0, v1.21.0)
+## deadlock in QEMU 8.0 now and then around device-side flash writes, even on a quiet host
+## (README: Known behaviour), so the matrix gives such a cell three more attempts.
+test-matrix: RETRIES = 3
 test-matrix: venv
 	fw="$$(if [ -n "$(HARNESS_FIRMWARE_DIR)" ]; then \
 	    for f in $(HARNESS_FIRMWARE_DIR)/*.bin; do echo "--firmware $$f"; done; \

@@ -20,6 +20,7 @@ import os
 import shutil
 import socket
 import tempfile
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +31,7 @@ from .board import Board
 from .console import RESET_BANNER, Console, log_lines
 from .errors import DeviceTimeout, GuestStalled, HarnessError
 from .firmware import PSRAM_MARKER, app_idf_version, stalls_under_load
-from .qemu import Machine, find_qemu
+from .qemu import CpuState, Machine, find_qemu
 from .repl import Repl
 
 ResetKind = Literal["soft", "hard"]
@@ -92,13 +93,25 @@ class Device:
             said = [line for line in self.console.log.lines[-8:] if line.strip()]
             if timeout >= STALL_AFTER and said and said[-1].startswith("entry 0x"):
                 load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+                stuck = "; ".join(map(str, self.stuck_cpus())) or "not known"
                 raise GuestStalled(
                     f"MicroPython never started: the emulated CPUs stalled after the "
-                    f"bootloader's `{said[-1]}` for {timeout:g}s (host load average {load} "
-                    f"on {os.cpu_count()} cores: likely the host, not the firmware); serial "
-                    f"log {self.console.log.path}"
+                    f"bootloader's `{said[-1]}` for {timeout:g}s ({stuck}; host load average "
+                    f"{load} on {os.cpu_count()} cores: likely the host or the emulator, not "
+                    f"the firmware); serial log {self.console.log.path}"
                 ) from exc
             raise
+
+    def stuck_cpus(self, gap: float = 0.3) -> list[CpuState]:
+        """The CPUs at the same PC and interrupt level in two looks `gap` apart: spinning
+        in place or halted, not running. What a guest that stopped answering is doing."""
+        try:
+            first = self.machine.cpu_states()
+            time.sleep(gap)
+            again = self.machine.cpu_states()
+        except HarnessError:  # a served board between two QEMUs
+            return []
+        return [a for a, b in zip(first, again, strict=False) if a == b]
 
     def running_partition(self) -> str:
         """The partition MicroPython runs from, as the device itself says."""

@@ -18,6 +18,7 @@ import ctypes
 import functools
 import glob
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -25,6 +26,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from qemu.qmp import QMPError
@@ -111,6 +113,22 @@ def _listen(path: Path) -> socket.socket:
 def _die_with_parent() -> None:  # runs in the child between fork and exec
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+@dataclass(frozen=True)
+class CpuState:
+    """Where one emulated CPU is: its PC and PS.INTLEVEL (0: tasks, 3: a FreeRTOS critical
+    section, 4-5: a high-level interrupt handler)."""
+
+    cpu: int
+    pc: int
+    intlevel: int
+
+    def __str__(self) -> str:
+        return f"CPU{self.cpu} at 0x{self.pc:08x}, interrupt level {self.intlevel}"
+
+
+_CPU_REGS = re.compile(r"CPU#(\d+)\s+PC=([0-9a-f]+).*?\bPS=([0-9a-f]+)", re.S)
 
 
 class Machine:
@@ -262,6 +280,20 @@ class Machine:
         if "assertion failed" in stderr or "Bail out!" in stderr:
             raise QemuCrashed(message + " (QEMU itself crashed: a QEMU bug, not the firmware)")
         raise QemuExited(message)
+
+    def cpu_states(self) -> list[CpuState]:
+        """Each emulated CPU's PC and interrupt level (HMP `info registers -a`): where a
+        guest that stopped answering is stuck. Empty when QEMU cannot say."""
+        if self.qmp is None or self.exit_status() is not None:
+            return []
+        try:
+            text = self.qmp.cmd("human-monitor-command", **{"command-line": "info registers -a"})
+        except (QMPError, OSError):
+            return []
+        return [
+            CpuState(int(cpu), int(pc, 16), int(ps, 16) & 0xF)
+            for cpu, pc, ps in _CPU_REGS.findall(str(text))
+        ]
 
     def reset(self) -> None:
         """Hard reset, as the EN pin would: the ROM banner shows a fresh boot."""

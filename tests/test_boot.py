@@ -81,3 +81,18 @@ def test_spiram_build_with_psram_boots_clean(qemu, fw, build_image, tmp_path) ->
         assert "-m 4M" in (dev.run_dir / "qemu-cmdline.txt").read_text()
         assert "PSRAM" not in (dev.run_dir / "serial.log").read_text()
         assert dev.repl.exec("print('with SPIRAM' in __import__('os').uname().machine)") == "True\n"
+
+
+@MB4
+def test_the_machine_says_where_each_cpu_is(qemu, fw, build_image, tmp_path) -> None:
+    """QMP's view of both emulated CPUs: what a stall is diagnosed with (harness.runner).
+    At the idle prompt both run code (ROM, IRAM or flash: 0x4000_0000-0x40C0_0000) and
+    neither sits in a high-level interrupt handler."""
+    image = build_image(fw("OTA-20250415-v1.25.0"), "4MB")
+    with device.boot(image, qemu=qemu, artifacts=tmp_path) as dev:
+        dev.wait_prompt(30)
+        states = dev.machine.cpu_states()
+        assert [s.cpu for s in states] == [0, 1], states
+        assert all(0x4000_0000 <= s.pc < 0x40C0_0000 and s.intlevel < 4 for s in states), states
+        dev.machine.stop()
+        assert dev.machine.cpu_states() == []  # QEMU gone: nothing to say, no error
