@@ -20,7 +20,7 @@ WORKERS ?= $(shell $(PYTHON) -c "import os; print(os.cpu_count() or 1)")
 # on the same errors only.
 RETRIES ?= 1
 RERUN := --reruns $(RETRIES) --only-rerun '^(QemuCrashed|WatchdogBootLoop|WatchdogReset|GuestStalled):'
-RUN := $(PYTEST) -q -n $(WORKERS) --retries $(RETRIES)
+RUN = $(PYTEST) -q -n $(WORKERS) --retries $(RETRIES)
 # The main job gets what it needs first, or stops with one line saying what is missing.
 PROVISION := $(BIN)/harness provision scenarios
 
