@@ -25,7 +25,7 @@ RUN = $(PYTEST) -q -n $(WORKERS) --retries $(RETRIES)
 PROVISION := $(BIN)/harness provision scenarios
 
 .PHONY: venv test test-4mb test-16mb test-matrix test-reliability lint bench-boot bench-ota \
-	bench-suite bench-memory clean docker-build docker-test-4mb docker-test-16mb
+	bench-suite bench-memory bench-reset clean docker-build docker-test-4mb docker-test-16mb
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -97,6 +97,9 @@ bench-suite: venv
 
 bench-memory: venv
 	$(BIN)/python bench/memory.py
+
+bench-reset: venv
+	$(BIN)/python bench/reset.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info artifacts
