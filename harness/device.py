@@ -93,12 +93,11 @@ class Device:
             said = [line for line in self.console.log.lines[-8:] if line.strip()]
             if timeout >= STALL_AFTER and said and said[-1].startswith("entry 0x"):
                 load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
-                stuck = "; ".join(map(str, self.stuck_cpus())) or "not known"
                 raise GuestStalled(
                     f"MicroPython never started: the emulated CPUs stalled after the "
-                    f"bootloader's `{said[-1]}` for {timeout:g}s ({stuck}; host load average "
-                    f"{load} on {os.cpu_count()} cores: likely the host or the emulator, not "
-                    f"the firmware); serial log {self.console.log.path}"
+                    f"bootloader's `{said[-1]}` for {timeout:g}s ({self.where_stuck()}; host "
+                    f"load average {load} on {os.cpu_count()} cores: likely the host or the "
+                    f"emulator, not the firmware); serial log {self.console.log.path}"
                 ) from exc
             raise
 
@@ -112,6 +111,19 @@ class Device:
         except HarnessError:  # a served board between two QEMUs
             return []
         return [a for a, b in zip(first, again, strict=False) if a == b]
+
+    def where_stuck(self) -> str:
+        """A guest that stopped answering, as QEMU sees its CPUs: one spinning at interrupt
+        level 4-5 (a high-level handler) while the other waits is a cross-CPU deadlock."""
+        stuck = self.stuck_cpus()
+        if not stuck:
+            return "where its CPUs are is not known"
+        where = f"the emulated CPUs are stuck: {'; '.join(map(str, stuck))}"
+        spinning = [c for c in stuck if c.intlevel >= 4]
+        if spinning:
+            where += (f"; CPU{spinning[0].cpu} spins in a high-level interrupt handler, "
+                      "a cross-CPU deadlock")  # fmt: skip
+        return where
 
     def running_partition(self) -> str:
         """The partition MicroPython runs from, as the device itself says."""

@@ -288,7 +288,7 @@ class Machine:
             return []
         try:
             text = self.qmp.cmd("human-monitor-command", **{"command-line": "info registers -a"})
-        except (QMPError, OSError):
+        except Exception:  # a diagnosis only: QMP errors, timeouts, a socket gone
             return []
         return [
             CpuState(int(cpu), int(pc, 16), int(ps, 16) & 0xF)

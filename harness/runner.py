@@ -312,19 +312,7 @@ class CellRun:
         retry policy have it."""
         if type(exc) is not DeviceTimeout or not stalls(self.cell):
             return exc
-        stuck = self.dev.stuck_cpus() if self.dev is not None else []
-        spinning = [c for c in stuck if c.intlevel >= 4]
-        where = (
-            f"the emulated CPUs are stuck ({'; '.join(map(str, stuck))})"
-            + (
-                f": CPU{spinning[0].cpu} spins in a high-level interrupt handler, a "
-                "cross-CPU deadlock"
-                if spinning
-                else ""
-            )
-            if stuck
-            else "the device stopped answering"
-        )
+        where = self.dev.where_stuck() if self.dev is not None else "the device stopped answering"
         stalled = GuestStalled(
             f"{exc}\n  {where}; builds before ESP-IDF 5.0.4 stall like this under QEMU 8.0 "
             "even on a quiet host (README: Known behaviour), the emulator, not the firmware"
