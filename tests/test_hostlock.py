@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from harness import device, hostlock
+from harness.errors import GuestStalled
 
 
 def test_an_exclusive_holder_keeps_others_out_and_is_not_starved(
@@ -51,13 +53,29 @@ def test_an_exclusive_holder_keeps_others_out_and_is_not_starved(
 
 @getattr(pytest.mark, "4mb")
 def test_a_build_that_stalls_on_a_shared_host_boots_beside_another(qemu, fw, build_image) -> None:
-    """v1.21.0 SPIRAM (ESP-IDF 5.0.2) stalled in 9 of 10 paired boots without the lock."""
+    """v1.21.0 SPIRAM (ESP-IDF 5.0.2) stalled in 9 of 10 paired boots without the lock.
+
+    With it, two threads booting it never emulate at once. Alone it still deadlocks now
+    and then (README: Known behaviour), so a boot may end in that named stall, never in
+    anything else, and most boots reach the REPL."""
     image = build_image(fw("SPIRAM-20231005-v1.21.0"), "4MB")
 
-    def boot(_: int) -> str:
-        with device.boot(image, qemu=qemu) as dev:
-            dev.wait_prompt(30)
-            return dev.running_partition()
+    def boot(_: int) -> tuple[float, float, str]:
+        with device.boot(image, qemu=qemu, watchdogs=False) as dev:
+            start = time.monotonic()
+            try:
+                dev.wait_prompt(30)
+                return start, time.monotonic(), dev.running_partition()
+            except GuestStalled as exc:
+                assert "interrupt level" in str(exc), exc  # where QEMU says the CPUs are
+                return start, time.monotonic(), "stalled"
 
     with ThreadPoolExecutor(2) as pool:
-        assert list(pool.map(boot, range(4))) == ["factory"] * 4
+        runs = sorted(pool.map(boot, range(4)))
+    for before, after in itertools.pairwise(runs):
+        assert before[1] <= after[0], (
+            f"two emulations of a build that must run alone overlapped: {runs}"
+        )
+    outcomes = [r[2] for r in runs]
+    assert set(outcomes) <= {"factory", "stalled"}, outcomes
+    assert outcomes.count("factory") >= 2, outcomes
