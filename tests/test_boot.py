@@ -9,9 +9,13 @@ import pytest
 from harness import device, images
 
 MB4, MB16 = getattr(pytest.mark, "4mb"), getattr(pytest.mark, "16mb")
+# Builds before ESP-IDF 5.0.4 deadlock in QEMU 8.0 now and then even alone (README: Known
+# behaviour). Like the matrix, they get three more attempts, on the retry policy's errors
+# only (the Makefile's --only-rerun): a wrong answer is never rerun.
+OLD_BUILD = pytest.mark.flaky(reruns=3)
 FIRMWARE = [
-    "ESP32_GENERIC-20230426-v1.20.0.bin",
-    "ESP32_GENERIC-SPIRAM-20231005-v1.21.0.bin",
+    pytest.param("ESP32_GENERIC-20230426-v1.20.0.bin", marks=OLD_BUILD),
+    pytest.param("ESP32_GENERIC-SPIRAM-20231005-v1.21.0.bin", marks=OLD_BUILD),
     "ESP32_GENERIC-OTA-20231227-v1.22.0.bin",
     "ESP32_GENERIC-20240602-v1.23.0.bin",
     "ESP32_GENERIC-20241025-v1.24.0.bin",
@@ -63,6 +67,7 @@ def test_boots_on_16mb_as_users_convert_it(name, layout, qemu, fw, build_image, 
 
 
 @MB4
+@OLD_BUILD
 def test_spiram_build_without_psram_names_the_psram_error(qemu, fw, build_image, tmp_path):
     """ESP-IDF 5.0 prints the PSRAM errors, bails out of PSRAM and still starts."""
     image = build_image(fw("SPIRAM"), "4MB")
@@ -74,6 +79,7 @@ def test_spiram_build_without_psram_names_the_psram_error(qemu, fw, build_image,
 
 
 @MB4
+@OLD_BUILD
 def test_spiram_build_with_psram_boots_clean(qemu, fw, build_image, tmp_path) -> None:
     image = build_image(fw("SPIRAM"), "4MB")
     with device.boot(image, qemu=qemu, artifacts=tmp_path) as dev:  # psram auto-detected
