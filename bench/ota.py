@@ -45,7 +45,7 @@ def main() -> int:
     ap.add_argument("--qemu")
     args = ap.parse_args()
     firmware = manifest.selector().entry(args.firmware).path
-    lib = Path(__file__).resolve().parent.parent / "tests" / "device_lib"
+    lib = Path(__file__).resolve().parent.parent / "scenarios" / "files" / "device_lib"
     with tempfile.TemporaryDirectory() as tmp:
         converted = images.convert(firmware.read_bytes(), ["-f", "16M", "--resize", "vfs=0"])
         app = Path(tmp) / "app.bin"

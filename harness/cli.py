@@ -25,6 +25,7 @@ from .errors import DeviceError, HarnessError, QemuNotFound
 from .qemu import find_qemu
 
 if TYPE_CHECKING:
+    from .manifest import Manifest
     from .scenario import Cell
 
 WATCHDOG_HELP = (
@@ -108,7 +109,7 @@ def cmd_boot(args: argparse.Namespace) -> int:
     ) as dev:
         if args.exec is None:
             return interact(dev)
-        dev.repl.wait_prompt(args.timeout)
+        dev.wait_prompt(args.timeout)  # a stall after the bootloader is named as one
         try:
             out = dev.repl.exec(args.exec, timeout=args.timeout)
         except DeviceError as exc:
@@ -132,7 +133,10 @@ def serve(image: Path, args: argparse.Namespace, psram: bool | None, watchdogs: 
         if not args.download:  # the port is handed out ready: MicroPython at its prompt
             dev.wait_prompt(args.timeout)
         print(f"serial: {board.relay.pty_path}")
-        print(f"rfc2217: {board.relay.rfc2217_url}", flush=True)
+        print(f"rfc2217: {board.relay.rfc2217_url}")
+        # esptool 5's default stub never starts under this QEMU (docs/known-behaviour.md)
+        print(f"esptool: ESPTOOL_STUB_VERSION=1 esptool --port {board.relay.rfc2217_url} "
+              "flash-id", flush=True)  # fmt: skip
         print("--- harness boot --pty: Ctrl-C or SIGTERM ends it ---", file=sys.stderr, flush=True)
         try:
             while not stop.wait(0.5):
@@ -388,6 +392,31 @@ def cmd_firmware_list(args: argparse.Namespace) -> int:
         for e in entries:
             pin = e.sha256 or "unpinned: sha256 recorded on first download"
             print(f"{e.id:<28} {e.file or '(file name from the download page)'}  {pin}")
+    if args.check_latest:
+        return check_latest(manifest.load_manifest(), args.base_url)
+    return 0
+
+
+def check_latest(known: Manifest, base_url: str | None) -> int:
+    """One line: is a release out that the manifest does not know? 1 when there is."""
+    from . import downloads
+
+    board = "ESP32_GENERIC"
+    newest_known = max((e.version for e in known.firmware if e.board == board),
+                       key=downloads.version_key)  # fmt: skip
+    try:
+        found = downloads.releases(board, base_url)
+    except HarnessError as exc:
+        print(f"latest release: could not check ({exc}); the manifest stops at {newest_known}")
+        return 0
+    newer = [v for v in found.versions if downloads.version_key(v) > downloads.version_key(
+        newest_known)]  # fmt: skip
+    if newer:
+        print(f"latest release: {', '.join(newer)} on {found.page} is newer than the manifest "
+              f"({newest_known}): add it to images/firmware.yaml")  # fmt: skip
+        return 1
+    print(f"latest release: the manifest is current ({newest_known}; newest on {found.page}: "
+          f"{found.newest or 'none listed'})")  # fmt: skip
     return 0
 
 
@@ -528,6 +557,10 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("--pinned", action="store_true", help="only entries with a sha256")
     listing.add_argument("--ids", action="store_true", help="entry ids, one per line")
     listing.add_argument("--json", action="store_true", help="entry ids as a JSON list")
+    listing.add_argument("--check-latest", action="store_true", help="also read micropython."
+                         "org's ESP32_GENERIC page and say if a release is newer than the "
+                         "manifest (exit 1 if so; offline: says it could not check)")  # fmt: skip
+    listing.add_argument("--base-url", help="a micropython.org mirror (--check-latest)")
     listing.set_defaults(func=cmd_firmware_list)
 
     rep = sub.add_parser("report", help="markdown table of the results in an artifacts folder")
@@ -568,6 +601,9 @@ def main(argv: list[str] | None = None) -> int:
         if detail:
             print(detail, file=sys.stderr)
         return exc.exit_code
+    except BrokenPipeError:  # `harness inspect FILE | head -1`: the reader has had enough
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no flush error at exit
+        return 128 + signal.SIGPIPE  # what a shell shows for a tool the pipe ended
     except OSError as exc:  # the machine's side: a full disk, a folder we may not write
         where = f": {exc.filename}" if exc.filename else ""
         print(f"error: {exc.strerror or exc}{where} (check free space and permissions)",

@@ -29,9 +29,9 @@ from typing import Literal
 from . import formats, hostlock, images, janitor
 from .board import Board
 from .console import RESET_BANNER, Console, log_lines
-from .errors import DeviceTimeout, GuestStalled, HarnessError
+from .errors import DeviceTimeout, GuestStalled, HarnessError, UnexpectedReset
 from .firmware import PSRAM_MARKER, app_idf_version, stalls_under_load
-from .qemu import CpuState, Machine, find_qemu
+from .qemu import WATCHDOGS, CpuState, Machine, find_qemu
 from .repl import Repl
 
 ResetKind = Literal["soft", "hard"]
@@ -92,12 +92,14 @@ class Device:
         except DeviceTimeout as exc:
             said = [line for line in self.console.log.lines[-8:] if line.strip()]
             if timeout >= STALL_AFTER and said and said[-1].startswith("entry 0x"):
-                load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+                load = os.getloadavg()
+                cores = os.cpu_count() or 1
+                cause = "the host" if load[0] >= cores else "the emulator"
                 raise GuestStalled(
                     f"MicroPython never started: the emulated CPUs stalled after the "
                     f"bootloader's `{said[-1]}` for {timeout:g}s ({self.where_stuck()}; host "
-                    f"load average {load} on {os.cpu_count()} cores: likely the host or the "
-                    f"emulator, not the firmware); serial log {self.console.log.path}"
+                    f"load average {', '.join(f'{x:.2f}' for x in load)} on {cores} cores: "
+                    f"likely {cause}, not the firmware); serial log {self.console.log.path}"
                 ) from exc
             raise
 
@@ -153,12 +155,36 @@ class Device:
         return self.await_boot(mark, until=until, timeout=timeout)
 
     def await_boot(self, mark: int, *, until: str = "prompt", timeout: float = 60.0) -> Boot:
-        """After a reset that something else caused: banner, prompt, the running partition."""
-        self.console.expect(RESET_BANNER, timeout, during="reset", fail_fast=False)
+        """After a reset that was asked for: banner, prompt, the running partition.
+
+        A watchdog reset among the resets is not the one asked for, whatever the step
+        expected: it raises WatchdogReset (the retry policy's), never passes as the reboot.
+        """
+        banner = self.console.expect(RESET_BANNER, timeout, during="reset", fail_fast=False)
+        self.check_requested_reset(banner.group(2).decode(), "the reboot")
         if until != "prompt":
             return Boot(None, log_lines(self.console.lines_since(mark)))
         self.wait_prompt(timeout)
+        for reason in reset_reasons(self.console.lines_since(mark)):
+            self.check_requested_reset(reason, "the boot after the reboot")
         return Boot(self.running_partition(), log_lines(self.console.lines_since(mark)))
+
+    def check_requested_reset(self, reason: str, during: str) -> None:
+        """A reset the step asked for is a software or power-on reset; a watchdog's is not."""
+        if "WDT" in reason:
+            load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+            raise UnexpectedReset.of(
+                f"a watchdog reset the device ({reason}) during {during}, not the reset the "
+                f"step asked for (under emulation the host may have starved QEMU; host load "
+                f"average {load} on {os.cpu_count()} cores); serial log {self.console.log.path}",
+                reason,
+            )
+
+
+def reset_reasons(lines: list[str]) -> list[str]:
+    """The ROM's reset reasons (SW_CPU_RESET, TG1WDT_SYS_RESET, ...) among serial lines."""
+    found = (RESET_BANNER.search(line.encode()) for line in lines)
+    return [m.group(2).decode() for m in found if m]
 
 
 @contextlib.contextmanager
@@ -170,7 +196,7 @@ def boot(
     artifacts: Path | None = None,
     run_dir: Path | None = None,
     data_channel: bool = False,
-    watchdogs: bool = True,
+    watchdogs: bool = WATCHDOGS,
     stage: Sequence[tuple[int, bytes]] = (),
     alone: bool | None = None,
     serve: bool = False,

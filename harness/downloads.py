@@ -232,16 +232,46 @@ def fetch_firmware(
     return cache / filename, True
 
 
-def _find_on_download_page(base: str, name: str, version: str, pattern: re.Pattern[str]) -> str:
-    """The dated file name of `name` `version` on the board's download page."""
-    page = f"{base}/download/{name.split('-')[0]}/"
+def _download_page(base: str, board: str) -> tuple[str, str]:
+    """(address, text) of micropython.org's download page of `board`."""
+    page = f"{base}/download/{board}/"
     try:
         with urllib.request.urlopen(page, timeout=30) as reply:
-            html = reply.read().decode("utf-8", "replace")
+            return page, reply.read().decode("utf-8", "replace")
     except (urllib.error.URLError, OSError, TimeoutError) as exc:
         reason = getattr(exc, "reason", None) or exc
         raise HarnessError(f"cannot read {page}: {reason} (offline?)") from None
+
+
+def _find_on_download_page(base: str, name: str, version: str, pattern: re.Pattern[str]) -> str:
+    """The dated file name of `name` `version` on the board's download page."""
+    page, html = _download_page(base, name.split("-")[0])
     found = sorted({m.group(0) for m in pattern.finditer(html)})
     if not found:
         raise HarnessError(f"{page} lists no {name} firmware {version}")
     return found[-1]
+
+
+def version_key(version: str) -> tuple[int, ...]:
+    """v1.29.0 -> (1, 29, 0), for comparing releases."""
+    return tuple(int(n) for n in re.findall(r"\d+", version)[:3])
+
+
+@dataclass(frozen=True)
+class Releases:
+    """The releases of one board that micropython.org's download page lists."""
+
+    page: str
+    versions: tuple[str, ...]  # oldest first; previews and nightly builds left out
+
+    @property
+    def newest(self) -> str | None:
+        return self.versions[-1] if self.versions else None
+
+
+def releases(board: str = "ESP32_GENERIC", base_url: str | None = None) -> Releases:
+    """What the board's download page offers (HarnessError, one line, when it cannot be read)."""
+    base = (base_url or os.environ.get("HARNESS_MICROPYTHON_URL") or MICROPYTHON_URL).rstrip("/")
+    page, html = _download_page(base, board)
+    found = re.findall(rf"\b{re.escape(board)}-\d{{8}}-(v\d+\.\d+\.\d+)\.(?:bin|app-bin)\b", html)
+    return Releases(page, tuple(sorted(set(found), key=version_key)))

@@ -28,6 +28,12 @@ def read_firmware(path: Path) -> bytes:
     """The firmware as it sits at 0x1000 (a whole flash image is accepted too)."""
     data = read_input(path)
     kind = formats.classify(data)
+    header = formats.ImageHeader.parse(data)
+    if kind == "firmware" and header is not None and header.chip != "esp32":
+        raise ImageError(
+            f"{path} is built for {header.chip}: QEMU's esp32 machine runs only ESP32 "
+            "images: give it an esp32 image (an ESP32_GENERIC build of the same release)"
+        )
     if kind == "flash":
         data = data[formats.BOOTLOADER_OFFSET :].rstrip(b"\xff")
     elif (

@@ -35,7 +35,12 @@ SECTOR = 0x1000
 APP_MAGIC = 0xE9
 TABLE_MAGIC = b"\xaa\x50"
 APP_DESC_MAGIC = 0xABCD5432
-CHIP_IDS = {0: "esp32", 2: "esp32s2", 5: "esp32c3", 9: "esp32s3", 12: "esp32c2", 13: "esp32c6"}
+CHIP_IDS = {0: "esp32", 2: "esp32s2", 5: "esp32c3", 9: "esp32s3", 12: "esp32c2", 13: "esp32c6",
+            16: "esp32h2", 18: "esp32p4", 20: "esp32c61", 23: "esp32c5"}  # fmt: skip
+# Where each chip's ROM looks for the second-stage bootloader (esptool's BOOTLOADER_FLASH_OFFSET):
+# 0x1000 on the ESP32 and ESP32-S2, 0x2000 on the P4 and C5, 0x0 on the others (C3, S3, C6,
+# H2, ...). A firmware .bin starts at its bootloader, so the table's place in the file differs.
+BOOTLOADER_OFFSETS = {"esp32": 0x1000, "esp32s2": 0x1000, "esp32p4": 0x2000, "esp32c5": 0x2000}
 FLASH_SIZE_CODES = {0: "1MB", 1: "2MB", 2: "4MB", 3: "8MB", 4: "16MB"}
 # The ESP32 bootloader keeps its own data and the ROM stack at the top of internal
 # DRAM; an app segment loading there is refused ("overlaps bootloader data/stack").
@@ -85,27 +90,44 @@ def first_segment_addr(data: bytes) -> int:
     return int.from_bytes(data[24:28], "little") if len(data) >= 28 else 0
 
 
+def bootloader_offset(chip: str) -> int:
+    """Where `chip`'s bootloader sits in flash (0x1000 on the ESP32, 0x0 on the C3, ...)."""
+    return BOOTLOADER_OFFSETS.get(chip, 0)
+
+
+def firmware_offset(data: bytes) -> int | None:
+    """Where a firmware file (it starts at its bootloader) goes in flash: its chip's
+    bootloader offset, or another one where that puts the partition table at 0x8000 (a
+    file laid out for another chip than its header names). None: no table either way."""
+    header = ImageHeader.parse(data)
+    first = bootloader_offset(header.chip) if header else BOOTLOADER_OFFSET
+    for offset in dict.fromkeys([first, *sorted(set(BOOTLOADER_OFFSETS.values()) | {0})]):
+        at = TABLE_OFFSET - offset
+        if data[at : at + 2] == TABLE_MAGIC:
+            return offset
+    return None
+
+
 def classify(data: bytes) -> FileKind:
-    """'flash' (whole image from 0), 'firmware' (bootloader+table+app from 0x1000),
-    'app', 'blank' or 'unknown'."""
+    """'flash' (a whole ESP32 flash image from 0), 'firmware' (bootloader, table and app
+    from the bootloader's offset: 0x1000 on the ESP32, 0x0 on the C3, S3, C6...), 'app',
+    'blank' or 'unknown'."""
     if not data or data.count(0xFF) == len(data):
         return "blank"
-    at_table = TABLE_OFFSET - BOOTLOADER_OFFSET
     whole = len(data) > TABLE_OFFSET + 2 and data[BOOTLOADER_OFFSET] == APP_MAGIC
-    if whole and data[TABLE_OFFSET : TABLE_OFFSET + 2] == TABLE_MAGIC:
+    if whole and data[0] != APP_MAGIC and data[TABLE_OFFSET : TABLE_OFFSET + 2] == TABLE_MAGIC:
         return "flash"
-    if data[0] == APP_MAGIC and data[at_table : at_table + 2] == TABLE_MAGIC:
-        return "firmware"
-    if data[0] == APP_MAGIC:
-        return "app"
-    return "unknown"
+    if data[0] != APP_MAGIC:
+        return "unknown"
+    return "firmware" if firmware_offset(data) is not None else "app"
 
 
 def as_flash(data: bytes) -> bytes:
-    """A firmware file as the flash sees it: shifted to its 0x1000 offset."""
+    """A firmware file as the flash sees it: shifted to its bootloader's offset."""
     kind = classify(data)
-    if kind == "firmware":
-        return b"\xff" * BOOTLOADER_OFFSET + data
+    offset = firmware_offset(data)
+    if kind == "firmware" and offset is not None:
+        return b"\xff" * offset + data
     if kind == "flash":
         return data
     raise ImageError(f"not a firmware or flash image (looks like: {kind})")
@@ -428,22 +450,27 @@ def app_description(app: bytes) -> AppDescription | None:
     return AppDescription(f"{text[1]} {text[0]}".strip() or None, text[2] or None)
 
 
-def check_app(data: bytes, slot_size: int | None = None) -> AppCheck:
-    """Parse one app image with esptool and apply the bootloader's checks."""
+def check_app(data: bytes, slot_size: int | None = None, chip: str = "esp32") -> AppCheck:
+    """Parse one app image with esptool and apply the bootloader's checks.
+
+    `chip`: the chip the image must be for (the bootloader's own, for an app in a slot).
+    The bootloader-memory rule is the ESP32's: other chips' images are parsed, not judged
+    by it.
+    """
     header = ImageHeader.parse(data)
     if header is None:
         first = f"0x{data[0]:02x}" if data else "nothing"
         return AppCheck(False, [f"invalid magic byte {first} (expected 0xe9): no app image here"])
     check = AppCheck(False, chip=header.chip, flash_size=header.flash_size)
     try:
-        image = _load_esptool_image(data)
+        image = _load_esptool_image(data, header.chip)
     except (struct.error, ValueError, IndexError) as exc:
         check.problems.append(f"image is cut short or malformed: {exc}")
         return check
     for seg in image.segments:
         end = seg.addr + len(seg.data)
         check.segments.append(Segment(seg.addr, f"0x{seg.addr:08x}", len(seg.data)))
-        if BOOTLOADER_DRAM[0] <= seg.addr < BOOTLOADER_DRAM[1]:
+        if header.chip == "esp32" and BOOTLOADER_DRAM[0] <= seg.addr < BOOTLOADER_DRAM[1]:
             check.problems.append(
                 f"segment at 0x{seg.addr:08x}-0x{end:08x} loads into the bootloader's own "
                 "memory: the bootloader refuses it (overlaps bootloader data)"
@@ -461,8 +488,8 @@ def check_app(data: bytes, slot_size: int | None = None) -> AppCheck:
         check.sha256_ok = image.stored_digest == image.calc_digest
         if not check.sha256_ok:
             check.problems.append("appended SHA-256 does not match (Image hash failed)")
-    if check.chip != "esp32":
-        check.problems.append(f"built for {check.chip}, not esp32")
+    if check.chip != chip:
+        check.problems.append(f"built for {check.chip}, not {chip}")
     if slot_size is not None and length > slot_size:
         check.problems.append(f"image length {length} does not fit its slot of {slot_size} bytes")
     desc = app_description(data)
@@ -472,12 +499,12 @@ def check_app(data: bytes, slot_size: int | None = None) -> AppCheck:
     return check
 
 
-def _load_esptool_image(data: bytes) -> BaseFirmwareImage:
+def _load_esptool_image(data: bytes, chip: str) -> BaseFirmwareImage:
     """esptool is imported here, not at the top: booting never needs it (50 ms)."""
     from esptool.bin_image import LoadFirmwareImage
     from esptool.util import FatalError
 
     try:
-        return LoadFirmwareImage("esp32", data)
+        return LoadFirmwareImage(chip if chip != "unknown" else "esp32", data)
     except FatalError as exc:
         raise ValueError(str(exc)) from None

@@ -286,10 +286,10 @@ def _make_flash(recipe: Recipe, firmware: bytes, out: Path) -> tuple[bytes, Buil
         if region is not None:
             _make_fs(flash, region, recipe, facts, size)
     for name, path in recipe.writes:
-        part, data = _partition(table, name), read_input(path)
-        if part.offset + len(data) > size:
+        offset, data = _offset(table, region, name), read_input(path)
+        if offset + len(data) > size:
             raise ImageError(f"{path.name} written at {name} runs past the end of the flash")
-        flash[part.offset : part.offset + len(data)] = data
+        flash[offset : offset + len(data)] = data
     data = bytes(flash)
     return data, BuiltImage(
         out, len(data), hashlib.sha256(data).hexdigest(), str(recipe.firmware), facts.version,
@@ -367,12 +367,16 @@ def convert(
     raise ImageError(f"{command} failed: {said}{why}")
 
 
-def _partition(table: formats.PartitionTable, name: str) -> formats.Partition:
+def _offset(table: formats.PartitionTable, region: formats.FsRegion | None, name: str) -> int:
+    """Where a write named `name` goes: a partition, or the filesystem region (`vfs`) that
+    releases from v1.26 make at boot without a line in the table."""
     part = table.get(name)
-    if part is None:
-        raise ImageError(f"the image has no partition named {name!r} (it has: "
-                         f"{', '.join(table.names())})")  # fmt: skip
-    return part
+    if part is not None:
+        return part.offset
+    if region is not None and name == region.label:
+        return region.offset
+    raise ImageError(f"the image has no partition named {name!r} (it has: "
+                     f"{', '.join(table.names())})")  # fmt: skip
 
 
 def _write_partition(flash: bytearray, part: formats.Partition, data: bytes, src: Path) -> None:

@@ -115,7 +115,9 @@ def examine(path: Path, data: bytes | None = None) -> FileReport:
         rep.ota_payload = PayloadVerdict(app.ok, payload_verdict(kind, app))
     elif kind in ("firmware", "flash"):
         flash = formats.as_flash(data)
-        boot = formats.check_app(flash[formats.BOOTLOADER_OFFSET :])
+        at = formats.BOOTLOADER_OFFSET if kind == "flash" else formats.firmware_offset(data) or 0
+        header = formats.ImageHeader.parse(flash[at:])
+        boot = formats.check_app(flash[at:], chip=header.chip if header else "esp32")
         rep.chip, rep.flash_size = boot.chip, boot.flash_size
         rep.table = formats.parse_table(flash)
         rep.otadata = formats.read_otadata(flash, rep.table)
@@ -123,7 +125,7 @@ def examine(path: Path, data: bytes | None = None) -> FileReport:
         # the bootloader reads an image's segments wherever they lead, even past its
         # slot's end, and only then compares the length with the slot
         rep.slots = {
-            p.name: _slot(flash[p.offset :], p.size)
+            p.name: _slot(flash[p.offset :], p.size, boot.chip or "esp32")
             for p in rep.table
             if p.is_app and p.offset < len(flash)
         }
@@ -143,12 +145,12 @@ def _size_bytes(name: str | None) -> int | None:
     return int(name.removesuffix("MB")) << 20 if name else None
 
 
-def _slot(data: bytes, size: int) -> SlotReport:
+def _slot(data: bytes, size: int, chip: str) -> SlotReport:
     if data[:1] != bytes([formats.APP_MAGIC]):
         state = "blank" if data[:4096].count(0xFF) == len(data[:4096]) else "no app image"
         return SlotReport(state, formats.AppCheck(False, [f"{state}: invalid magic byte"]))
     kind = "firmware" if formats.classify(data[:size]) == "firmware" else "app"
-    return SlotReport(kind, formats.check_app(data, size))
+    return SlotReport(kind, formats.check_app(data, size, chip))
 
 
 def payload_verdict(kind: str, first: formats.AppCheck) -> str:
@@ -160,6 +162,12 @@ def payload_verdict(kind: str, first: formats.AppCheck) -> str:
     if kind not in ("firmware", "flash"):
         return f"not an app image ({kind})"
     seg0 = first.segments[0].addr_hex if first.segments else "?"
+    if first.chip != "esp32":
+        return (
+            f"this is a full firmware image for {first.chip} (bootloader + partition table + "
+            "app), not an app image: an OTA slot takes the app alone (micropython.bin / "
+            "`mp-image-tool-esp32 FILE -x`); QEMU's esp32 machine runs only ESP32 images"
+        )
     return (
         f"this is a {'whole flash' if kind == 'flash' else 'full firmware'} image "
         "(bootloader + partition table + app), not an app image: its first segment loads "
@@ -176,10 +184,13 @@ def _summary(rep: FileReport) -> str:
         return what + ("" if app.ok else f" — PROBLEMS: {'; '.join(app.problems)}")
     if rep.kind in ("firmware", "flash"):
         slot = rep.boot.slot if rep.boot else None
+        first = next((s.check for s in rep.slots.values() if s.kind == "app"), None)
+        built = (f", app built with ESP-IDF {first.idf_version} on {first.built}"
+                 if first is not None and first.idf_version else "")  # fmt: skip
         return (
             f"{'whole flash image' if rep.kind == 'flash' else 'full firmware image'} "
             f"(bootloader + partition table + app) for {rep.chip}, "
-            f"{rep.flash_size} flash; bootloader will pick {slot}"
+            f"{rep.flash_size} flash{built}; bootloader will pick {slot}"
         )
     return f"{rep.kind}: not an ESP32 image"
 

@@ -42,8 +42,8 @@ from pathlib import Path
 from typing import Literal
 
 from . import formats, inspector
-from .console import RESET_BANNER, log_lines
-from .device import Device
+from .console import log_lines
+from .device import Device, reset_reasons
 from .errors import DeviceError, DeviceTimeout, HarnessError
 
 Select = Literal["set_boot", "otadata", "none"]
@@ -251,21 +251,19 @@ def run_library(
         dev.repl.exec(REMOUNT % vfs_readsize)
     mark = dev.console.mark()
     dev.repl.exec_start(command, deadline.left(f"running {command!r}"))
-    end = dev.console.expect(
-        [RESET_BANNER, rb"\x04([^\x04]*)\x04>"],
-        deadline.left(f"running {command!r}"),
-        during=f"running {command!r}",
-        fail_fast=False,
-    )
-    if end.re is RESET_BANNER:
+    end = dev.repl.exec_finish_or_reset(deadline.left(f"running {command!r}"),
+                                        during=f"running {command!r}")  # fmt: skip
+    if end.reset is not None:
+        dev.check_requested_reset(end.reset, f"running {command!r}")
         report.rebooted = True
         dev.wait_prompt(min(60, deadline.left("the reboot")))
+        for reason in reset_reasons(dev.console.lines_since(mark))[1:]:
+            dev.check_requested_reset(reason, "the boot after the library's reboot")
         report.output = _printable("\n".join(dev.console.lines_since(mark)))
     else:  # the command returned instead of rebooting
-        report.output = dev.console.before.decode("utf-8", "replace")
-        if end.group(1):
-            raise DeviceError(end.group(1).decode("utf-8", "replace"), report.output)
-        dev.repl.raw = True
+        report.output = end.out
+        if end.err:
+            raise DeviceError(end.err, report.output)
     report.timings.library_s = deadline.elapsed()
     _after_boot(dev, report, mark, confirm)
     report.timings.total_s = deadline.elapsed()

@@ -144,7 +144,7 @@ class Machine:
         run_dir: Path,
         *,
         psram: bool = False,
-        watchdogs: bool = True,
+        watchdogs: bool = WATCHDOGS,
         download: bool = False,
         data_channel: bool = False,
         extra_args: list[str] | None = None,
@@ -281,15 +281,19 @@ class Machine:
             raise QemuCrashed(message + " (QEMU itself crashed: a QEMU bug, not the firmware)")
         raise QemuExited(message)
 
-    def cpu_states(self) -> list[CpuState]:
+    def cpu_states(self, timeout: float = 3.0) -> list[CpuState]:
         """Each emulated CPU's PC and interrupt level (HMP `info registers -a`): where a
-        guest that stopped answering is stuck. Empty when QEMU cannot say."""
+        guest that stopped answering is stuck. Empty when QEMU cannot say within `timeout`
+        (a starved host can keep QEMU's monitor from answering too)."""
         if self.qmp is None or self.exit_status() is not None:
             return []
+        self.qmp.settimeout(timeout)
         try:
             text = self.qmp.cmd("human-monitor-command", **{"command-line": "info registers -a"})
         except Exception:  # a diagnosis only: QMP errors, timeouts, a socket gone
             return []
+        finally:
+            self.qmp.settimeout(None)
         return [
             CpuState(int(cpu), int(pc, 16), int(ps, 16) & 0xF)
             for cpu, pc, ps in _CPU_REGS.findall(str(text))

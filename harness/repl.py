@@ -16,8 +16,9 @@ import base64
 import re
 import struct
 import time
+from dataclasses import dataclass
 
-from .console import Console
+from .console import RESET_BANNER, Console
 from .errors import DeviceError, DeviceTimeout, HarnessError
 
 CTRL_A, CTRL_B, CTRL_C, CTRL_D, CTRL_E = b"\x01", b"\x02", b"\x03", b"\x04", b"\x05"
@@ -26,18 +27,37 @@ RAW_BANNER = b"raw REPL; CTRL-B to exit\r\n>"
 SOFT_REBOOT = b"MPY: soft reboot"
 
 
+@dataclass(frozen=True)
+class Ended:
+    """How pasted code ended: it returned (stdout, stderr), or the device reset."""
+
+    out: str = ""
+    err: str = ""
+    reset: str | None = None  # the ROM's reset reason (SW_CPU_RESET, ...) when it reset
+
+
 class Repl:
     """Drive MicroPython's REPL on one console."""
 
     def __init__(self, console: Console):
         self.console = console
         self.raw = False
+        self.known = True  # False: someone else had the port; wake the REPL before use
+
+    def forget_state(self) -> None:
+        """Another client had the port (or reset the board): the REPL's mode, and whether
+        MicroPython is up at all, are unknown until the next use wakes it."""
+        self.raw, self.known = False, False
+
+    def _ready(self, timeout: float) -> None:
+        if not self.known:
+            self.wake(max(15.0, timeout))
 
     # -- friendly REPL -------------------------------------------------------------
     def wait_prompt(self, timeout: float = 30.0) -> None:
         """Wait for `>>> ` after power-on or reset (fails fast on crash or boot loop)."""
         self.console.expect(PROMPT, timeout, during="boot to the >>> prompt")
-        self.raw = False
+        self.raw, self.known = False, True
 
     def wake(self, timeout: float = 15.0, every: float = 1.0) -> None:
         """Get the prompt back from a board in an unknown state (a client just left it,
@@ -50,7 +70,7 @@ class Repl:
             try:
                 wait = max(0.1, min(every, deadline - time.monotonic()))
                 self.console.expect(PROMPT, wait, during="waking the REPL")
-                self.raw = False
+                self.raw, self.known = False, True
                 return
             except DeviceTimeout:
                 if time.monotonic() >= deadline:
@@ -60,6 +80,7 @@ class Repl:
         """Type one line at the friendly prompt; return what it printed."""
         if "\n" in code or "\r" in code:
             raise HarnessError("Repl.line takes one line; use Repl.exec for multi-line code")
+        self._ready(timeout)
         self._leave_raw()
         self.console.send(code.encode() + b"\r")
         self.console.expect(
@@ -70,6 +91,7 @@ class Repl:
 
     def soft_reset(self, timeout: float = 30.0) -> None:
         """Ctrl-D at the friendly prompt: MicroPython restarts, hardware does not."""
+        self._ready(timeout)
         self._leave_raw()
         self.console.send(CTRL_D)
         self.console.expect(SOFT_REBOOT, timeout, during="soft reset")
@@ -104,6 +126,7 @@ class Repl:
 
     def exec_start(self, code: str | bytes, timeout: float = 30.0) -> None:
         """Paste `code` and let it run; `exec_finish` collects its output later."""
+        self._ready(timeout)
         self._enter_raw(timeout)
         self._paste(code.encode() if isinstance(code, str) else code, timeout)
 
@@ -116,6 +139,16 @@ class Repl:
         err = con.before
         con.expect(b">", timeout, during="raw-paste execution (prompt)", resets=False)
         return _text(out), _text(err)
+
+    def exec_finish_or_reset(self, timeout: float, during: str) -> Ended:
+        """Wait for pasted code that may reset the device (an OTA library's reboot): its
+        output when it returns, or the ROM's reset reason when the device resets."""
+        end = self.console.expect([RESET_BANNER, rb"\x04([^\x04]*)\x04>"], timeout,
+                                  during=during, fail_fast=False)  # fmt: skip
+        if end.re is RESET_BANNER:
+            self.raw = False
+            return Ended(reset=end.group(2).decode())
+        return Ended(_text(self.console.before), _text(end.group(1)))
 
     def _enter_raw(self, timeout: float) -> None:
         # the caller's timeout, not a short fixed one: a loaded host can hold the

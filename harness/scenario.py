@@ -185,7 +185,9 @@ class Scenario(BaseModel):
         ]
 
     def _context(self, firmware_dir: Path) -> dict[str, str]:
-        context = {"firmware_dir": str(firmware_dir), "scenario_dir": str(self.path.parent)}
+        # host paths are absolute: `run` commands execute in the run folder, not here
+        context = {"firmware_dir": str(firmware_dir.resolve()),
+                   "scenario_dir": str(self.path.parent.resolve())}  # fmt: skip
         for key, value in self.vars.items():
             context[key] = self._expand(value, context, ("vars", key))
         return context

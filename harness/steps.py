@@ -13,6 +13,7 @@ the device, the cell's payloads and files, and the serial cursor `expect` moves.
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from collections.abc import Callable
@@ -442,10 +443,20 @@ def write_otadata(run: Run, args: WriteOtadataArgs) -> OtadataDetail:
     return OtadataDetail(dev.flash_state())
 
 
+# esptool 5's default flasher stub (v2) never starts on this QEMU's UART model (docs:
+# known behaviour); the legacy stub does. Set for every `run` command unless the
+# scenario's `env` or the user's environment says otherwise.
+HOST_ENV_DEFAULTS = {"ESPTOOL_STUB_VERSION": "1"}
+
+
 class RunArgs(Args):
     """Run a host command against the board: `${port}` is its pty, `${rfc2217}` its
-    RFC2217 URL (esptool's resets work there). The exit status must be `exit_code`; the
-    output must contain each of `expect` and match `match`. `timeout` bounds it."""
+    RFC2217 URL (esptool's resets work there). It runs in the cell's run folder (its
+    artifacts); host paths in a scenario are absolute (`${scenario_dir}`). The exit status
+    must be `exit_code`; the output must contain each of `expect` and match `match`.
+    `timeout` bounds it. After it, nothing is asked of the board: the next steps say what
+    it should show (a command may leave it unable to boot, which a reproduction is about).
+    """
 
     command: str
     exit_code: int = 0
@@ -472,12 +483,12 @@ def run_command(run: Run, args: RunArgs) -> CommandDetail:
     board = dev.board
     assert board is not None  # the runner serves the port to every cell with a run step
     cycles = board.cycles
-    result = hostcommand.run(args.command, timeout=args.timeout, env=args.env, cwd=dev.run_dir)
-    dev.repl.raw = False  # the client may have left the REPL in any mode
+    defaults = {k: v for k, v in HOST_ENV_DEFAULTS.items() if k not in os.environ}
+    env = {**defaults, **args.env}
+    result = hostcommand.run(args.command, timeout=args.timeout, env=env, cwd=dev.run_dir)
+    dev.repl.forget_state()  # the client may have left it in any mode, or reset the board
     dev.console.drain()
     made = board.cycles - cycles
-    if made and not board.download:  # esptool's hard reset: MicroPython boots again
-        dev.wait_prompt(30)
     tail = "\n".join(result.output.splitlines()[-15:])
     detail = CommandDetail(result.command, result.exit_code, result.elapsed_s, tail, made)
     if result.exit_code != args.exit_code:

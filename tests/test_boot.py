@@ -5,8 +5,11 @@ from __future__ import annotations
 import re
 
 import pytest
+from guest_code import ARM_TG1_WDT
 
 from harness import device, images
+from harness.console import RESET_BANNER
+from harness.errors import DeviceTimeout
 
 MB4, MB16 = getattr(pytest.mark, "4mb"), getattr(pytest.mark, "16mb")
 # Builds before ESP-IDF 5.0.4 deadlock in QEMU 8.0 now and then even alone (README: Known
@@ -102,3 +105,16 @@ def test_the_machine_says_where_each_cpu_is(qemu, fw, build_image, tmp_path) -> 
         assert all(0x4000_0000 <= s.pc < 0x40C0_0000 and s.intlevel < 4 for s in states), states
         dev.machine.stop()
         assert dev.machine.cpu_states() == []  # QEMU gone: nothing to say, no error
+
+
+@MB4
+def test_the_library_api_boots_with_the_watchdogs_off_unless_told(qemu, fw, build_image, tmp_path):
+    """One default for every entry point: device.boot() as the CLI and the plugin, off.
+    Armed by hand and starved, timer group 1's watchdog then never resets the guest."""
+    image = build_image(fw("OTA-20250415-v1.25.0"), "4MB")
+    with device.boot(image, qemu=qemu, artifacts=tmp_path) as dev:
+        dev.wait_prompt(30)
+        assert "wdt_disable,value=true" in (dev.run_dir / "qemu-cmdline.txt").read_text()
+        dev.repl.exec_start(ARM_TG1_WDT)
+        with pytest.raises(DeviceTimeout):
+            dev.console.expect(RESET_BANNER, 3, during="a starved watchdog", fail_fast=False)

@@ -77,3 +77,15 @@ def test_inspect_json_is_stable_and_says_what_the_file_is(firmware_dir, name, ki
             "nvs", "otadata", "phy_init", "ota_0", "ota_1"]  # fmt: skip
         assert rep["boot"]["slot"] == "ota_0"
         assert "not an app image" in rep["ota_payload"]["verdict"]
+
+
+def test_a_closed_pipe_ends_the_command_quietly(fw) -> None:
+    """`harness inspect FILE | head -1`: the reader left; no error line, SIGPIPE's status."""
+    proc = subprocess.Popen([sys.executable, "-m", "harness", "inspect", "--json",
+                             str(fw("OTA-20250415-v1.25.0"))],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # before the command writes a byte
+    err = proc.stderr.read().decode()
+    assert proc.wait(60) == 141
+    assert err == ""

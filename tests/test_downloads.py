@@ -194,3 +194,35 @@ def test_firmware_fetch_refuses_what_is_not_firmware(server, tmp_path: Path) -> 
                   "--base-url", url, env={})  # fmt: skip
     one_line_error(run, "not an ESP32 firmware image; not kept")
     assert not list(cache.glob("*.bin"))
+
+
+def _serve_releases(root: Path, versions: list[str]) -> None:
+    page = root / "download" / "ESP32_GENERIC"
+    page.mkdir(parents=True, exist_ok=True)
+    links = [f'<a href="/resources/firmware/ESP32_GENERIC-20260101-{v}.bin">{v}</a>'
+             for v in versions]  # fmt: skip
+    links.append('<a href="/resources/firmware/ESP32_GENERIC-20261130-v1.31.0-preview.12.g1.bin">')
+    (page / "index.html").write_text("\n".join(links) + "\n")
+
+
+def test_firmware_list_shows_the_newest_release_and_checks_for_a_newer_one(
+    server, tmp_path: Path
+) -> None:
+    url, root = server
+    listing = harness("firmware", "list", env={})
+    assert listing.returncode == 0
+    assert "ESP32_GENERIC@v1.29.0        ESP32_GENERIC-20260824-v1.29.0.bin" in listing.stdout
+    _serve_releases(root, ["v1.28.0", "v1.29.0"])
+    run = harness("firmware", "list", "--check-latest", "--base-url", url, env={})
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.splitlines()[-1].startswith("latest release: the manifest is current")
+    _serve_releases(root, ["v1.28.0", "v1.29.0", "v1.30.0"])  # a preview is not a release
+    run = harness("firmware", "list", "--check-latest", "--base-url", url, env={})
+    assert run.returncode == 1
+    last = run.stdout.splitlines()[-1]
+    assert "v1.30.0 on" in last and "newer than the manifest (v1.29.0)" in last, last
+    assert "preview" not in last
+    offline = harness("firmware", "list", "--check-latest", "--base-url", closed_port_url(),
+                      env={})  # fmt: skip
+    assert offline.returncode == 0
+    assert offline.stdout.splitlines()[-1].startswith("latest release: could not check (cannot")

@@ -15,8 +15,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from guest_code import ARM_TG1_WDT
 
 from harness import device, images, inspector, ota
+from harness.errors import WatchdogReset
 
 NOT_BOOTABLE = "boot: OTA app partition slot 1 is not bootable"
 
@@ -60,7 +62,7 @@ def test_users_library_from_file_reproduces_the_report(
     qemu, fw, build_image, payloads, tmp_path
 ) -> None:
     """The reporter's flow: the full image as /fw.bin in the vfs, `ota.update.from_file()`."""
-    lib = Path(__file__).parent / "device_lib"
+    lib = Path(__file__).parent.parent / "scenarios" / "files" / "device_lib"
     full = payloads["16MB"]["full"]
     image = build_image(fw("OTA-20250415-v1.25.0"), "16MB",
                         vfs_files=((lib, "/lib"), (full, "/fw.bin")))  # fmt: skip
@@ -76,3 +78,16 @@ def test_users_library_from_file_reproduces_the_report(
     assert NOT_BOOTABLE in report.bootloader_lines[1]
     assert report.booted == "ota_0"
     assert report.after.states()[1] == "PENDING_VERIFY"
+
+
+@getattr(pytest.mark, "4mb")
+def test_a_watchdog_reset_in_a_library_update_is_named_not_taken_for_its_reboot(
+    qemu, fw, build_image, payloads, tmp_path
+) -> None:
+    """A step that expects a reboot and sees a watchdog reset raises WatchdogReset, which
+    the retry policy reruns; only a software reset is the reboot the library asked for."""
+    image = build_image(fw("OTA-20250415-v1.25.0"), "4MB")
+    with device.boot(image, qemu=qemu, artifacts=tmp_path, watchdogs=True) as dev:
+        dev.wait_prompt(30)
+        with pytest.raises(WatchdogReset, match=r"TG1WDT_SYS_RESET.*not the reset the step"):
+            ota.run_library(dev, payloads["4MB"]["app"], ARM_TG1_WDT, timeout=60)

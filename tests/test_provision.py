@@ -135,5 +135,5 @@ def test_the_nightly_releases_come_from_the_manifest_and_reach_the_newest() -> N
                           "--json"], capture_output=True, text=True, timeout=60)  # fmt: skip
     assert run.returncode == 0, run.stderr
     releases = json.loads(run.stdout)
-    assert releases[-1] == "ESP32_GENERIC-OTA@v1.28.0"
+    assert releases[-1] == "ESP32_GENERIC-OTA@v1.29.0"
     assert "ESP32_GENERIC-OTA@v1.26.0" in releases and "ESP32_GENERIC-OTA@v1.25.0" in releases

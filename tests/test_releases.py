@@ -20,7 +20,7 @@ from harness.errors import ImageError
 MB4, MB16 = getattr(pytest.mark, "4mb"), getattr(pytest.mark, "16mb")
 V127 = "ESP32_GENERIC-20251209-v1.27.0.bin"
 V125 = "ESP32_GENERIC-OTA-20250415-v1.25.0.bin"
-LIB = Path(__file__).parent / "device_lib"
+LIB = Path(__file__).parent.parent / "scenarios" / "files" / "device_lib"
 COMMAND = "import ota.update\nota.update.from_file('/fw.bin', reboot=True)"
 VFS_INFO = (
     "import esp32\n"

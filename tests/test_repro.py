@@ -112,7 +112,7 @@ def test_repro_exit_codes_tell_reproduced_not_reproduced_and_could_not_run(
                           capture_output=True, text=True, timeout=300)  # fmt: skip
     assert good.returncode == 1, good.stdout + good.stderr  # a good update: not reproduced
     assert "reproduced: no, serial output never showed 'overlaps bootloader data'" in good.stdout
-    lib = Path(__file__).parent / "device_lib"
+    lib = Path(__file__).parent.parent / "scenarios" / "files" / "device_lib"
     cannot = subprocess.run(
         [*base, "--update", str(firmware), "--device-lib", str(lib),
          "--command", "import ota.update; ota.update.from_file('/fw.bin')"],

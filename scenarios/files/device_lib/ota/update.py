@@ -53,3 +53,17 @@ def from_file(filename, sha="", length=0, verify=True, verbose=True, reboot=True
         print("OTA complete: %d bytes written to %s" % (written, part.info()[4]))
     if reboot:
         machine.reset()
+
+
+def remove_stale_lib(frozen, lib="/lib"):
+    """Delete the /lib copies of modules the new build freezes (`frozen`: their names, as
+    the update's manifest lists them), so an old copy cannot shadow the new one."""
+    import os
+
+    for name in frozen:
+        for path in ("%s/%s.py" % (lib, name), "%s/%s.mpy" % (lib, name)):
+            try:
+                os.remove(path)
+                print("removed stale", path)
+            except OSError:
+                pass
