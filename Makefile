@@ -24,7 +24,7 @@ RUN = $(PYTEST) -q -n $(WORKERS) --retries $(RETRIES)
 # The main job gets what it needs first, or stops with one line saying what is missing.
 PROVISION := $(BIN)/harness provision scenarios
 
-.PHONY: venv test test-4mb test-16mb test-matrix test-reliability lint bench-boot bench-ota \
+.PHONY: venv test test-4mb test-16mb test-matrix test-reliability lint docs bench-boot bench-ota \
 	bench-suite bench-memory bench-reset clean docker-build docker-test-4mb docker-test-16mb
 
 $(STAMP): pyproject.toml
@@ -60,11 +60,11 @@ test-matrix: venv
 	$(PROVISION) $$fw && $(RUN) scenarios $$fw
 
 ## the long runs: 120 kills, 40 repeats of the starting report, host load, the report with
-## mpremote moving every byte (about 45 min)
+## mpremote moving every byte, the user's library on today's release (about 50 min)
 test-reliability: venv
 	$(PYTEST) -q -s -m slow tests
 
-## Docker: Espressif's pinned QEMU release inside; build args come from harness/downloads.py
+## Docker: Espressif's pinned QEMU release inside; build args come from harness/sources/downloads.py
 DOCKER_IMAGE ?= esp32-ota-harness
 DOCKER_FIRMWARE = $(if $(HARNESS_FIRMWARE_DIR),-v $(HARNESS_FIRMWARE_DIR):/firmware:ro,)
 DOCKER_RUN = docker run --rm --user $$(id -u):$$(id -g) $(DOCKER_FIRMWARE) \
@@ -72,7 +72,7 @@ DOCKER_RUN = docker run --rm --user $$(id -u):$$(id -g) $(DOCKER_FIRMWARE) \
 
 docker-build: venv
 	docker build -f docker/Dockerfile -t $(DOCKER_IMAGE) $$($(BIN)/python -c \
-	  "from harness.downloads import docker_build_args as a; print(' '.join(f'--build-arg {k}={v}' for k, v in a().items()))") .
+	  "from harness.sources.downloads import docker_build_args as a; print(' '.join(f'--build-arg {k}={v}' for k, v in a().items()))") .
 
 docker-test-16mb docker-test-4mb: docker-test-%:
 	mkdir -p artifacts
@@ -85,6 +85,10 @@ lint: venv
 	$(BIN)/mypy harness
 	$(BIN)/check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/*.yml
 	if [ -x $(BIN)/hadolint ]; then $(BIN)/hadolint docker/Dockerfile; fi
+
+## the step reference in docs/scenarios.md, made from the step formats (a test checks it)
+docs: venv
+	$(BIN)/python -c "from pathlib import Path; from harness.scenario.reference import with_reference as w; p = Path('docs/scenarios.md'); p.write_text(w(p.read_text()))"
 
 bench-boot: venv
 	$(BIN)/python bench/boot.py

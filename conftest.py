@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from harness import images
-from harness.manifest import FirmwareSelector, FirmwareUnavailable
+from harness.flash import images
+from harness.flash.size import FlashSize
+from harness.sources.manifest import FirmwareSelector, FirmwareUnavailable
 
 
 def _hashes(folder: Path | None) -> dict[str, str]:
@@ -95,7 +96,7 @@ def build_image(image_cache: Path) -> Callable[..., Path]:
     """build_image(firmware, '16MB', layout='ota', ...) -> a cached flash image."""
 
     def build(path: Path, size: str | None = None, **kwargs: object) -> Path:
-        size_bytes = images.parse_flash_size(size) if size else None
+        size_bytes = FlashSize.emulated(size) if size else None
         return images.build(images.Recipe(path, size_bytes, **kwargs), image_cache)  # type: ignore[arg-type]
 
     return build

@@ -26,8 +26,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from harness import images, manifest
-from harness.qemu import find_qemu
+from harness.emulator.qemu import find_qemu
+from harness.flash import images
+from harness.flash.size import FlashSize
+from harness.sources import manifest
 
 BARE = """
 import sys, pexpect
@@ -77,7 +79,7 @@ def main() -> int:
     args = ap.parse_args()
     qemu = find_qemu(args.qemu)
     firmware = manifest.selector().entry(args.firmware).path
-    image = images.build(images.Recipe(firmware, 16 * images.MB))
+    image = images.build(images.Recipe(firmware, FlashSize(16)))
     harness = [sys.executable, "-m", "harness", "boot", str(image), "--exec", "print(1)",
                "--qemu", str(qemu)]  # fmt: skip
     peer = peers()

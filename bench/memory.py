@@ -15,7 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from harness import manifest
+from harness.sources import manifest
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -20,7 +20,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from harness import device, formats, images, manifest, ota
+from harness.emulator import device, ota, policy
+from harness.emulator.device import BootOptions
+from harness.flash import formats, images
+from harness.flash.size import FlashSize
+from harness.sources import manifest
 
 FLOOR = """
 import esp32, time
@@ -52,11 +56,11 @@ def main() -> int:
         app.write_bytes(images.convert(converted, ["-x"]))
         size = app.stat().st_size
         print(f"OTA of {size} bytes (v1.25.0 app) on a 16MB image, {time.strftime('%F')}")
-        plain = images.build(images.Recipe(firmware, 16 * images.MB))
+        plain = images.build(images.Recipe(firmware, FlashSize(16)))
         with_file = images.build(images.Recipe(
-            firmware, 16 * images.MB, vfs_files=((lib, "/lib"), (app, "/fw.bin"))))  # fmt: skip
+            firmware, FlashSize(16), vfs_files=((lib, "/lib"), (app, "/fw.bin"))))  # fmt: skip
         rows: dict[str, float] = {}
-        with device.boot(plain, qemu=args.qemu, data_channel=True) as dev:
+        with device.boot(plain, BootOptions(policy.for_image(plain), qemu=args.qemu)) as dev:
             dev.wait_prompt(30)
             start = time.monotonic()
             report = ota.update(dev, app)
@@ -66,7 +70,9 @@ def main() -> int:
         ota_1 = formats.parse_table(plain.read_bytes()).get("ota_1")
         assert ota_1 is not None
         stage = [(ota_1.offset, ota.staged_bytes(app, ota_1))]
-        with device.boot(plain, qemu=args.qemu, stage=stage) as dev:
+        with device.boot(
+            plain, BootOptions(policy.for_image(plain), qemu=args.qemu, stage=tuple(stage))
+        ) as dev:
             dev.wait_prompt(30)
             start = time.monotonic()
             report = ota.staged(dev, app, "ota_1")
@@ -74,7 +80,7 @@ def main() -> int:
             assert report.booted == "ota_1" and report.slot_matches_payload, report
             _row("staged (slot written before boot)", rows)
         blocks = (size + 4095) // 4096
-        with device.boot(plain, qemu=args.qemu) as dev:
+        with device.boot(plain, BootOptions(policy.for_image(plain), qemu=args.qemu)) as dev:
             dev.wait_prompt(30)
             rows[f"floor ({blocks} x 4 KiB write+read)"] = float(
                 dev.repl.exec(FLOOR.format(n=blocks), timeout=600)
@@ -82,10 +88,14 @@ def main() -> int:
         _row(f"floor ({blocks} x 4 KiB write+read)", rows)
         for name, readsize in (("vfs, readsize=1024 remount", 1024),
                                ("vfs file (library as is)", None)):  # fmt: skip
-            with device.boot(with_file, qemu=args.qemu) as dev:
+            with device.boot(
+                with_file, BootOptions(policy.for_image(with_file), qemu=args.qemu)
+            ) as dev:
                 dev.wait_prompt(30)
                 start = time.monotonic()
-                report = ota.run_library(dev, app, COMMAND, vfs_readsize=readsize, timeout=1200)
+                report = ota.run_library(
+                    dev, app, ota.Library(COMMAND, vfs_readsize=readsize), timeout=1200
+                )
                 rows[name] = time.monotonic() - start
                 assert report.booted == "ota_1", report
                 _row(name, rows)

@@ -17,7 +17,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness import device, images, manifest
+from harness.emulator import device, policy
+from harness.emulator.device import BootOptions
+from harness.flash import images
+from harness.flash.size import FlashSize
+from harness.sources import manifest
 
 HZ = os.sysconf("SC_CLK_TCK")
 
@@ -44,8 +48,9 @@ class Sample:
 
 
 def measure(dev: device.Device, kind: device.ResetKind) -> Sample:
-    pid = dev.machine.proc.pid if dev.machine.proc else 0
-    qmp = dev.machine.qmp
+    machine = dev.board.machine
+    pid = machine.proc.pid if machine.proc else 0
+    qmp = machine.qmp
     assert qmp is not None
     vcpus = {c["cpu-index"]: c["thread-id"] for c in qmp.cmd("query-cpus-fast")}
     time.sleep(1.0)  # let the guest settle at its prompt
@@ -64,13 +69,15 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=5)
     args = ap.parse_args()
     firmware = manifest.selector().entry(args.firmware).path
-    recipe = images.Recipe(firmware, images.parse_flash_size(args.flash_size), layout="ota")
+    recipe = images.Recipe(firmware, FlashSize.emulated(args.flash_size), layout="ota")
     built = images.build_image(recipe)
     print(f"{firmware.name} at {args.flash_size}, {os.cpu_count()} cores, "
           f"load {os.getloadavg()[0]:.2f}, {time.strftime('%F')}")  # fmt: skip
     print(f"  {'reset':<26}{'wall':>8}{'CPU 0':>8}{'CPU 1':>8}{'rest':>8}{'cores':>7}")
     results: dict[str, list[Sample]] = {"soft": [], "hard": []}
-    with device.boot(built.path, watchdogs=False, alone=True) as dev:
+    with device.boot(
+        built.path, BootOptions(policy.for_image(built.path, watchdogs=False, alone=True))
+    ) as dev:
         dev.wait_prompt(30)
         for _ in range(args.repeat):
             for kind in ("soft", "hard"):

@@ -54,17 +54,19 @@ def outcomes(junit: Path) -> tuple[dict[str, str], float]:
 
 def build_all(cache: Path, size: str) -> float:
     """Build every cell's image and payloads into `cache`; return the seconds it took."""
-    from harness import images, manifest, runner, scenario
+    from harness.flash import images
+    from harness.flash.size import FlashSize
+    from harness.scenario import format, plan, runner
+    from harness.sources import manifest
 
     start = time.monotonic()
+    options = plan.RunOptions(flash_sizes=(FlashSize.emulated(size),))
     for path in sorted((ROOT / "scenarios").glob("*.yaml")):
-        for cell in scenario.load(path).cells(manifest.selector(), flash_sizes=[size]):
-            if cell.skip_reason() is None:
-                image = runner.recipe_for(cell, cache)
-                built = images.build_image(image.recipe, cache)
-                runner.plan_staging(cell, image, built, cache)
+        for cell in plan.cells(format.load(path), manifest.selector(), options):
+            if isinstance(cell, plan.CellPlan):
+                runner.build(cell, cache)
                 for kind in images.PAYLOAD_KINDS:
-                    runner.payload_path(cell, image.recipe, kind, cache)
+                    runner.payload_path(cell, kind, cache)
     return time.monotonic() - start
 
 

@@ -24,8 +24,12 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from harness import device, images, manifest
+from harness.emulator import device, policy
+from harness.emulator.device import BootOptions
 from harness.errors import BootLoop, HarnessError
+from harness.flash import images
+from harness.flash.size import FlashSize
+from harness.sources import manifest
 
 FIRMWARE = ["ESP32_GENERIC@v1.20.0", "ESP32_GENERIC-SPIRAM@v1.21.0"]
 TIMEOUT = 30.0  # a boot takes 2 s; one that has not reached >>> by then has stalled
@@ -34,7 +38,9 @@ TIMEOUT = 30.0  # a boot takes 2 s; one that has not reached >>> by then has sta
 def boot_once(image: Path, qemu: str | None, watchdogs: bool) -> str:
     try:
         # alone=False: measure the guest as it is, not the harness's remedy for it
-        with device.boot(image, qemu=qemu, watchdogs=watchdogs, alone=False) as dev:
+        with device.boot(
+            image, BootOptions(policy.for_image(image, watchdogs=watchdogs, alone=False), qemu=qemu)
+        ) as dev:
             dev.wait_prompt(TIMEOUT)
         return "booted"
     except BootLoop as loop:
@@ -75,7 +81,7 @@ def main() -> int:
     loops = {True: 0, False: 0}
     total = {True: 0, False: 0}
     for entry in args.firmware or FIRMWARE:
-        image = images.build(images.Recipe(chooser.entry(entry).path, 4 * images.MB))
+        image = images.build(images.Recipe(chooser.entry(entry).path, FlashSize(4)))
         for name in ("1 worker", "2 workers", "hog"):
             for watchdogs in (True, False):
                 counts = condition(name, image, args.qemu, watchdogs, args.runs)

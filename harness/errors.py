@@ -85,7 +85,7 @@ class WatchdogReset(UnexpectedReset):
 
 class GuestStalled(DeviceTimeout):
     """The emulated CPUs stopped making progress after the bootloader handed over: seen
-    with old ESP-IDF builds when the host is shared (harness.firmware.STALLS_BEFORE)."""
+    with old ESP-IDF builds when the host is shared (harness.emulator.policy.STALLS_BEFORE)."""
 
 
 # What a retry policy may rerun: QEMU's own crash, watchdog resets and stalled start-ups

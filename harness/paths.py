@@ -32,3 +32,9 @@ def local_firmware_dir() -> Path | None:
     """A folder of firmware files to use before the cache (HARNESS_FIRMWARE_DIR)."""
     value = os.environ.get("HARNESS_FIRMWARE_DIR")
     return Path(value) if value else None
+
+
+def idf_tools_dir() -> Path:
+    """Where ESP-IDF's installer keeps its tools (IDF_TOOLS_PATH, else ~/.espressif/tools):
+    Espressif's QEMU is looked for, and installed, there."""
+    return Path(os.environ.get("IDF_TOOLS_PATH") or Path.home() / ".espressif") / "tools"

@@ -7,9 +7,11 @@ import re
 import pytest
 from guest_code import ARM_TG1_WDT
 
-from harness import device, images
-from harness.console import RESET_BANNER
+from harness.emulator import device, policy
+from harness.emulator.console import RESET_BANNER
+from harness.emulator.device import BootOptions
 from harness.errors import DeviceTimeout
+from harness.flash.size import MB
 
 MB4, MB16 = getattr(pytest.mark, "4mb"), getattr(pytest.mark, "16mb")
 # Builds before ESP-IDF 5.0.4 deadlock in QEMU 8.0 now and then even alone (README: Known
@@ -48,10 +50,12 @@ def _version(name: str) -> str:
 @pytest.mark.parametrize("name", FIRMWARE)
 def test_boots_on_4mb(name, qemu, fw, build_image, tmp_path) -> None:
     image = build_image(fw(name), "4MB")
-    with device.boot(image, qemu=qemu, artifacts=tmp_path) as dev:
+    with device.boot(
+        image, BootOptions(policy.for_image(image), qemu=qemu, artifacts=tmp_path)
+    ) as dev:
         dev.wait_prompt(30)
         assert f"MicroPython {_version(name)}" in (dev.run_dir / "serial.log").read_text()
-        assert dev.repl.exec(FLASH_SIZE).strip() == str(4 * images.MB)
+        assert dev.repl.exec(FLASH_SIZE).strip() == str(4 * MB)
         assert dev.repl.exec("print(6 * 7)").strip() == "42"
 
 
@@ -60,13 +64,15 @@ def test_boots_on_4mb(name, qemu, fw, build_image, tmp_path) -> None:
 def test_boots_on_16mb_as_users_convert_it(name, layout, qemu, fw, build_image, tmp_path) -> None:
     """`mp-image-tool-esp32 FILE -f 16M [--table ota] --resize vfs=0`, then padded."""
     image = build_image(fw(name), "16MB", layout=layout)
-    with device.boot(image, qemu=qemu, artifacts=tmp_path) as dev:
+    with device.boot(
+        image, BootOptions(policy.for_image(image), qemu=qemu, artifacts=tmp_path)
+    ) as dev:
         dev.wait_prompt(30)
-        assert dev.repl.exec(FLASH_SIZE).strip() == str(16 * images.MB)
+        assert dev.repl.exec(FLASH_SIZE).strip() == str(16 * MB)
         assert dev.repl.exec(RUNNING).strip() == "ota_0"
         P = "esp32.Partition"
         vfs = f"import esp32; print({P}.find({P}.TYPE_DATA, label='vfs')[0].info()[3])"
-        assert int(dev.repl.exec(vfs)) > 11 * images.MB  # --resize vfs=0 grew it
+        assert int(dev.repl.exec(vfs)) > 11 * MB  # --resize vfs=0 grew it
 
 
 @MB4
@@ -74,7 +80,9 @@ def test_boots_on_16mb_as_users_convert_it(name, layout, qemu, fw, build_image, 
 def test_spiram_build_without_psram_names_the_psram_error(qemu, fw, build_image, tmp_path):
     """ESP-IDF 5.0 prints the PSRAM errors, bails out of PSRAM and still starts."""
     image = build_image(fw("SPIRAM"), "4MB")
-    with device.boot(image, qemu=qemu, psram=False, artifacts=tmp_path) as dev:
+    with device.boot(
+        image, BootOptions(policy.for_image(image, psram=False), qemu=qemu, artifacts=tmp_path)
+    ) as dev:
         for line in PSRAM_ERRORS:
             dev.console.expect(re.escape(line), 30, during="PSRAM init")
         dev.wait_prompt(30)
@@ -85,7 +93,9 @@ def test_spiram_build_without_psram_names_the_psram_error(qemu, fw, build_image,
 @OLD_BUILD
 def test_spiram_build_with_psram_boots_clean(qemu, fw, build_image, tmp_path) -> None:
     image = build_image(fw("SPIRAM"), "4MB")
-    with device.boot(image, qemu=qemu, artifacts=tmp_path) as dev:  # psram auto-detected
+    with device.boot(
+        image, BootOptions(policy.for_image(image), qemu=qemu, artifacts=tmp_path)
+    ) as dev:  # psram auto-detected
         dev.wait_prompt(30)
         assert "-m 4M" in (dev.run_dir / "qemu-cmdline.txt").read_text()
         assert "PSRAM" not in (dev.run_dir / "serial.log").read_text()
@@ -94,17 +104,19 @@ def test_spiram_build_with_psram_boots_clean(qemu, fw, build_image, tmp_path) ->
 
 @MB4
 def test_the_machine_says_where_each_cpu_is(qemu, fw, build_image, tmp_path) -> None:
-    """QMP's view of both emulated CPUs: what a stall is diagnosed with (harness.runner).
+    """QMP's view of both emulated CPUs: what a stall is diagnosed with (harness.scenario.runner).
     At the idle prompt both run code (ROM, IRAM or flash: 0x4000_0000-0x40C0_0000) and
     neither sits in a high-level interrupt handler."""
     image = build_image(fw("OTA-20250415-v1.25.0"), "4MB")
-    with device.boot(image, qemu=qemu, artifacts=tmp_path) as dev:
+    with device.boot(
+        image, BootOptions(policy.for_image(image), qemu=qemu, artifacts=tmp_path)
+    ) as dev:
         dev.wait_prompt(30)
-        states = dev.machine.cpu_states()
+        states = dev.board.cpu_states()
         assert [s.cpu for s in states] == [0, 1], states
         assert all(0x4000_0000 <= s.pc < 0x40C0_0000 and s.intlevel < 4 for s in states), states
-        dev.machine.stop()
-        assert dev.machine.cpu_states() == []  # QEMU gone: nothing to say, no error
+        dev.board.power_cut()
+        assert dev.board.cpu_states() == []  # QEMU gone: nothing to say, no error
 
 
 @MB4
@@ -112,7 +124,9 @@ def test_the_library_api_boots_with_the_watchdogs_off_unless_told(qemu, fw, buil
     """One default for every entry point: device.boot() as the CLI and the plugin, off.
     Armed by hand and starved, timer group 1's watchdog then never resets the guest."""
     image = build_image(fw("OTA-20250415-v1.25.0"), "4MB")
-    with device.boot(image, qemu=qemu, artifacts=tmp_path) as dev:
+    with device.boot(
+        image, BootOptions(policy.for_image(image), qemu=qemu, artifacts=tmp_path)
+    ) as dev:
         dev.wait_prompt(30)
         assert "wdt_disable,value=true" in (dev.run_dir / "qemu-cmdline.txt").read_text()
         dev.repl.exec_start(ARM_TG1_WDT)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import downloads
+from harness.sources import downloads
 
 
 class _Quiet(http.server.SimpleHTTPRequestHandler):

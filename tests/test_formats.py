@@ -1,7 +1,7 @@
 """The ESP32 formats on synthetic bytes: no firmware file, no QEMU.
 
 Partition tables, otadata records and app headers are built here byte by byte, as
-ESP-IDF lays them out, so each rule of harness.formats is checked on its own.
+ESP-IDF lays them out, so each rule of harness.flash.formats is checked on its own.
 """
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import struct
 
 import pytest
 
-from harness import formats
 from harness.errors import ImageError
+from harness.flash import formats
 
 MB = 1 << 20
 
@@ -151,7 +151,7 @@ def app_header(chip_id: int, flash_code: int = 2) -> bytes:
 def test_header_fields_are_read_in_one_place() -> None:
     header = formats.ImageHeader.parse(app_header(9, flash_code=4))
     assert header is not None
-    assert (header.chip, header.flash_size, header.segments) == ("esp32s3", "16MB", 1)
+    assert (header.chip, str(header.flash_size), header.segments) == ("esp32s3", "16MB", 1)
     assert formats.ImageHeader.parse(b"\x00" * 24) is None
 
 

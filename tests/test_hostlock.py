@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from harness import device, hostlock
+from harness.emulator import device, hostlock, policy
+from harness.emulator.device import BootOptions
 from harness.errors import GuestStalled
 
 
@@ -61,7 +62,9 @@ def test_a_build_that_stalls_on_a_shared_host_boots_beside_another(qemu, fw, bui
     image = build_image(fw("SPIRAM-20231005-v1.21.0"), "4MB")
 
     def boot(_: int) -> tuple[float, float, str]:
-        with device.boot(image, qemu=qemu, watchdogs=False) as dev:
+        with device.boot(
+            image, BootOptions(policy.for_image(image, watchdogs=False), qemu=qemu)
+        ) as dev:
             start = time.monotonic()
             try:
                 dev.wait_prompt(30)

@@ -8,27 +8,28 @@ from pathlib import Path
 
 import pytest
 
-from harness import formats, images
 from harness.errors import ImageError
-from harness.firmware import PSRAM_MARKER
+from harness.flash import formats, images
+from harness.flash.firmware import PSRAM_MARKER
+from harness.flash.size import EMULATED_MB, MB, FlashSize
 
 
 @pytest.mark.parametrize("text", ["2MB", "4MB", "8MB", "16MB", "16M", "4"])
 def test_flash_sizes_qemu_can_emulate(text: str) -> None:
-    assert images.parse_flash_size(text) in images.FLASH_SIZES.values()
+    assert FlashSize.emulated(text).mb in EMULATED_MB
 
 
 @pytest.mark.parametrize("text", ["3MB", "32MB", "1MB", "0", "big", ""])
 def test_other_flash_sizes_are_refused_with_the_sizes_that_work(text: str) -> None:
     with pytest.raises(ImageError, match="2MB, 4MB, 8MB or 16MB"):
-        images.parse_flash_size(text)
+        FlashSize.emulated(text)
 
 
 def test_4mb_image_keeps_the_firmware_byte_for_byte(fw, build_image) -> None:
     src = fw("OTA-20250415-v1.25.0")
     flash = build_image(src, "4MB", format_vfs=False).read_bytes()
     firmware = src.read_bytes()
-    assert len(flash) == 4 * images.MB
+    assert len(flash) == 4 * MB
     assert flash[:0x1000] == b"\xff" * 0x1000
     assert flash[0x1000 : 0x1000 + len(firmware)] == firmware
     assert set(flash[0x1000 + len(firmware) :]) == {0xFF}
@@ -38,11 +39,11 @@ def test_16mb_image_is_what_the_reporters_command_makes(fw, build_image, tmp_pat
     """`mp-image-tool-esp32 firmware.bin -f 16M --resize vfs=0`, padded to 16 MiB."""
     src = fw("OTA-20250415-v1.25.0")
     flash = build_image(src, "16MB", format_vfs=False).read_bytes()
-    assert len(flash) == 16 * images.MB
+    assert len(flash) == 16 * MB
     converted = images.convert(src.read_bytes(), ["-f", "16M", "--resize", "vfs=0"])
     assert flash[0x1000 : 0x1000 + len(converted)] == converted
     table = {p.name: p for p in formats.parse_table(flash)}
-    assert table["vfs"].offset + table["vfs"].size == 16 * images.MB
+    assert table["vfs"].offset + table["vfs"].size == 16 * MB
     assert flash[0x1003] >> 4 == 4  # bootloader header now says 16MB
 
 
@@ -78,21 +79,21 @@ def test_cache_hits_on_same_content_and_misses_on_changed_content(fw, tmp_path) 
     copy = tmp_path / "copy.bin"
     copy.write_bytes(src.read_bytes())
     cache = tmp_path / "cache"
-    first = images.build(images.Recipe(copy, images.parse_flash_size("4MB")), cache)
+    first = images.build(images.Recipe(copy, FlashSize.emulated("4MB")), cache)
     mtime = first.stat().st_mtime_ns
-    again = images.build(images.Recipe(copy, images.parse_flash_size("4MB")), cache)
+    again = images.build(images.Recipe(copy, FlashSize.emulated("4MB")), cache)
     assert again == first and again.stat().st_mtime_ns == mtime
     data = bytearray(copy.read_bytes())
     data[-100] ^= 0xFF
     copy.write_bytes(data)
-    changed = images.build(images.Recipe(copy, images.parse_flash_size("4MB")), cache)
+    changed = images.build(images.Recipe(copy, FlashSize.emulated("4MB")), cache)
     assert changed != first
 
 
 def test_inputs_are_never_modified(fw, tmp_path) -> None:
     src = fw("OTA-20250415-v1.25.0")
     before = hashlib.sha256(src.read_bytes()).hexdigest()
-    images.build(images.Recipe(src, 16 * images.MB, layout="ota"), tmp_path)
+    images.build(images.Recipe(src, FlashSize(16), layout="ota"), tmp_path)
     assert hashlib.sha256(src.read_bytes()).hexdigest() == before
 
 
@@ -114,13 +115,13 @@ def test_bad_firmware_files(tmp_path: Path, content: bytes, message: str) -> Non
     path = tmp_path / "bad.bin"
     path.write_bytes(content)
     with pytest.raises(ImageError, match=message):
-        images.build(images.Recipe(path, 4 * images.MB), tmp_path / "cache")
+        images.build(images.Recipe(path, FlashSize(4)), tmp_path / "cache")
 
 
 def test_app_image_given_as_firmware_says_what_to_do(firmware_dir, tmp_path) -> None:
     app = firmware_dir / "ESP32_GENERIC-OTA-20231227-v1.22.0.app-bin"
     with pytest.raises(ImageError, match="is an app image"):
-        images.build(images.Recipe(app, 4 * images.MB), tmp_path)
+        images.build(images.Recipe(app, FlashSize(4)), tmp_path)
 
 
 def test_wrong_chip_is_refused(fw, tmp_path) -> None:
@@ -129,12 +130,12 @@ def test_wrong_chip_is_refused(fw, tmp_path) -> None:
     path = tmp_path / "s3.bin"
     path.write_bytes(data)
     with pytest.raises(ImageError, match="built for esp32s3"):
-        images.build(images.Recipe(path, 4 * images.MB), tmp_path / "cache")
+        images.build(images.Recipe(path, FlashSize(4)), tmp_path / "cache")
 
 
 def test_firmware_that_does_not_fit_the_flash(fw, tmp_path) -> None:
     with pytest.raises(ImageError, match="2MB"):
-        images.build(images.Recipe(fw("OTA-20250415-v1.25.0"), 2 * images.MB), tmp_path)
+        images.build(images.Recipe(fw("OTA-20250415-v1.25.0"), FlashSize(2)), tmp_path)
 
 
 def test_psram_is_detected_only_in_spiram_builds(firmware_dir) -> None:

@@ -17,8 +17,11 @@ from pathlib import Path
 import pytest
 from guest_code import ARM_TG1_WDT
 
-from harness import device, images, inspector, ota
+from harness.emulator import device, ota, policy
+from harness.emulator.device import BootOptions
 from harness.errors import WatchdogReset
+from harness.flash import images
+from harness.flash import inspect as inspector
 
 NOT_BOOTABLE = "boot: OTA app partition slot 1 is not bootable"
 
@@ -66,11 +69,12 @@ def test_users_library_from_file_reproduces_the_report(
     full = payloads["16MB"]["full"]
     image = build_image(fw("OTA-20250415-v1.25.0"), "16MB",
                         vfs_files=((lib, "/lib"), (full, "/fw.bin")))  # fmt: skip
-    with device.boot(image, qemu=qemu, artifacts=tmp_path, alone=True) as dev:
+    with device.boot(
+        image, BootOptions(policy.for_image(image, alone=True), qemu=qemu, artifacts=tmp_path)
+    ) as dev:
         dev.wait_prompt(30)
-        report = ota.run_library(
-            dev, full, "import ota.update\nota.update.from_file('/fw.bin', reboot=True)"
-        )
+        command = "import ota.update\nota.update.from_file('/fw.bin', reboot=True)"
+        report = ota.run_library(dev, full, ota.Library(command))
     assert "SHA verify passed" in report.output
     assert "OTA complete: 1491184 bytes written to ota_1" in report.output
     assert report.rebooted
@@ -87,7 +91,9 @@ def test_a_watchdog_reset_in_a_library_update_is_named_not_taken_for_its_reboot(
     """A step that expects a reboot and sees a watchdog reset raises WatchdogReset, which
     the retry policy reruns; only a software reset is the reboot the library asked for."""
     image = build_image(fw("OTA-20250415-v1.25.0"), "4MB")
-    with device.boot(image, qemu=qemu, artifacts=tmp_path, watchdogs=True) as dev:
+    with device.boot(
+        image, BootOptions(policy.for_image(image, watchdogs=True), qemu=qemu, artifacts=tmp_path)
+    ) as dev:
         dev.wait_prompt(30)
         with pytest.raises(WatchdogReset, match=r"TG1WDT_SYS_RESET.*not the reset the step"):
-            ota.run_library(dev, payloads["4MB"]["app"], ARM_TG1_WDT, timeout=60)
+            ota.run_library(dev, payloads["4MB"]["app"], ota.Library(ARM_TG1_WDT), timeout=60)

@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 from esptool import bin_image
 
-from harness import formats, inspector
+from harness.flash import formats
+from harness.flash import inspect as inspector
 
 # chip -> (esptool image class, a DRAM and an IRAM load address of its bootloader, the
 # app's rodata and code addresses in flash; the rodata, with esp_app_desc_t, comes first)

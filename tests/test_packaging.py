@@ -1,7 +1,7 @@
 """Docker image and CI workflows, checked without a Docker engine or GitHub.
 
 No Docker engine runs here, so: the Dockerfile is linted (hadolint), its pinned QEMU
-must equal harness/downloads.py's table, and the harness must find QEMU where the
+must equal harness/sources/downloads.py's table, and the harness must find QEMU where the
 Dockerfile unpacks it. The workflow files are validated against GitHub's schema.
 """
 
@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from harness import downloads
+from harness.sources import downloads
 
 ROOT = Path(__file__).parent.parent
 DOCKERFILE = ROOT / "docker" / "Dockerfile"
@@ -32,7 +32,9 @@ def dockerfile_args() -> dict[str, str]:
 def test_dockerfile_pins_the_same_qemu_as_the_harness_table() -> None:
     args = dockerfile_args()
     for key, value in downloads.docker_build_args().items():
-        assert args.get(key) == value, f"Dockerfile ARG {key} differs from harness/downloads.py"
+        assert args.get(key) == value, (
+            f"Dockerfile ARG {key} differs from harness/sources/downloads.py"
+        )
 
 
 def test_dockerfile_verifies_the_sha256_and_installs_the_runtime_libraries() -> None:
@@ -68,7 +70,7 @@ def test_harness_finds_qemu_where_the_dockerfile_puts_it(tmp_path: Path) -> None
     env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path),
            "IDF_TOOLS_PATH": str(root / tools.group(1).lstrip("/"))}  # fmt: skip
     found = subprocess.run(
-        [sys.executable, "-c", "from harness.qemu import find_qemu; print(find_qemu())"],
+        [sys.executable, "-c", "from harness.emulator.qemu import find_qemu; print(find_qemu())"],
         capture_output=True, text=True, env={**env, "PYTHONPATH": str(ROOT)},
     )  # fmt: skip
     assert found.returncode == 0, found.stderr

@@ -14,6 +14,8 @@ import textwrap
 import zipfile
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).parent.parent
 
 SCENARIO = """\
@@ -74,4 +76,36 @@ def test_the_wheel_carries_the_recipes_and_the_manifest(tmp_path: Path) -> None:
         .read(next(n for n in names if n.endswith("entry_points.txt")))
         .decode()
     )
-    assert "esp32_ota_harness = harness.pytest_plugin" in textwrap.dedent(entry_points)
+    assert "esp32_ota_harness = harness.frontends.pytest_plugin" in textwrap.dedent(entry_points)
+
+
+USERS_TEST = """\
+from pathlib import Path
+
+
+def test_my_app_boots_from_ota_0(board, tmp_path):
+    main = tmp_path / "main.py"
+    main.write_text("VERSION = '2.1'\\n")
+    dev = board("ESP32_GENERIC-OTA@v1.25.0", "4MB", vfs={"/main.py": main})
+    assert dev.running_partition() == "ota_0"
+    assert dev.repl.exec("import main; print(main.VERSION)").strip() == "2.1"
+    dev.reset("soft")
+    assert dev.running_partition() == "ota_0"
+"""
+
+
+@getattr(pytest.mark, "4mb")
+def test_a_users_own_test_with_the_board_fixture(qemu, firmware_dir: Path, tmp_path: Path) -> None:
+    """The README's example, in a project of its own: it boots, and leaves no QEMU."""
+    from harness.emulator.qemu import running_qemus
+
+    (tmp_path / "test_app.py").write_text(USERS_TEST)
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_app.py",
+         "--qemu", str(qemu), "--firmware-dir", str(firmware_dir),
+         f"--basetemp={tmp_path / 'base'}"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "1 passed" in run.stdout
+    assert not running_qemus(str(tmp_path))

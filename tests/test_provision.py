@@ -17,11 +17,12 @@ from pathlib import Path
 
 import pytest
 
-from harness import images
+from harness.emulator.qemu import Machine, MachineSetup, running_qemus
 from harness.errors import QemuExited
-from harness.firmware import sha256_of
-from harness.manifest import FirmwareSelector, FirmwareUnavailable
-from harness.qemu import Machine, running_qemus
+from harness.flash import images
+from harness.flash.firmware import sha256_of
+from harness.flash.size import FlashSize
+from harness.sources.manifest import FirmwareSelector, FirmwareUnavailable
 
 ROOT = Path(__file__).parent.parent
 V125 = "ESP32_GENERIC-OTA-20250415-v1.25.0.bin"
@@ -105,7 +106,7 @@ def test_an_unpinned_release_is_checked_against_its_first_download(fw, tmp_path:
 
 
 def test_a_damaged_cache_entry_is_rebuilt_not_booted(fw, tmp_path: Path) -> None:
-    recipe = images.Recipe(fw(V125), 4 * images.MB)
+    recipe = images.Recipe(fw(V125), FlashSize(4))
     built = images.build_image(recipe, tmp_path)
     good = built.path.read_bytes()
     with built.path.open("r+b") as f:  # a full disk cut it short
@@ -122,7 +123,12 @@ def test_a_damaged_cache_entry_is_rebuilt_not_booted(fw, tmp_path: Path) -> None
 def test_qemu_refusing_a_flash_size_is_one_line_in_its_own_words(qemu, tmp_path: Path) -> None:
     flash = tmp_path / "flash.bin"
     flash.write_bytes(b"\xff" * (3 << 20))  # bypasses the harness's own size check
-    with pytest.raises(QemuExited) as info, Machine(qemu, flash, tmp_path) as machine:
+    with (
+        pytest.raises(QemuExited) as info,
+        Machine(
+            MachineSetup(qemu, psram=False, watchdogs=False, data_channel=False), flash, tmp_path
+        ) as machine,
+    ):
         machine.start()
     message = str(info.value)
     assert message.startswith("QEMU exited (exit code 1) during startup: ")

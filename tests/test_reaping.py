@@ -10,9 +10,10 @@ import time
 
 import pytest
 
-from harness import device
+from harness.emulator import device, policy
+from harness.emulator.device import BootOptions
+from harness.emulator.qemu import running_qemus
 from harness.errors import DeviceTimeout, QemuExited
-from harness.qemu import running_qemus
 
 
 def _gone(marker: str, within: float = 5.0) -> bool:
@@ -32,7 +33,9 @@ def image(fw, build_image):
 def test_timeout_leaves_no_qemu(qemu, image, tmp_path) -> None:
     with (
         pytest.raises(DeviceTimeout, match="timed out after 1s") as info,
-        device.boot(image, qemu=qemu, artifacts=tmp_path) as dev,
+        device.boot(
+            image, BootOptions(policy.for_image(image), qemu=qemu, artifacts=tmp_path)
+        ) as dev,
     ):
         assert running_qemus(str(tmp_path)), "QEMU should be running inside the block"
         dev.console.expect("this never appears", timeout=1)
@@ -43,7 +46,7 @@ def test_timeout_leaves_no_qemu(qemu, image, tmp_path) -> None:
 def test_exception_mid_boot_leaves_no_qemu(qemu, image, tmp_path) -> None:
     with (
         pytest.raises(RuntimeError, match="boom"),
-        device.boot(image, qemu=qemu, artifacts=tmp_path),
+        device.boot(image, BootOptions(policy.for_image(image), qemu=qemu, artifacts=tmp_path)),
     ):
         assert running_qemus(str(tmp_path))
         raise RuntimeError("boom")  # before the prompt
@@ -51,9 +54,11 @@ def test_exception_mid_boot_leaves_no_qemu(qemu, image, tmp_path) -> None:
 
 
 def test_qemu_killed_mid_run_fails_at_once_naming_the_signal(qemu, image, tmp_path) -> None:
-    with device.boot(image, qemu=qemu, artifacts=tmp_path) as dev:
+    with device.boot(
+        image, BootOptions(policy.for_image(image), qemu=qemu, artifacts=tmp_path)
+    ) as dev:
         dev.wait_prompt(30)
-        os.kill(dev.machine.proc.pid, signal.SIGKILL)
+        os.kill(dev.board.machine.proc.pid, signal.SIGKILL)
         start = time.monotonic()
         with pytest.raises(QemuExited, match=r"QEMU exited \(signal 9\) during"):
             dev.repl.exec("import time; time.sleep(20)", timeout=30)
@@ -82,7 +87,7 @@ def _cli_boot(image, tmp_path, default_signals) -> subprocess.Popen[bytes]:
 
 def _wait_for_qemu(proc: subprocess.Popen[bytes], marker: str, within: float = 300.0) -> None:
     """Wait for the CLI's QEMU. Generous: the CLI may wait for the host lock while
-    another worker's emulation has the host to itself (harness.hostlock)."""
+    another worker's emulation has the host to itself (harness.emulator.hostlock)."""
     deadline = time.monotonic() + within
     while not running_qemus(marker):
         if proc.poll() is not None:

@@ -20,9 +20,12 @@ from pathlib import Path
 
 import pytest
 
-from harness import runner, scenario
-from harness.ota import OtaReport
-from harness.qemu import running_qemus
+from harness.emulator.ota import OtaReport
+from harness.emulator.qemu import running_qemus
+from harness.flash.size import FlashSize
+from harness.scenario import format as scenario
+from harness.scenario import plan, runner
+from harness.scenario.results import CellResult
 
 ROOT = Path(__file__).parent.parent
 REPORT = ROOT / "scenarios" / "ota-full-image-into-slot.yaml"
@@ -153,16 +156,19 @@ def test_qemu_killed_during_a_scenario_step_fails_at_once(
 ) -> None:
     device_write = tmp_path / "report.yaml"  # the device writes: a step that lasts
     device_write.write_text(REPORT.read_text().replace("method: staged", "method: harness"))
-    cell = scenario.load(device_write).cells(firmware_selector, flash_sizes=["4MB"])[0]
+    cell = plan.cells(scenario.load(device_write), firmware_selector,
+                      plan.RunOptions(flash_sizes=(FlashSize(4),)))[0]  # fmt: skip
     in_ota = threading.Event()
 
-    def progress(_cell: scenario.Cell, _index: int, kind: str) -> None:
+    def progress(_cell: plan.CellPlan, _index: int, kind: str) -> None:
         if kind == "ota":
             in_ota.set()
 
     box: dict[str, object] = {}
-    thread = threading.Thread(target=lambda: box.update(result=runner.run_cell(
-        cell, artifacts=tmp_path, qemu=qemu, progress=progress)))  # fmt: skip
+    setup = runner.Setup(tmp_path, qemu)
+    thread = threading.Thread(
+        target=lambda: box.update(result=runner.run_cell(cell, setup, progress))
+    )
     thread.start()
     assert in_ota.wait(60)
     time.sleep(2)
@@ -236,10 +242,11 @@ def test_the_starting_report_gives_the_same_outcome_20_times(
     qemu, firmware_selector, tmp_path: Path, workers: int
 ) -> None:
     """With the documented retry policy (--retries 1) that make uses; retries are counted."""
-    cell = scenario.load(REPORT).cells(firmware_selector, flash_sizes=["16MB"])[0]
+    options = plan.RunOptions(flash_sizes=(FlashSize(16),), retries=1)
+    cell = plan.cells(scenario.load(REPORT), firmware_selector, options)[0]
 
-    def once(i: int) -> runner.CellResult:
-        return runner.run_cell(cell, artifacts=tmp_path / f"run-{i}", qemu=qemu, retries=1)
+    def once(i: int) -> CellResult:
+        return runner.run_cell(cell, runner.Setup(tmp_path / f"run-{i}", qemu))
 
     with ThreadPoolExecutor(workers) as pool:
         results = list(pool.map(once, range(20)))

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import pytest
 
-from harness import device
+from harness.emulator import device, policy
+from harness.emulator.device import BootOptions
 from harness.errors import DeviceError
 
 
 @pytest.fixture(scope="module")
 def dev(qemu, fw, build_image, tmp_path_factory):
     image = build_image(fw("OTA-20250415-v1.25.0"), "4MB")
-    with device.boot(image, qemu=qemu, artifacts=tmp_path_factory.mktemp("repl")) as d:
+    with device.boot(
+        image,
+        BootOptions(policy.for_image(image), qemu=qemu, artifacts=tmp_path_factory.mktemp("repl")),
+    ) as d:
         d.repl.wait_prompt(30)
         yield d
 

@@ -9,7 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from harness import images, repro, scenario
+from harness.flash import images
+from harness.flash.size import FlashSize
+from harness.frontends import repro
+from harness.scenario import format as scenario
 
 SIZES = [pytest.param("4MB", marks=getattr(pytest.mark, "4mb")),
          pytest.param("16MB", marks=getattr(pytest.mark, "16mb"))]  # fmt: skip
@@ -127,7 +130,7 @@ def test_repro_stages_the_update_unless_told_to_write_it_on_the_device(fw, tmp_p
     """Staged by default (the bootloader judges the same bytes: tests/test_staged.py);
     `--method harness` has the device write it; a library command is always on the device."""
     firmware = fw("OTA-20250415-v1.25.0")
-    base = repro.Request(firmware, firmware, "4MB")
+    base = repro.Request(firmware, firmware, FlashSize(4))
 
     def method(req: repro.Request) -> str:
         return repro.scenario_data(req, tmp_path)["steps"][1]["ota"]["method"]

@@ -10,9 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from harness import scenario, steps
-from harness.manifest import FirmwareSelector
-from harness.scenario import ScenarioError
+from harness.flash.firmware import FirmwareFacts
+from harness.flash.size import FlashSize
+from harness.scenario import format as scenario
+from harness.scenario import plan, steps
+from harness.scenario.format import ScenarioError
+from harness.sources.manifest import FirmwareSelector
 
 ROOT = Path(__file__).parent.parent
 LIBRARY = sorted((ROOT / "scenarios").glob("*.yaml"))
@@ -27,6 +30,22 @@ steps:
   - boot: prompt
   - assert_booted: ota_0
 """
+
+
+NO_OPTIONS = plan.RunOptions()
+
+
+def skip_reason(cell: plan.Cell) -> str | None:
+    return cell.reason if isinstance(cell, plan.Skipped) else None
+
+
+def facts(cell: plan.Cell) -> FirmwareFacts:
+    assert cell.firmware is not None
+    return FirmwareFacts.read(cell.firmware.path)
+
+
+def one_cell(loaded: scenario.Scenario, chooser: FirmwareSelector, firmware: Path) -> plan.Cell:
+    return plan.cells(loaded, chooser, plan.RunOptions(firmware=(str(firmware),)))[0]
 
 
 def write(tmp_path: Path, text: str, name: str = "case.yaml") -> Path:
@@ -64,21 +83,24 @@ def test_the_library_covers_what_the_issue_lists() -> None:
 
 def test_cells_and_ids(tmp_path: Path, firmware_dir: Path) -> None:
     loaded = scenario.load(write(tmp_path, GOOD))
-    cells = loaded.cells(FirmwareSelector(local=firmware_dir, download=False))
+    cells = plan.cells(loaded, FirmwareSelector(local=firmware_dir, download=False), NO_OPTIONS)
     assert [c.name for c in cells] == ["case[4mb-v1.25.0]", "case[16mb-v1.25.0]"]
     assert all(c.firmware and c.firmware.path.is_file() for c in cells)
-    only16 = loaded.cells(FirmwareSelector(local=firmware_dir), flash_sizes=["16MB"])
+    only16 = plan.cells(loaded, FirmwareSelector(local=firmware_dir),
+                        plan.RunOptions(flash_sizes=(FlashSize(16),)))  # fmt: skip
     assert [c.id for c in only16] == ["16mb-v1.25.0"]
     other = sorted(firmware_dir.glob("*OTA*v1.22.0.bin"))
-    replaced = loaded.cells(FirmwareSelector(local=firmware_dir), firmware=[str(p) for p in other])
+    replaced = plan.cells(loaded, FirmwareSelector(local=firmware_dir),
+                          plan.RunOptions(firmware=tuple(str(p) for p in other)))  # fmt: skip
     assert [c.id for c in replaced] == ["4mb-v1.22.0", "16mb-v1.22.0"]
 
 
 def test_missing_firmware_is_a_skip_with_a_reason(tmp_path: Path) -> None:
     loaded = scenario.load(write(tmp_path, GOOD))
-    cell = loaded.cells(FirmwareSelector(local=tmp_path / "empty", download=False))[0]
+    cell = plan.cells(loaded, FirmwareSelector(local=tmp_path / "empty", download=False),
+                      NO_OPTIONS)[0]  # fmt: skip
     assert cell.firmware is None
-    assert "no firmware file matches" in (cell.skip_reason() or "")
+    assert "no firmware file matches" in (skip_reason(cell) or "")
 
 
 def test_requirements_skip_cells_that_cannot_apply(tmp_path: Path, fw) -> None:
@@ -86,19 +108,19 @@ def test_requirements_skip_cells_that_cannot_apply(tmp_path: Path, fw) -> None:
     text = GOOD.replace("title: t", "title: t\nrequires: [ota, rollback]")
     loaded = scenario.load(write(tmp_path, text))
     chooser = FirmwareSelector(download=False)
-    plain = loaded.cells(chooser, firmware=[str(fw("20241025-v1.24.0"))])[0]
-    assert plain.skip_reason() is None and plain.needs_ota_layout()
-    ota = loaded.cells(chooser, firmware=[str(fw("OTA-20250415-v1.25.0"))])[0]
-    assert ota.skip_reason() is None and not ota.needs_ota_layout()
-    old = loaded.cells(chooser, firmware=[str(fw("20230426-v1.20.0"))])[0]
-    reason = old.skip_reason() or ""
+    plain = one_cell(loaded, chooser, fw("20241025-v1.24.0"))
+    assert skip_reason(plain) is None and plan.needs_ota_layout(loaded, facts(plain))
+    ota = one_cell(loaded, chooser, fw("OTA-20250415-v1.25.0"))
+    assert skip_reason(ota) is None and not plan.needs_ota_layout(loaded, facts(ota))
+    old = one_cell(loaded, chooser, fw("20230426-v1.20.0"))
+    reason = skip_reason(old) or ""
     assert "needs app rollback" in reason and "v1.20.0" in reason
-    assert not old.facts().rollback and ota.facts().rollback  # the reason is true
+    assert not facts(old).rollback and facts(ota).rollback  # the reason is true
     spiram = scenario.load(
         write(tmp_path, GOOD.replace("title: t", "title: t\nrequires: [spiram]"))
     )
-    assert "needs a SPIRAM build" in (spiram.cells(chooser, firmware=[str(fw("v1.27.0"))])[0]
-                                      .skip_reason() or "")  # fmt: skip
+    assert "needs a SPIRAM build" in (skip_reason(one_cell(spiram, chooser, fw("v1.27.0")))
+                                      or "")  # fmt: skip
 
 
 def test_yaml_syntax_error(tmp_path: Path) -> None:
@@ -152,12 +174,13 @@ def test_partition_offsets_are_variables_of_the_run(tmp_path: Path, firmware_dir
     then is the partition's offset in the cell's image, or a line naming the missing one."""
     text = GOOD.replace("  - assert_booted: ota_0", "  - run: {command: 'echo ${offset_ota_1}'}")
     selector = FirmwareSelector(local=firmware_dir, download=False)
-    cell = scenario.load(write(tmp_path, text)).cells(selector)[0]
-    assert cell.expand("${offset_ota_1} ${port}") == "${offset_ota_1} ${port}"
-    assert cell.expand("${offset_ota_1}", runtime={"offset_ota_1": "0x190000"}) == "0x190000"
+    cell = plan.cells(scenario.load(write(tmp_path, text)), selector, NO_OPTIONS)[0]
+    assert isinstance(cell, plan.CellPlan)
+    assert cell.expand_text("${offset_ota_1} ${port}") == "${offset_ota_1} ${port}"
+    assert cell.expand_text("${offset_ota_1}", runtime={"offset_ota_1": "0x190000"}) == "0x190000"
     missing = r":8: \$\{offset_vfs2\}: the image has no partition vfs2$"
     with pytest.raises(ScenarioError, match=missing):
-        cell.expand("${offset_vfs2}", ("steps", 1), runtime={"offset_ota_1": "0x190000"})
+        cell.expand_text("${offset_vfs2}", ("steps", 1), runtime={"offset_ota_1": "0x190000"})
 
 
 def test_device_step_before_boot(tmp_path: Path) -> None:
@@ -178,8 +201,32 @@ def test_not_a_mapping(tmp_path: Path) -> None:
 
 def test_json_schema_names_every_step() -> None:
     text = str(scenario.json_schema())
-    for step in steps.STEPS:
+    for step in scenario.STEP_FORMATS:
         assert step in text
+
+
+def test_every_step_format_has_a_handler_and_nothing_else_does() -> None:
+    assert set(steps.HANDLERS) == set(scenario.STEP_FORMATS)
+
+
+def test_the_format_loads_no_emulator_code() -> None:
+    """`harness schema` and editors import the format alone: no QEMU, pexpect, pyserial."""
+    code = (
+        "import sys; import harness.scenario.format as f; f.load(__import__('pathlib')."
+        f"Path({str(LIBRARY[0])!r})); "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('pexpect', 'qemu', 'serial', 'ptyprocess') or m.startswith('harness.emulator')))"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "[]", run.stdout
+    schema = subprocess.run([sys.executable, "-X", "importtime", "-m", "harness", "schema"],
+                            capture_output=True, text=True)  # fmt: skip
+    assert schema.returncode == 0 and '"title": "Scenario"' in schema.stdout
+    loaded = {line.split("|")[-1].strip() for line in schema.stderr.splitlines()}
+    emulator = {m for m in loaded if m.split(".")[0] in ("pexpect", "qemu", "serial")
+                or m in ("harness.emulator.qemu", "harness.emulator.console")}  # fmt: skip
+    assert not emulator, emulator
 
 
 def run_cli(*args: str, **kw) -> subprocess.CompletedProcess[str]:
@@ -272,13 +319,13 @@ def test_every_skip_in_the_matrix_has_a_true_reason(firmware_dir: Path) -> None:
     checked = 0
     for path in LIBRARY:
         loaded = scenario.load(path)
-        for cell in loaded.cells(chooser, firmware=files):
-            facts, needs, reason = cell.facts(), loaded.needs(), cell.skip_reason()
+        for cell in plan.cells(loaded, chooser, plan.RunOptions(firmware=tuple(files))):
+            facts_, needs, reason = facts(cell), loaded.needs(), skip_reason(cell)
             lacks = {
-                "needs a SPIRAM build": "spiram" in needs and not facts.spiram,
-                "needs app rollback": "rollback" in needs and not facts.rollback,
-                "names the filesystem": "vfs-in-table" in needs and not facts.fs_in_table,
-                "makes its filesystem at boot": "vfs-at-boot" in needs and facts.fs_in_table,
+                "needs a SPIRAM build": "spiram" in needs and not facts_.spiram,
+                "needs app rollback": "rollback" in needs and not facts_.rollback,
+                "names the filesystem": "vfs-in-table" in needs and not facts_.fs_in_table,
+                "makes its filesystem at boot": "vfs-at-boot" in needs and facts_.fs_in_table,
             }
             if reason is None:
                 assert not any(lacks.values()), (cell.name, lacks)

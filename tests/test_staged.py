@@ -13,8 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from harness import formats, runner, scenario
-from harness.ota import OtaReport
+from harness.emulator.ota import OtaReport
+from harness.flash import formats
+from harness.flash.size import FlashSize
+from harness.scenario import format as scenario
+from harness.scenario import plan, runner
 
 ROOT = Path(__file__).parent.parent
 TIMESTAMP = re.compile(r"^([EW]) \(\d+\) ")
@@ -25,11 +28,10 @@ def _run(method: str, tmp_path: Path, selector, qemu) -> tuple[OtaReport, bytes,
     path = tmp_path / method / "report.yaml"
     path.parent.mkdir()
     path.write_text(text.replace("method: staged", f"method: {method}"))
-    cell = scenario.load(path).cells(
-        selector, flash_sizes=["16MB"], firmware=["ESP32_GENERIC-OTA@v1.25.0"]
-    )[0]
-    result = runner.run_cell(cell, artifacts=tmp_path / method / "art", qemu=qemu,
-                             keep_flash=True)  # fmt: skip
+    options = plan.RunOptions(flash_sizes=(FlashSize(16),), firmware=("ESP32_GENERIC-OTA@v1.25.0",))
+    cell = plan.cells(scenario.load(path), selector, options)[0]
+    setup = runner.Setup(tmp_path / method / "art", qemu, keep_flash=True)
+    result = runner.run_cell(cell, setup)
     assert result.status == "passed", result.message
     report = result.detail("ota", OtaReport)
     assert report is not None and report.method == method
@@ -74,17 +76,19 @@ steps:
 """
 
 
-def _cell(tmp_path: Path, selector, step: str, extra: str = "") -> scenario.Cell:
+def _cell(
+    tmp_path: Path, selector, step: str, extra: str = "", watchdogs: bool | None = None
+) -> plan.Cell:
     path = tmp_path / "short.yaml"
     path.write_text(SHORT.format(step=step, extra=extra))
-    return scenario.load(path).cells(selector)[0]
+    return plan.cells(scenario.load(path), selector, plan.RunOptions(watchdogs=watchdogs))[0]
 
 
 @getattr(pytest.mark, "4mb")
 def test_the_ota_steps_timeout_bounds_the_whole_step(qemu, firmware_selector, tmp_path) -> None:
     """One second cannot hold set_boot() and the reboot: the step fails on its own clock."""
     cell = _cell(tmp_path, firmware_selector, "ota: {payload: app, method: staged, timeout: 1}")
-    result = runner.run_cell(cell, artifacts=tmp_path / "art", qemu=qemu)
+    result = runner.run_cell(cell, runner.Setup(tmp_path / "art", qemu))
     assert result.status == "failed"
     assert "step 2 `ota`" in result.message
     assert "the step's timeout of 1s ran out before" in result.message or "timed out after 0." in (
@@ -98,14 +102,14 @@ def test_the_ota_steps_timeout_bounds_the_whole_step(qemu, firmware_selector, tm
 def test_the_watchdog_setting_is_explicit_and_recorded(
     qemu, firmware_selector, tmp_path, setting
 ) -> None:
-    cell = _cell(tmp_path, firmware_selector, "assert_booted: ota_0")
-    result = runner.run_cell(cell, artifacts=tmp_path / "art", qemu=qemu,
-                             watchdogs=None if setting is None else setting == "on")  # fmt: skip
+    watchdogs = None if setting is None else setting == "on"
+    cell = _cell(tmp_path, firmware_selector, "assert_booted: ota_0", watchdogs=watchdogs)
+    result = runner.run_cell(cell, runner.Setup(tmp_path / "art", qemu))
     assert result.status == "passed", result.message
     cmdline = (Path(result.artifacts) / "qemu-cmdline.txt").read_text()
     disabled = "timer.esp32.timg,property=wdt_disable,value=true" in cmdline
     assert result.watchdogs is (setting == "on")  # default: off, as idf.py qemu runs
     assert disabled is (setting != "on")
-    forced = _cell(tmp_path, firmware_selector, "assert_booted: ota_0", "watchdogs: on")
-    assert runner.run_cell(forced, artifacts=tmp_path / "art2", qemu=qemu, watchdogs=False
-                           ).watchdogs is True  # fmt: skip  # the scenario's own word wins
+    forced = _cell(tmp_path, firmware_selector, "assert_booted: ota_0", "watchdogs: on", False)
+    forced_result = runner.run_cell(forced, runner.Setup(tmp_path / "art2", qemu))
+    assert forced_result.watchdogs is True  # the scenario's own word wins

@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from harness import images
+from harness.flash import images
 
 SCENARIO = """\
 title: My 4MB board after writing the 16MB table from the guide

@@ -14,5 +14,7 @@ def status():
     running = Partition(Partition.RUNNING).info()[4]
     print("Micropython %s has booted from partition '%s'." % (sys.version.split(" ")[2], running))
     print("Will boot from partition '%s' on next reboot." % boot_ota().info()[4])
-    print("The next OTA partition for update is '%s'." %
-          Partition(Partition.RUNNING).get_next_update().info()[4])
+    print(
+        "The next OTA partition for update is '%s'."
+        % Partition(Partition.RUNNING).get_next_update().info()[4]
+    )

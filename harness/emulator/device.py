@@ -1,0 +1,267 @@
+"""One run of one flash image: a board, its console and REPL, and the device operations on them.
+
+    options = BootOptions(policy=policy.decide(FirmwareFacts.read(firmware)))
+    with boot(image, options) as dev:  # QEMU started paused, console wired, resumed
+        dev.wait_prompt()
+        print(dev.running_partition())
+        booted = dev.reset("soft")      # machine.reset(), ROM banner, >>> again
+    # here QEMU is dead and reaped, whatever happened inside
+
+`Device` is the one API the rest of the harness uses to reset, wait for the prompt and
+ask which partition runs, whichever `Board` it runs on; what it reads from the serial
+port it reads through the console. The run folder holds the per-run copy of the flash
+(`flash.bin`, which QEMU writes into), `serial.log`, `qemu-cmdline.txt` and
+`qemu-stderr.log`. It is removed at the end unless the options name one (`artifacts`,
+`run_dir`), where it stays as evidence.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from ..errors import DeviceTimeout, GuestStalled, HarnessError, ImageError, UnexpectedReset
+from ..flash import formats
+from . import hostlock, janitor
+from .board import Board, QemuBoard, ServedBoard
+from .console import RESET_BANNER, Console, log_lines
+from .policy import RunPolicy
+from .qemu import CpuState, MachineSetup, find_qemu
+from .repl import Repl
+
+ResetKind = Literal["soft", "hard"]
+RUNNING = "esp32.Partition(esp32.Partition.RUNNING)"
+STALL_AFTER = 10.0  # a start-up takes about 2 s: this long silent after `entry` is a stall
+
+
+@dataclass(frozen=True)
+class BootOptions:
+    """Everything a boot is told: the run policy, and where and how to run it."""
+
+    policy: RunPolicy
+    qemu: str | Path | None = None  # None: found as harness.emulator.qemu.find_qemu says
+    artifacts: Path | None = None  # keep a fresh run folder inside it
+    run_dir: Path | None = None  # keep exactly this run folder
+    serve: bool = False  # the UART on a pty and an RFC2217 port for the user's own tools
+    download: bool = False  # start in download mode (with serve: esptool's strap)
+    stage: tuple[tuple[int, bytes], ...] = field(default=())  # (offset, bytes) before QEMU
+
+
+@dataclass(frozen=True)
+class Boot:
+    """What one reset came to: the partition that runs, and what the bootloader said."""
+
+    booted: str | None  # None: not asked (the reset did not wait for the prompt)
+    log_lines: list[str]  # ESP-IDF E/W lines printed during the reset
+
+
+class Device:
+    """A board with its console and REPL: what steps, tests and the CLI talk to."""
+
+    def __init__(self, board: Board, run_dir: Path) -> None:
+        self.board = board
+        self.run_dir = run_dir
+        self._console: Console | None = None
+        self._repl: Repl | None = None
+
+    def power_on(self) -> None:
+        """Power the board on; the console (a new one when the board has a new socket) is
+        reading before the guest runs its first instruction."""
+
+        def attach(sock: socket.socket) -> None:
+            self._console = Console(sock, self.board.log, self.board.check_alive,
+                                    feed_log=not self.board.relays_log)  # fmt: skip
+            self._repl = Repl(self._console)
+
+        self.board.power_on(attach)
+
+    @property
+    def console(self) -> Console:
+        if self._console is None:
+            raise HarnessError("the board has not been powered on")
+        return self._console
+
+    @property
+    def repl(self) -> Repl:
+        if self._repl is None:
+            raise HarnessError("the board has not been powered on")
+        return self._repl
+
+    @property
+    def flash(self) -> Path:
+        """The live flash file: read it to see what the guest has written."""
+        return self.board.flash
+
+    @property
+    def data(self) -> socket.socket:
+        """UART1: a byte pipe for payloads."""
+        return self.board.data
+
+    def wait_prompt(self, timeout: float = 30.0) -> None:
+        """Wait for `>>> ` after power-on or reset (fails fast on crash or boot loop).
+
+        A wait that ends with the bootloader's `entry 0x...` as the last line is a
+        stalled start-up, and says so.
+        """
+        try:
+            self.repl.wait_prompt(timeout)
+        except DeviceTimeout as exc:
+            said = [line for line in self.console.log.lines[-8:] if line.strip()]
+            if timeout >= STALL_AFTER and said and said[-1].startswith("entry 0x"):
+                load = os.getloadavg()
+                cores = os.cpu_count() or 1
+                cause = "the host" if load[0] >= cores else "the emulator"
+                raise GuestStalled(
+                    f"MicroPython never started: the emulated CPUs stalled after the "
+                    f"bootloader's `{said[-1]}` for {timeout:g}s ({self.where_stuck()}; host "
+                    f"load average {', '.join(f'{x:.2f}' for x in load)} on {cores} cores: "
+                    f"likely {cause}, not the firmware); serial log {self.console.log.path}"
+                ) from exc
+            raise
+
+    def stuck_cpus(self, gap: float = 0.3) -> list[CpuState]:
+        """The CPUs at the same PC and interrupt level in two looks `gap` apart: spinning
+        in place or halted, not running. What a guest that stopped answering is doing."""
+        try:
+            first = self.board.cpu_states()
+            time.sleep(gap)
+            again = self.board.cpu_states()
+        except HarnessError:  # a served board between two QEMUs
+            return []
+        return [a for a, b in zip(first, again, strict=False) if a == b]
+
+    def where_stuck(self) -> str:
+        """A guest that stopped answering, as QEMU sees its CPUs: one spinning at interrupt
+        level 4-5 (a high-level handler) while the other waits is a cross-CPU deadlock."""
+        stuck = self.stuck_cpus()
+        if not stuck:
+            return "where its CPUs are is not known"
+        where = f"the emulated CPUs are stuck: {'; '.join(map(str, stuck))}"
+        spinning = [c for c in stuck if c.intlevel >= 4]
+        if spinning:
+            where += (f"; CPU{spinning[0].cpu} spins in a high-level interrupt handler, "
+                      "a cross-CPU deadlock")  # fmt: skip
+        return where
+
+    def running_partition(self) -> str:
+        """The partition MicroPython runs from, as the device itself says."""
+        return self.repl.exec(f"import esp32; print({RUNNING}.info()[4])").strip()
+
+    def next_update_partition(self) -> str:
+        """The slot esp_ota_get_next_update_partition() names."""
+        return self.repl.exec(f"import esp32; print({RUNNING}.get_next_update().info()[4])").strip()
+
+    def flash_state(self) -> formats.FlashState:
+        """otadata and the bootloader's choice, read from the live flash file."""
+        return formats.FlashState.of(self.flash.read_bytes())
+
+    def start_reset(self, kind: ResetKind) -> None:
+        """Reset without waiting: `soft` is machine.reset() as an app calls it, `hard` is
+        QMP system_reset, like the EN pin; the ROM banner and the bootloader run again."""
+        self.console.log.resets_since_up.clear()
+        if kind == "hard":
+            self.board.hard_reset()
+        else:
+            self.repl.exec_start("import machine\nmachine.reset()")
+
+    def reset(self, kind: ResetKind, *, until: str = "prompt", timeout: float = 60.0) -> Boot:
+        """Reset, wait for the ROM banner and (until='prompt') the REPL; say what booted."""
+        mark = self.console.mark()
+        self.start_reset(kind)
+        return self.await_boot(mark, until=until, timeout=timeout)
+
+    def await_boot(self, mark: int, *, until: str = "prompt", timeout: float = 60.0) -> Boot:
+        """After a reset that was asked for: banner, prompt, the running partition.
+
+        A watchdog reset among the resets is not the one asked for, whatever the step
+        expected: it raises WatchdogReset (the retry policy's), never passes as the reboot.
+        """
+        banner = self.console.expect(RESET_BANNER, timeout, during="reset", fail_fast=False)
+        self.check_requested_reset(banner.group(2).decode(), "the reboot")
+        if until != "prompt":
+            return Boot(None, log_lines(self.console.lines_since(mark)))
+        self.wait_prompt(timeout)
+        for reason in reset_reasons(self.console.lines_since(mark)):
+            self.check_requested_reset(reason, "the boot after the reboot")
+        return Boot(self.running_partition(), log_lines(self.console.lines_since(mark)))
+
+    def check_requested_reset(self, reason: str, during: str) -> None:
+        """A reset the step asked for is a software or power-on reset; a watchdog's is not."""
+        if "WDT" in reason:
+            load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+            raise UnexpectedReset.of(
+                f"a watchdog reset the device ({reason}) during {during}, not the reset the "
+                f"step asked for (under emulation the host may have starved QEMU; host load "
+                f"average {load} on {os.cpu_count()} cores); serial log {self.console.log.path}",
+                reason,
+            )
+
+
+def reset_reasons(lines: list[str]) -> list[str]:
+    """The ROM's reset reasons (SW_CPU_RESET, TG1WDT_SYS_RESET, ...) among serial lines."""
+    found = (RESET_BANNER.search(line.encode()) for line in lines)
+    return [m.group(2).decode() for m in found if m]
+
+
+def run_copy(image: Path, run_dir: Path, writes: tuple[tuple[int, bytes], ...] = ()) -> Path:
+    """The per-run flash file QEMU writes into; the cached image stays pristine.
+
+    `writes` (offset, bytes) go into the copy before QEMU starts: the only time a host
+    write reaches the guest (see harness.emulator.ota, staged writes).
+    """
+    dst = run_dir / "flash.bin"
+    shutil.copyfile(image, dst)
+    os.chmod(dst, 0o644)
+    if writes:
+        size = dst.stat().st_size
+        with dst.open("r+b") as f:
+            for offset, data in writes:
+                if offset + len(data) > size:
+                    raise ImageError(
+                        f"a staged write at {offset:#x} runs past the end of the flash"
+                    )
+                f.seek(offset)
+                f.write(data)
+    return dst
+
+
+def _run_dir(options: BootOptions) -> tuple[Path, bool]:
+    """The run folder, and whether it is kept afterwards."""
+    if options.run_dir is not None:
+        options.run_dir.mkdir(parents=True, exist_ok=True)
+        return options.run_dir, True
+    if options.artifacts is not None:
+        options.artifacts.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix="run-", dir=options.artifacts)), True
+    return janitor.mkdtemp(prefix="esp32-ota-harness-"), False
+
+
+@contextlib.contextmanager
+def boot(image: Path, options: BootOptions) -> Iterator[Device]:
+    """Boot `image` (a flash image of an exact size) as `options` say; yield the Device."""
+    setup = MachineSetup(find_qemu(options.qemu), options.policy.psram, options.policy.watchdogs)
+    run_dir, keep = _run_dir(options)
+    board: Board | None = None
+    try:
+        flash = run_copy(image, run_dir, options.stage)
+        with hostlock.emulation_slot(options.policy.alone):
+            if options.serve:
+                board = ServedBoard(setup, flash, run_dir, download=options.download)
+            else:
+                board = QemuBoard(setup, flash, run_dir)
+            device = Device(board, run_dir)
+            device.power_on()
+            yield device
+    finally:
+        if board is not None:
+            board.close()
+        if not keep:
+            shutil.rmtree(run_dir, ignore_errors=True)

@@ -1,0 +1,83 @@
+"""The one run policy: how an emulation runs unless told otherwise, decided in one place.
+
+Every entry point (the CLI, the pytest plugin and its `board` fixture, the scenario
+runner, `harness repro`, the library API, the benches and the tests) gets its
+`RunPolicy` from `decide()`, so they all boot a given firmware the same way; the layers
+below (`Machine`, `boot()`) have no defaults of their own for any of it.
+
+- Watchdogs: off unless a scenario or an option turns them on. The guest's clock follows
+  the host's, so a busy host fires the emulated timer-group watchdogs on firmware that is
+  fine; Espressif's `idf.py qemu` turns them off too (bench/watchdog.py measured it).
+- PSRAM: exactly when the firmware is a SPIRAM build (it bails out without it).
+- The host alone: when a step needs it (device-side writes, the user's own tools), or
+  when the firmware is a build measured to stall on a shared host (ESP-IDF before v5.0.4).
+- Retries: none unless asked; only errors that are the emulator's, never a firmware's
+  result (harness.errors.RETRYABLE).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from ..flash.firmware import FirmwareFacts
+
+WATCHDOGS = False
+# Builds measured to stall under host load in Espressif's QEMU (both CPUs parked at fixed
+# PCs after the bootloader's `entry`, watchdogs on or off): ESP-IDF v4.2.4 (MicroPython
+# v1.20.0) and v5.0.2 (v1.21.0 SPIRAM). Measured not to: v5.0.4, v5.2.2, v5.5.1.
+STALLS_BEFORE = (5, 0, 4)
+OnOff = Literal["on", "off"]
+Auto = Literal["auto", "on", "off"]
+
+
+@dataclass(frozen=True)
+class RunPolicy:
+    """How one emulation runs: what every boot of a cell, a test or a CLI command uses."""
+
+    watchdogs: bool  # the emulated timer-group watchdogs run
+    psram: bool  # the machine has 4 MB of PSRAM (-m 4M)
+    alone: bool  # no other emulation shares the host meanwhile (harness.emulator.hostlock)
+    retries: int = 0  # more attempts after an emulator failure (errors.RETRYABLE)
+
+
+def stalls_under_load(idf_version: str | None) -> bool:
+    """A build measured to stall when another emulation shares the host."""
+    numbers = tuple(int(n) for n in re.findall(r"\d+", idf_version or "")[:3])
+    return bool(numbers) and numbers < STALLS_BEFORE
+
+
+def on_off(word: OnOff | None) -> bool | None:
+    """A user's on/off (a scenario key, an option); None: not said."""
+    return None if word is None else word == "on"
+
+
+def auto(word: Auto | None) -> bool | None:
+    """A user's auto/on/off; None (auto): as the firmware needs."""
+    return None if word in (None, "auto") else word == "on"
+
+
+def decide(
+    facts: FirmwareFacts,
+    *,
+    watchdogs: bool | None = None,
+    psram: bool | None = None,
+    alone: bool = False,
+    retries: int = 0,
+) -> RunPolicy:
+    """The policy for one firmware; an argument left None is decided by the rules above."""
+    return RunPolicy(
+        watchdogs=WATCHDOGS if watchdogs is None else watchdogs,
+        psram=facts.spiram if psram is None else psram,
+        alone=alone or stalls_under_load(facts.idf_version),
+        retries=retries,
+    )
+
+
+def for_image(
+    image: Path, *, watchdogs: bool | None = None, psram: bool | None = None, alone: bool = False
+) -> RunPolicy:
+    """The policy for a firmware file or a whole flash image, read from the file itself."""
+    return decide(FirmwareFacts.read(image), watchdogs=watchdogs, psram=psram, alone=alone)

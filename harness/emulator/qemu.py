@@ -1,0 +1,354 @@
+"""The machine: find Espressif's qemu-system-xtensa, run it on a flash file, reap it.
+
+One `Machine` is one QEMU process. Serial and QMP are Unix sockets in the run's own
+directory that the harness listens on and QEMU connects to, so runs never share a
+port and can go in parallel. QEMU starts paused (`-S`); `start()` attaches the
+serial reader before `cont`, so not one bootloader line is lost.
+
+QEMU never outlives the harness: it runs in its own process group, gets SIGKILL
+from the kernel when its parent dies (PR_SET_PDEATHSIG, which works even when the
+parent is SIGKILLed), and every `Machine` still alive at exit is killed.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import ctypes
+import functools
+import glob
+import os
+import re
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from qemu.qmp import QMPError
+from qemu.qmp.legacy import QEMUMonitorProtocol
+
+from ..errors import HarnessError, QemuCrashed, QemuExited, QemuNotFound
+from ..paths import idf_tools_dir
+from . import janitor
+
+QEMU_NAME = "qemu-system-xtensa"
+INSTALL_HINT = (
+    "install Espressif's QEMU with `harness qemu install` (or ESP-IDF's "
+    "`idf_tools.py install qemu-xtensa`), or point --qemu / ESP_QEMU at qemu-system-xtensa"
+)
+_PR_SET_PDEATHSIG = 1
+_live: set[Machine] = set()
+
+
+def _candidates() -> list[tuple[str, Path]]:
+    found: list[tuple[str, Path]] = []
+    if os.environ.get("ESP_QEMU"):
+        found.append(("ESP_QEMU", Path(os.environ["ESP_QEMU"])))
+    pattern = str(idf_tools_dir() / "qemu-xtensa" / "*" / "qemu" / "bin" / QEMU_NAME)
+    for path in sorted(glob.glob(pattern), reverse=True):  # newest version first
+        found.append(("ESP-IDF tools folder", Path(path)))
+    on_path = shutil.which(QEMU_NAME)
+    if on_path:
+        found.append(("PATH", Path(on_path)))
+    return found
+
+
+@functools.cache
+def has_esp32_machine(qemu: Path) -> bool:
+    """Upstream and distribution builds of qemu-system-xtensa lack `-machine esp32`."""
+    try:
+        out = subprocess.run(
+            [str(qemu), "-machine", "help"], capture_output=True, text=True, timeout=20
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return any(line.split()[:1] == ["esp32"] for line in out.splitlines())
+
+
+def find_qemu(explicit: str | os.PathLike[str] | None = None) -> Path:
+    """Return a qemu-system-xtensa that has the esp32 machine.
+
+    Order: `explicit` (--qemu), ESP_QEMU, ~/.espressif/tools/qemu-xtensa/*/qemu/bin,
+    then PATH. An explicit path that does not work is an error, not a fallback.
+    """
+    if explicit is not None:
+        path = Path(explicit)
+        if not path.is_file() or not os.access(path, os.X_OK):
+            raise QemuNotFound(f"--qemu {path} is not an executable file; {INSTALL_HINT}")
+        if not has_esp32_machine(path):
+            raise QemuNotFound(
+                f"{path} has no esp32 machine (not Espressif's QEMU fork); {INSTALL_HINT}"
+            )
+        return path
+    rejected = []
+    for source, path in _candidates():
+        if path.is_file() and os.access(path, os.X_OK) and has_esp32_machine(path):
+            return path
+        rejected.append(f"{path} ({source})")
+    why = f" (found but without the esp32 machine: {', '.join(rejected)})" if rejected else ""
+    raise QemuNotFound(f"no qemu-system-xtensa with the esp32 machine{why}; {INSTALL_HINT}")
+
+
+def _listen(path: Path) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.bind(str(path))
+    sock.listen(1)
+    return sock
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+@dataclass(frozen=True)
+class CpuState:
+    """Where one emulated CPU is: its PC and PS.INTLEVEL (0: tasks, 3: a FreeRTOS critical
+    section, 4-5: a high-level interrupt handler)."""
+
+    cpu: int
+    pc: int
+    intlevel: int
+
+    def __str__(self) -> str:
+        return f"CPU{self.cpu} at 0x{self.pc:08x}, interrupt level {self.intlevel}"
+
+
+_CPU_REGS = re.compile(r"CPU#(\d+)\s+PC=([0-9a-f]+).*?\bPS=([0-9a-f]+)", re.S)
+
+
+@dataclass(frozen=True)
+class MachineSetup:
+    """What a QEMU is started with: the binary, PSRAM, the watchdogs, the boot strap, UART1."""
+
+    qemu: Path
+    psram: bool
+    watchdogs: bool
+    download: bool = False  # GPIO0 strapped low: the ROM's download mode (fixed at start-up)
+    data_channel: bool = True  # UART1 wired to a socket of its own: a byte pipe for payloads
+
+
+class Machine:
+    """One emulated ESP32 running a flash file.
+
+    Use as a context manager; leaving it, by any path, kills QEMU and waits for it.
+    """
+
+    def __init__(self, setup: MachineSetup, flash: Path, run_dir: Path) -> None:
+        self.setup, self.qemu, self.flash, self.run_dir = setup, setup.qemu, flash, run_dir
+        self.data: socket.socket | None = None  # UART1: a byte pipe for payloads
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.serial: socket.socket | None = None
+        self.qmp: QEMUMonitorProtocol | None = None
+
+    def command(self, sockets: Path) -> list[str]:
+        cmd = [
+            str(self.qemu),
+            "-machine", "esp32",
+            "-display", "none",
+            "-monitor", "none",
+            "-nic", "none",
+            "-S",
+            "-drive", f"file={self.flash},if=mtd,format=raw",
+            "-chardev", f"socket,id=uart0,path={sockets / 'serial'}",
+            "-serial", "chardev:uart0",
+            *(["-chardev", f"socket,id=uart1,path={sockets / 'data'}",
+               "-serial", "chardev:uart1"] if self.setup.data_channel else []),
+            "-chardev", f"socket,id=qmp,path={sockets / 'qmp'}",
+            "-mon", "chardev=qmp,mode=control",
+        ]  # fmt: skip
+        if self.setup.psram:
+            cmd += ["-m", "4M"]
+        if not self.setup.watchdogs:  # what ESP-IDF's `idf.py qemu` does (emulator.policy)
+            cmd += ["-global", "driver=timer.esp32.timg,property=wdt_disable,value=true"]
+        if self.setup.download:  # GPIO0 low at reset: the ROM waits for esptool (normal: 0x12)
+            cmd += ["-global", "driver=esp32.gpio,property=strap_mode,value=0x0f"]
+        return cmd
+
+    def start(
+        self, attach: Callable[[socket.socket], None] | None = None, timeout: float = 20.0
+    ) -> socket.socket:
+        """Launch paused, accept serial and QMP, call `attach(serial)`, then resume.
+
+        The sockets live in a short private folder (a Unix socket path must fit 108
+        bytes; run folders can be deep) that is removed once QEMU has connected.
+        """
+        sockets = janitor.mkdtemp(prefix="eoh-")
+        try:
+            return self._start(sockets, attach, timeout)
+        finally:
+            shutil.rmtree(sockets, ignore_errors=True)
+
+    def _start(
+        self, sockets: Path, attach: Callable[[socket.socket], None] | None, timeout: float
+    ) -> socket.socket:
+        listener = _listen(sockets / "serial")
+        data_listener = _listen(sockets / "data") if self.setup.data_channel else None
+        self.qmp = QEMUMonitorProtocol(str(sockets / "qmp"), server=True)
+        cmd = self.command(sockets)
+        with (self.run_dir / "qemu-cmdline.txt").open("a") as f:  # one line per start
+            f.write(shlex.join(cmd) + "\n")
+        log = open(self.run_dir / "qemu-stderr.log", "ab")  # noqa: SIM115 - child keeps it
+        try:
+            self.proc = subprocess.Popen(
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
+            )
+        finally:
+            log.close()
+        _live.add(self)
+        try:
+            self.serial = self._accept(listener, timeout)
+            if data_listener is not None:
+                self.data = self._accept(data_listener, timeout)
+            self.qmp.accept(timeout=max(1.0, timeout))
+        except (OSError, TimeoutError, QMPError) as exc:
+            # QEMU connects its sockets before it checks the machine (a flash size it
+            # refuses): let it finish dying, then say what it said
+            self.check_alive("startup", wait=5.0)
+            raise HarnessError(f"QEMU did not connect its serial/QMP sockets: {exc}") from None
+        finally:
+            listener.close()
+            if data_listener is not None:
+                data_listener.close()
+        if attach:
+            attach(self.serial)
+        self.qmp.cmd("cont")
+        return self.serial
+
+    def _accept(self, listener: socket.socket, timeout: float) -> socket.socket:
+        deadline = time.monotonic() + timeout
+        listener.settimeout(0.1)
+        while True:
+            try:
+                conn, _ = listener.accept()
+                conn.setblocking(True)
+                return conn
+            except TimeoutError:
+                self.check_alive("startup")
+                if time.monotonic() > deadline:
+                    raise
+
+    def exit_status(self) -> int | None:
+        return None if self.proc is None else self.proc.poll()
+
+    def describe_exit(self) -> str:
+        code = self.exit_status()
+        if code is None:
+            return "running"
+        return f"signal {-code}" if code < 0 else f"exit code {code}"
+
+    def check_alive(self, during: str, wait: float = 0.0) -> None:
+        """Raise QemuExited, with QEMU's own last words, if the process is gone.
+
+        `wait`: the serial socket already closed, so give QEMU that long to finish dying.
+        """
+        if self.proc is None:
+            return
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(wait)
+        if self.proc.poll() is None:
+            return
+        stderr = (self.run_dir / "qemu-stderr.log").read_text(errors="replace").strip()
+        said = f": {stderr.splitlines()[-1]}" if stderr else ""
+        message = f"QEMU exited ({self.describe_exit()}) during {during}{said}"
+        if "assertion failed" in stderr or "Bail out!" in stderr:
+            raise QemuCrashed(message + " (QEMU itself crashed: a QEMU bug, not the firmware)")
+        raise QemuExited(message)
+
+    def cpu_states(self, timeout: float = 3.0) -> list[CpuState]:
+        """Each emulated CPU's PC and interrupt level (HMP `info registers -a`): where a
+        guest that stopped answering is stuck. Empty when QEMU cannot say within `timeout`
+        (a starved host can keep QEMU's monitor from answering too)."""
+        if self.qmp is None or self.exit_status() is not None:
+            return []
+        self.qmp.settimeout(timeout)
+        try:
+            text = self.qmp.cmd("human-monitor-command", **{"command-line": "info registers -a"})
+        except Exception:  # a diagnosis only: QMP errors, timeouts, a socket gone
+            return []
+        finally:
+            self.qmp.settimeout(None)
+        return [
+            CpuState(int(cpu), int(pc, 16), int(ps, 16) & 0xF)
+            for cpu, pc, ps in _CPU_REGS.findall(str(text))
+        ]
+
+    def reset(self) -> None:
+        """Hard reset, as the EN pin would: the ROM banner shows a fresh boot."""
+        assert self.qmp is not None
+        self.qmp.cmd("system_reset")
+
+    def stop(self, graceful: bool = False) -> None:
+        """Kill QEMU and wait for it. Safe to call more than once, from any path.
+
+        `graceful` asks QEMU to quit first (QMP `quit`), so flash writes still in flight
+        reach the file: what a power cycle on the same flash file needs.
+        """
+        if graceful and self.qmp is not None and self.proc is not None and self.proc.poll() is None:
+            with contextlib.suppress(Exception):
+                self.qmp.cmd("quit")
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(3)
+        proc, self.proc = self.proc, None
+        _live.discard(self)
+        for sock in (self.serial, self.data):
+            if sock is not None:
+                sock.close()
+        self.serial = self.data = None
+        if proc is not None and proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+        if proc is not None:
+            proc.wait()
+            self.proc = proc  # keep the exit status readable
+        if self.qmp is not None:
+            with contextlib.suppress(Exception):
+                self.qmp.close()
+            self.qmp = None
+
+    def __enter__(self) -> Machine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def stop_all() -> None:
+    """Kill every QEMU this process started (atexit and signal handlers call this)."""
+    for machine in list(_live):
+        machine.stop()
+
+
+atexit.register(stop_all)
+
+
+def running_qemus(marker: str = "") -> list[tuple[int, str]]:
+    """(pid, command line) of every live qemu-system-xtensa whose command line has `marker`.
+
+    Reads the process table, so it also sees QEMUs that no handle of ours knows of.
+    """
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+            if (entry / "stat").read_text().split(")")[-1].split()[0] == "Z":
+                continue  # a zombie is dead; its parent just has not reaped it yet
+        except OSError:
+            continue
+        if argv and argv[0].endswith(QEMU_NAME.encode()):
+            line = b" ".join(argv).decode(errors="replace")
+            if marker in line:
+                found.append((int(entry.name), line))
+    return found

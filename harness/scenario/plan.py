@@ -1,0 +1,368 @@
+"""From a scenario to runnable cells: one frozen plan per cell, made before anything boots.
+
+`cells()` expands a scenario's matrix (flash sizes x firmware [x PSRAM]), chooses the
+firmware by the one rule of harness.sources.manifest, reads each firmware's facts once,
+and returns, per cell, either a `CellPlan` or a `Skipped` with the reason. A plan holds
+everything the runner needs and the pytest plugin schedules by: the firmware and its
+facts, the image to build (recipe, files to bake, raw writes), the payloads to stage,
+each step's arguments with the scenario's variables expanded, the cost, whether the UART
+is served, and the run policy. The run's own variables (`${port}`, `${run_dir}`, payload
+files, partition offsets) are known only once the image is built and the board runs;
+`expand()` fills them in then.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from ..emulator import policy
+from ..emulator.policy import RunPolicy
+from ..flash import images, recipes
+from ..flash.firmware import FirmwareFacts
+from ..flash.size import FlashSize
+from ..sources.manifest import ENTRY_ID, Firmware, FirmwareSelector, FirmwareUnavailable
+from .format import PARTITION_VAR, RUNTIME_VARS, VARIABLE, Scenario, ScenarioError, payload_var
+from .stepformats import Args, ImageFile, Staged
+
+A = TypeVar("A", bound=Args)
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """What a run says beyond the scenario files (the command line, the plugin's options)."""
+
+    flash_sizes: tuple[FlashSize, ...] = ()  # only these sizes of each matrix
+    firmware: tuple[str, ...] = ()  # replaces every matrix's firmware
+    watchdogs: bool | None = None  # for scenarios that do not say
+    retries: int = 0
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    index: int  # its position in the scenario, from 0
+    line: int  # in the scenario file
+    args: Args  # the scenario's variables expanded; the run's own still `${...}`
+
+    @property
+    def number(self) -> int:
+        return self.index + 1
+
+    @property
+    def kind(self) -> str:
+        return self.args.KIND
+
+
+@dataclass(frozen=True)
+class ImagePlan:
+    """The flash image a cell boots: its size's recipe as the scenario changes it, the
+    files baked into the filesystem and the raw writes (sources: payload kinds, or host
+    files with absolute paths)."""
+
+    recipe: images.Recipe
+    recipe_name: str
+    files: tuple[ImageFile, ...]
+    writes: tuple[tuple[str, str], ...]  # (partition, payload kind or host path)
+
+
+@dataclass(frozen=True)
+class CellPlan:
+    """One matrix combination of one scenario that can run here: one test item."""
+
+    scenario: Scenario
+    id: str  # 16mb-v1.25.0
+    flash_size: FlashSize
+    firmware: Firmware
+    facts: FirmwareFacts
+    image: ImagePlan
+    steps: tuple[StepPlan, ...]
+    staged: tuple[Staged, ...]
+    serve: bool  # the UART is served to host tools (a `run` step)
+    cost: int  # roughly how many boots it is worth
+    policy: RunPolicy
+    variables: Mapping[str, str] = field(default_factory=dict)  # the scenario's, expanded
+
+    @property
+    def name(self) -> str:
+        return f"{self.scenario.name}[{self.id}]"
+
+    @property
+    def payload_vars(self) -> frozenset[str]:
+        """The payload kinds whose `${payload_*}` variable a step names (made only then)."""
+        used = {name for s in self.steps for name in _strings_vars(s.args)}
+        return frozenset(k for k in images.PAYLOAD_KINDS if payload_var(k) in used)
+
+    def expand_text(
+        self,
+        text: str,
+        where: tuple[Any, ...] | None = None,
+        runtime: Mapping[str, str] | None = None,
+    ) -> str:
+        """`text` with this cell's variables; with `runtime`, the run's own too (all)."""
+        context = {**self.variables, **(runtime or {})}
+        return expand_text(self.scenario, text, context, where, final=runtime is not None)
+
+    def expand(self, args: A, runtime: Mapping[str, str], where: tuple[Any, ...]) -> A:
+        """A step's arguments with the run's own variables filled in (all of them)."""
+        context = {**self.variables, **runtime}
+        return _expand_args(self.scenario, args, context, where, final=True)
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A matrix combination that cannot run here, and why."""
+
+    scenario: Scenario
+    id: str
+    flash_size: FlashSize
+    reason: str
+    firmware: Firmware | None = None
+    unavailable: bool = False  # a named firmware that cannot be had (not a glob without files)
+
+    @property
+    def name(self) -> str:
+        return f"{self.scenario.name}[{self.id}]"
+
+
+Cell = CellPlan | Skipped
+
+
+def cells(scenario: Scenario, selector: FirmwareSelector, options: RunOptions) -> list[Cell]:
+    """One plan (or skip) per matrix combination; options narrow sizes or replace firmware."""
+    sizes = list(scenario.matrix.flash_size)
+    if options.flash_sizes:
+        sizes = [s for s in sizes if s in options.flash_sizes]
+    context = _context(scenario, selector.folder)
+    chosen = _choose_firmware(scenario, selector, options, context)
+    psram_axis: list[bool | None] = list(scenario.matrix.psram) if scenario.matrix.psram else [None]
+    return [
+        _cell(scenario, _Combination(size, choice, psram), context, options)
+        for size, choice, psram in itertools.product(sizes, chosen, psram_axis)
+    ]
+
+
+@dataclass(frozen=True)
+class _Choice:
+    id: str
+    firmware: Firmware | None
+    why_not: str = ""  # when firmware is None
+    unavailable: bool = False
+
+
+def _choose_firmware(
+    scenario: Scenario, selector: FirmwareSelector, options: RunOptions, context: dict[str, str]
+) -> list[_Choice]:
+    """One choice per firmware file the matrix (or the options) name, or why there is none."""
+    chosen: list[_Choice] = []
+    for i, spec in enumerate(options.firmware or scenario.matrix.firmware):
+        where = ("matrix", "firmware", i) if not options.firmware else None
+        expanded = expand_text(scenario, spec, context, where)
+        try:
+            found = selector.resolve(expanded)
+        except FirmwareUnavailable as exc:
+            named = ENTRY_ID.match(expanded)
+            chosen.append(_Choice(named["version"] if named else expanded, None, str(exc), True))
+            continue
+        if not found:
+            chosen.append(_Choice(expanded, None, f"no firmware file matches {expanded}: set "
+                                  "FIRMWARE_DIR (--firmware-dir) or --firmware, or fetch it "
+                                  "(`harness firmware fetch`)"))  # fmt: skip
+        chosen += [_Choice(f.id, f) for f in found]
+    if len({c.id for c in chosen}) < len(chosen):  # same version twice: use names
+        chosen = [_Choice(_long_id(c.firmware) if c.firmware else c.id, c.firmware, c.why_not,
+                          c.unavailable) for c in chosen]  # fmt: skip
+    return chosen
+
+
+def _long_id(fw: Firmware) -> str:
+    return f"{fw.entry.name}-{fw.entry.version}" if fw.entry else fw.path.stem
+
+
+@dataclass(frozen=True)
+class _Combination:
+    """One point of a matrix: a flash size, a firmware choice, a PSRAM setting."""
+
+    size: FlashSize
+    choice: _Choice
+    psram: bool | None  # None: the matrix has no PSRAM axis
+
+    @property
+    def id(self) -> str:
+        axis = [] if self.psram is None else ["psram" if self.psram else "no-psram"]
+        return "-".join([str(self.size).lower(), self.choice.id, *axis])
+
+
+def _cell(
+    scenario: Scenario, combo: _Combination, context: dict[str, str], options: RunOptions
+) -> Cell:
+    size, choice, psram, cell_id = combo.size, combo.choice, combo.psram, combo.id
+    fw = choice.firmware
+    if fw is None:
+        return Skipped(scenario, cell_id, size, choice.why_not, unavailable=choice.unavailable)
+    facts = FirmwareFacts.read(fw.path)
+    reason = skip_reason(scenario, fw, facts)
+    if reason:
+        return Skipped(scenario, cell_id, size, reason, fw)
+    variables = {**context, "firmware": str(fw.path), "flash_size": str(size)}
+    steps = tuple(
+        StepPlan(i, scenario.step_line(i), _expand_args(scenario, args, variables, ("steps", i)))
+        for i, args in enumerate(scenario.step_args)
+    )
+    search = recipes.search_path(scenario.path.parent.parent, Path.cwd())
+    named = recipes.for_size(size, needs_ota_layout(scenario, facts), search)
+    image, recipe_psram = _image(scenario, named, fw.path, steps, variables)
+    step_args = [s.args for s in steps]
+    decided = policy.decide(
+        facts,
+        watchdogs=policy.on_off(scenario.watchdogs) if scenario.watchdogs else options.watchdogs,
+        psram=psram if psram is not None else recipe_psram,
+        alone=any(a.alone() for a in step_args),
+        retries=options.retries,
+    )
+    return CellPlan(
+        scenario, cell_id, size, fw, facts, image, steps,
+        staged=tuple(s for a in step_args if (s := a.staged()) is not None),
+        serve=any(a.PORT for a in step_args),
+        cost=sum(a.cost() for a in step_args),
+        policy=decided,
+        variables=variables,
+    )  # fmt: skip
+
+
+def skip_reason(scenario: Scenario, fw: Firmware, facts: FirmwareFacts) -> str | None:
+    """Why a firmware cannot run this scenario (it lacks what the scenario needs)."""
+    name, release = fw.path.name, facts.version or "this release"
+    needs = scenario.needs()
+    if "spiram" in needs and not facts.spiram:
+        return f"needs a SPIRAM build; {name} is not one"
+    if "rollback" in needs and not facts.rollback:
+        return (
+            f"needs app rollback, which every MicroPython ESP32 build has from v1.21.0 "
+            f"(CONFIG_BOOTLOADER_APP_ROLLBACK_ENABLE); {name} is {release}"
+        )
+    if "vfs-in-table" in needs and not facts.fs_in_table:
+        return (
+            f"needs a partition table that names the filesystem (releases up to v1.25); "
+            f"{release} has no vfs line: MicroPython makes the filesystem at boot after "
+            "the last partition"
+        )
+    if "vfs-at-boot" in needs and facts.fs_in_table:
+        return (
+            f"needs a release that makes its filesystem at boot after the last partition "
+            f"(v1.26 on); {release} names vfs in its partition table"
+        )
+    return None
+
+
+def needs_ota_layout(scenario: Scenario, facts: FirmwareFacts) -> bool:
+    """OTA slots asked for and not in the firmware: the cell uses the OTA recipe."""
+    layout = scenario.image.layout
+    return layout == "ota" or ("ota" in scenario.needs() and layout is None and not facts.ota_slots)
+
+
+def _image(
+    scenario: Scenario,
+    named: recipes.NamedRecipe,
+    firmware: Path,
+    steps: tuple[StepPlan, ...],
+    variables: dict[str, str],
+) -> tuple[ImagePlan, bool | None]:
+    """The image plan, and the PSRAM its recipe asks for (None: as the firmware needs)."""
+    spec, base = scenario.image, scenario.path.parent.resolve()
+    recipe = named.spec.recipe(firmware)
+    changes: dict[str, Any] = {}
+    if spec.layout is not None:
+        changes["layout"] = spec.layout
+    if spec.resize is not None:
+        changes["resize"] = spec.resize
+    if spec.header_flash_size is not None:
+        changes["header_size"] = spec.header_flash_size
+    recipe = images.Recipe(**{**_fields(recipe), **changes})
+
+    def source(text: str, payload: bool) -> str:
+        if payload and text in images.PAYLOAD_KINDS:
+            return text
+        return str(base / expand_text(scenario, text, variables, None))
+
+    files = [ImageFile(source(src, False), dst, False) for dst, src in spec.vfs.items()]
+    files += [ImageFile(source(f.source, f.payload), f.device_path, f.payload)
+              for s in steps for f in s.args.files()]  # fmt: skip
+    writes = tuple((part, source(src, True)) for part, src in spec.flash.items())
+    psram = policy.auto(spec.psram or named.spec.psram)
+    return ImagePlan(recipe, named.name, tuple(files), writes), psram
+
+
+def _fields(recipe: images.Recipe) -> dict[str, Any]:
+    return {name: getattr(recipe, name) for name in recipe.__dataclass_fields__}
+
+
+# -- variables ------------------------------------------------------------------------
+
+
+def _context(scenario: Scenario, firmware_dir: Path) -> dict[str, str]:
+    # host paths are absolute: `run` commands execute in the run folder, not here
+    context = {"firmware_dir": str(firmware_dir.resolve()),
+               "scenario_dir": str(scenario.path.parent.resolve())}  # fmt: skip
+    for key, value in scenario.vars.items():
+        context[key] = expand_text(scenario, value, context, ("vars", key))
+    return context
+
+
+def expand_text(
+    scenario: Scenario,
+    text: str,
+    context: Mapping[str, str],
+    where: tuple[Any, ...] | None,
+    *,
+    final: bool = False,
+) -> str:
+    """`text` with each ${name} replaced; the run's own stay `${name}` until it runs
+    (`final`: it runs, so a name still unknown is an error)."""
+
+    def value(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name in context:
+            return context[name]
+        if not final and (name in RUNTIME_VARS or PARTITION_VAR.fullmatch(name)):
+            return match.group(0)
+        raise ScenarioError(scenario.unknown_var(name, where))
+
+    return VARIABLE.sub(value, text)
+
+
+def _expand_args(
+    scenario: Scenario,
+    args: A,
+    context: Mapping[str, str],
+    where: tuple[Any, ...],
+    *,
+    final: bool = False,
+) -> A:
+    """The step's arguments with ${variables} substituted."""
+
+    def expand(text: str) -> str:
+        return expand_text(scenario, text, context, where, final=final)
+
+    update: dict[str, Any] = {}
+    for name, value in args:
+        if isinstance(value, str):
+            update[name] = expand(value)
+        elif isinstance(value, list) and all(isinstance(v, str) for v in value):
+            update[name] = [expand(v) for v in value]
+        elif isinstance(value, dict) and all(isinstance(v, str) for v in value.values()):
+            update[name] = {k: expand(v) for k, v in value.items()}
+    return args.model_copy(update=update)
+
+
+def _strings_vars(args: Args) -> set[str]:
+    """Every ${name} left in a step's string arguments (lists and mappings included)."""
+    found: set[str] = set()
+    for _, value in args:
+        items: list[Any] = list(value.values()) if isinstance(value, dict) else (
+            value if isinstance(value, list) else [value])  # fmt: skip
+        found.update(n for t in items if isinstance(t, str) for n in VARIABLE.findall(t))
+    return found

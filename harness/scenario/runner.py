@@ -1,0 +1,359 @@
+"""Run one cell's plan: build its image, boot it, run its steps, keep the evidence.
+
+`run_cell()` is the engine behind the pytest plugin, `harness run` and `harness repro`.
+The image is built first (an image that cannot be made fails before anything boots);
+then each step's handler (harness.scenario.steps) runs with this attempt as its `Run`.
+A step that is not met raises `StepFailed`, and every other harness error (timeout,
+crash, boot loop, QEMU gone) is reported against the step it happened in. The cell's
+artifact folder holds:
+
+    serial.log  qemu-cmdline.txt  qemu-stderr.log   what the run's QEMU saw and said
+    timeline.json                                   each step: start, duration, result
+    flash-before.json  flash-after.json             partitions, otadata, boot choice
+    result.json                                     the outcome, firmware and image used
+    flash.bin                                       the flash at the end (failures only)
+
+The plan's policy says how many more attempts an emulator failure gets (QEMU's own
+crash, a watchdog reset, a stalled guest), never a firmware result; every attempt keeps
+its folder (`attempt-2/`, ...) and is listed in the result.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..emulator.device import BootOptions, Device, boot
+from ..emulator.policy import stalls_under_load
+from ..errors import RETRYABLE, DeviceTimeout, GuestStalled, HarnessError, StepFailed
+from ..flash import formats, images
+from ..flash.firmware import sha256_of
+from ..flash.images import BuiltImage
+from ..flash.inputs import read_input
+from .format import payload_var
+from .plan import Cell, CellPlan, Skipped, StepPlan
+from .results import Attempt, CellResult, FirmwareUsed, ImageUsed, Status, StepRecord, write_json
+from .steps import HANDLERS
+
+Progress = Callable[[CellPlan, int, str], None]
+
+
+@dataclass(frozen=True)
+class Setup:
+    """Where cells run: their artifacts folder, the QEMU, the image cache, what to keep."""
+
+    artifacts: Path
+    qemu: str | Path | None = None  # None: found as harness.emulator.qemu.find_qemu says
+    cache: Path | None = None  # None: the user's image cache
+    keep_flash: bool = False  # keep flash.bin even when the cell passes
+
+
+@dataclass(frozen=True)
+class StagedSlot:
+    """A payload written into an OTA slot of the run's flash copy before QEMU starts."""
+
+    target: str
+    offset: int
+    data: bytes
+
+
+@dataclass(frozen=True)
+class Built:
+    """What the plan's image came to: the flash image, the staged slots, the payloads."""
+
+    image: BuiltImage
+    staging: dict[str, StagedSlot]  # payload name -> where its staged step wrote it
+    offsets: dict[str, int]  # partition -> offset, for ${offset_NAME}
+
+
+def payload_path(plan: CellPlan, name: str, cache: Path | None = None) -> Path:
+    """A payload kind made from the cell's firmware, or a file relative to the scenario."""
+    if name in images.PAYLOAD_KINDS:
+        return images.payload(plan.image.recipe, name, cache)
+    return plan.scenario.path.parent.resolve() / name
+
+
+def build(plan: CellPlan, cache: Path | None = None) -> Built:
+    """The cell's flash image (cached by content), and its staged payloads placed."""
+    spec = plan.image
+    vfs = [(payload_path(plan, f.source, cache) if f.payload else Path(f.source), f.device_path)
+           for f in spec.files]  # fmt: skip
+    writes = [(part, payload_path(plan, src, cache)) for part, src in spec.writes]
+    recipe = images.Recipe(**{
+        **{n: getattr(spec.recipe, n) for n in spec.recipe.__dataclass_fields__},
+        "vfs_files": tuple(vfs), "writes": tuple(writes),
+    })  # fmt: skip
+    built = images.build_image(recipe, cache)
+    with built.path.open("rb") as f:  # the table: one sector at 0x8000; otadata is blank
+        head = f.read(formats.TABLE_OFFSET + formats.SECTOR)
+    table = formats.parse_table(head)
+    running = formats.FlashState.of(built.path.read_bytes()).boot.slot
+    staging: dict[str, StagedSlot] = {}
+    for want in plan.staged:
+        slot = table.get(want.target) if want.target else formats.next_update_slot(table, running)
+        if slot is None or not slot.is_app:
+            raise HarnessError(f"no OTA slot {want.target or '(next)'} to stage {want.payload} in")
+        taken = [p for p, s in staging.items() if s.target == slot.name and p != want.payload]
+        if taken:
+            raise HarnessError(
+                f"{want.payload} and {taken[0]} would both be staged into {slot.name} before "
+                "the boot: give one of them method: harness"
+            )
+        data = read_input(payload_path(plan, want.payload, cache))[: slot.size]
+        staging[want.payload] = StagedSlot(slot.name, slot.offset, data)
+    return Built(built, staging, {p.name: p.offset for p in table})
+
+
+def run_cell(cell: Cell, setup: Setup, progress: Progress | None = None) -> CellResult:
+    """Run every step of the cell, as many times as its policy allows for emulator failures."""
+    folder = setup.artifacts / _safe(cell.name)
+    if isinstance(cell, Skipped):
+        return CellResult(cell.name, "skipped", cell.reason, artifacts=str(folder))
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    fw, start = cell.firmware, time.monotonic()
+    result = CellResult(
+        cell.name, "failed", artifacts=str(folder), watchdogs=cell.policy.watchdogs,
+        firmware=FirmwareUsed(str(fw.path), fw.id, fw.sha256, fw.entry.id if fw.entry else None,
+                              fw.pinned, fw.origin),
+    )  # fmt: skip
+    try:
+        built = build(cell, setup.cache)
+    except HarnessError as exc:
+        result.message = f"{cell.name}: the image could not be made: {exc}\n  artifacts: {folder}"
+        result.attempts.append(Attempt(1, "failed", result.message, str(folder)))
+    else:
+        result.image = _image_used(cell.image.recipe_name, built.image)
+        _attempts(CellRun(cell, built, setup, progress), folder, result)
+    result.elapsed_s = round(time.monotonic() - start, 3)
+    if sha256_of(fw.path) != fw.sha256:
+        result.status = "failed"  # the harness only ever reads its inputs: say so loudly
+        result.message = f"{fw.path} changed during the run (inputs must stay untouched)"
+    if len(result.attempts) > 1:
+        tried = "; ".join(a.line() for a in result.attempts)
+        result.message = (result.message + f"\n    retried ({tried})").lstrip("\n")
+    result.write(folder)
+    return result
+
+
+@dataclass(frozen=True)
+class CellRun:
+    """What every attempt at a cell shares: its plan, its built image, where it runs."""
+
+    plan: CellPlan
+    built: Built
+    setup: Setup
+    progress: Progress | None
+
+
+def _attempts(run: CellRun, folder: Path, result: CellResult) -> None:
+    for number in range(1, run.plan.policy.retries + 2):
+        run_dir = folder if number == 1 else folder / f"attempt-{number}"
+        attempt = CellAttempt(run, run_dir)
+        error = attempt.run()
+        result.timeline, result.booted = attempt.timeline, attempt.booted
+        status: Status = "passed" if error is None else "failed"
+        result.attempts.append(Attempt(number, status, str(error or ""), str(run_dir)))
+        if error is None:
+            result.status, result.message = "passed", ""
+            return
+        result.message = str(error)
+        if not retryable(error.__cause__):
+            return
+
+
+def retryable(error: BaseException | None) -> bool:
+    """Only what is likely not the firmware's doing: QEMU's own crash, or watchdog resets.
+
+    Under emulation the guest's clock keeps running while the host starves QEMU, so a
+    watchdog reset (in a boot loop, or in the middle of a REPL or OTA step) is most often
+    the host's doing. A firmware that truly trips its watchdog does so again on the
+    retry, and fails; the retry only costs time, and is reported.
+    """
+    return isinstance(error, RETRYABLE)
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^\w.\[\]-]+", "_", name)
+
+
+class CellAttempt:
+    """One attempt at one cell: what the steps see as their `Run`."""
+
+    def __init__(self, run: CellRun, run_dir: Path) -> None:
+        self.plan, self.built, self.setup, self.progress = (
+            run.plan,
+            run.built,
+            run.setup,
+            run.progress,
+        )
+        self.run_dir = run_dir
+        self.cursor = 0
+        self.booted: str | None = None
+        self.timeline: list[StepRecord] = []
+        self.dev: Device | None = None
+        self.stack = contextlib.ExitStack()
+        self.clock = time.monotonic()
+
+    def run(self) -> StepFailed | None:
+        """Run all steps; return the failure (None when every step passed)."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        with self.stack:
+            for step in self.plan.steps:
+                record = StepRecord(step.number, step.kind, step.line, self.now())
+                self.timeline.append(record)
+                if self.progress:
+                    self.progress(self.plan, step.index, step.kind)
+                try:
+                    record.detail = self._step(step)
+                except HarnessError as raised:
+                    error = self._stall_named(raised)
+                    record.status, record.elapsed_s = "failed", self._since(record)
+                    self._finish(failed=True)
+                    failure = StepFailed(self._failure(record, error))
+                    failure.__cause__ = error
+                    return failure
+                record.status, record.elapsed_s = "passed", self._since(record)
+                self._write_timeline()
+            self._finish(failed=False)
+        return None
+
+    def _step(self, step: StepPlan) -> object:
+        args = self.plan.expand(step.args, self.runtime_vars(), ("steps", step.index))
+        detail = HANDLERS[step.kind](self, args)
+        if self.dev is not None:
+            self.dev.console.check(f"step {step.number} `{step.kind}`")
+        return detail
+
+    def _since(self, record: StepRecord) -> float:
+        return round(self.now() - record.start_s, 3)
+
+    def _stall_named(self, exc: HarnessError) -> HarnessError:
+        """A device that stopped answering, on a build before ESP-IDF 5.0.4, is that build's
+        known stall under QEMU 8.0 (it passes on the next run), so say so, and let the
+        retry policy have it."""
+        if type(exc) is not DeviceTimeout or not stalls_under_load(self.plan.facts.idf_version):
+            return exc
+        where = self.dev.where_stuck() if self.dev is not None else "the device stopped answering"
+        stalled = GuestStalled(
+            f"{exc}\n  {where}; builds before ESP-IDF 5.0.4 stall like this under QEMU 8.0 "
+            "even on a quiet host (docs/known-behaviour.md), the emulator, not the firmware"
+        )
+        stalled.__cause__ = exc
+        return stalled
+
+    def runtime_vars(self) -> dict[str, str]:
+        """${port}, ${rfc2217} (once the board is served), the run's files and offsets."""
+        port = self.dev.board.port if self.dev is not None else None
+        values = {
+            "port": port.pty if port else "",
+            "rfc2217": port.rfc2217 if port else "",
+            "run_dir": str(self.run_dir),
+            "image": str(self.built.image.path),
+            "python": sys.executable,
+        }
+        values.update({f"offset_{name}": f"0x{off:x}" for name, off in self.built.offsets.items()})
+        for kind in self.plan.payload_vars:  # made only when a step names them
+            values[payload_var(kind)] = str(self.payload(kind))
+        return values
+
+    # -- Run, as the steps see it ---------------------------------------------------------
+    def boot(self) -> Device:
+        options = BootOptions(
+            self.plan.policy, qemu=self.setup.qemu, run_dir=self.run_dir, serve=self.plan.serve,
+            stage=tuple((s.offset, s.data) for s in self.built.staging.values()),
+        )  # fmt: skip
+        self.dev = self.stack.enter_context(boot(self.built.image.path, options))
+        _flash_summary(self.run_dir / "flash-before.json", self.dev.flash)
+        return self.dev
+
+    def device(self) -> Device:
+        if self.dev is None:  # the format rejects this order; kept for API users
+            raise StepFailed("no device: this step needs a `boot` step before it")
+        return self.dev
+
+    def staged_slot(self, payload: str) -> str:
+        return self.built.staging[payload].target
+
+    def payload(self, name: str) -> Path:
+        return payload_path(self.plan, name, self.setup.cache)
+
+    def host_path(self, name: str) -> Path:
+        return self.plan.scenario.path.parent / name
+
+    def inspect_target(self, name: str) -> Path:
+        if name in images.PAYLOAD_KINDS:
+            return self.payload(name)
+        if name == "image":
+            return self.built.image.path
+        if name == "flash":
+            return self.device().flash
+        if name == "firmware":
+            return self.plan.firmware.path
+        return self.host_path(name)
+
+    def now(self) -> float:
+        return round(time.monotonic() - self.clock, 3)
+
+    # -- evidence -----------------------------------------------------------------------
+    def _failure(self, record: StepRecord, exc: HarnessError) -> str:
+        where = f"{self.plan.scenario.path}:{record.line}"
+        tail = ""
+        if self.dev is not None and "serial log" not in str(exc):
+            tail = "\n  last serial lines:\n" + self.dev.console.log.last_lines()
+        return (
+            f"{self.plan.name}: step {record.index} `{record.step}` ({where}) failed: {exc}"
+            f"{tail}\n  artifacts: {self.run_dir}"
+        )
+
+    def _finish(self, failed: bool) -> None:
+        if self.dev is not None:
+            with contextlib.suppress(OSError, HarnessError):
+                _flash_summary(self.run_dir / "flash-after.json", self.dev.flash)
+        self._write_timeline()
+        self.stack.close()  # QEMU is reaped here, before the flash file is judged
+        flash = self.run_dir / "flash.bin"
+        if not failed and not self.setup.keep_flash and flash.exists():
+            flash.unlink()  # 4-16 MB per cell; kept only as evidence of a failure
+
+    def _write_timeline(self) -> None:
+        write_json(self.run_dir / "timeline.json", self.timeline)
+
+
+def _image_used(name: str, built: BuiltImage) -> ImageUsed:
+    fs = built.filesystem
+    where = None
+    if fs is not None:
+        how = "in the table" if fs.in_table else "made at boot after the last partition"
+        where = f"{fs.label} at {fs.offset:#x}, {fs.size:#x} bytes ({how})"
+    return ImageUsed(name, built.conversion, list(built.notes), where)
+
+
+@dataclass(frozen=True)
+class _PartitionSummary:
+    name: str
+    type: int
+    subtype: int
+    offset: str
+    size: int
+
+
+@dataclass(frozen=True)
+class _FlashSummary:
+    partitions: list[_PartitionSummary]
+    otadata: tuple[formats.OtaRecord, ...] | None
+    otadata_selects: formats.BootChoice
+
+
+def _flash_summary(path: Path, flash: Path) -> None:
+    data = flash.read_bytes()  # 16 MB: read once for both the table and otadata
+    state = formats.FlashState.of(data)
+    parts = [_PartitionSummary(p.name, p.type, p.subtype, f"0x{p.offset:x}", p.size)
+             for p in formats.parse_table(data)]  # fmt: skip
+    write_json(path, _FlashSummary(parts, state.otadata, state.boot))

@@ -1,0 +1,341 @@
+"""Each step's format: the arguments a scenario step may have, and what the step needs.
+
+An `Args` model per step, registered in `STEP_FORMATS` under its `KIND`: its fields are
+what the YAML may say; its methods say what the step puts into the image (`files`),
+stages into an OTA slot before the boot (`staged`), costs (`cost`), needs of the
+firmware (`NEEDS`) and of the host (`alone`, `PORT`). Pure pydantic, like the rest of the
+format: what a step does is harness.scenario.steps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, field_validator, model_validator
+
+from ..flash.formats import OtaState, Select
+
+# ota: two OTA slots (made by the OTA recipe where the firmware has none); spiram: a
+# SPIRAM build; rollback: app rollback (v1.21.0 on); vfs-in-table / vfs-at-boot: the
+# filesystem named in the partition table (up to v1.25) / made at boot after the last
+# partition, with the flash chip's size queried at start-up (v1.26 on)
+Need = Literal["ota", "spiram", "rollback", "vfs-in-table", "vfs-at-boot"]
+
+
+def _listify(value: Any) -> Any:
+    return [value] if isinstance(value, str) else value
+
+
+# -- what a step asks of the image and the host -------------------------------------
+
+
+@dataclass(frozen=True)
+class ImageFile:
+    """A file a step needs in the filesystem at build time: a payload kind or a host path."""
+
+    source: str
+    device_path: str
+    payload: bool  # `source` is a payload kind or file made for the cell, else a host path
+
+
+@dataclass(frozen=True)
+class Staged:
+    """A payload a step wants in an OTA slot before the boot (its `target`, or the next)."""
+
+    payload: str
+    target: str | None
+
+
+class Args(BaseModel):
+    """A step's arguments; subclasses are registered by `@step_format` under `KIND`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    KIND: ClassVar[str]
+    SHORTHAND: ClassVar[str | None] = None  # `- step: value` means `- step: {SHORTHAND: value}`
+    DEVICE: ClassVar[bool] = True  # needs a running device: it comes after the `boot`
+    NEEDS: ClassVar[frozenset[Need]] = frozenset()  # what the firmware and image must offer
+    PORT: ClassVar[bool] = False  # serves the UART to host tools (pty and RFC2217)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        """A step written `step: value` for its most common argument."""
+        if cls.SHORTHAND is not None and not isinstance(value, dict):
+            return {cls.SHORTHAND: value}
+        return value
+
+    def files(self) -> list[ImageFile]:
+        """What it puts into the filesystem when the image is built."""
+        return []
+
+    def staged(self) -> Staged | None:
+        """What it writes into an OTA slot of the flash file before QEMU starts."""
+        return None
+
+    def cost(self) -> int:
+        """Roughly how many boots it is worth, for scheduling."""
+        return 0
+
+    def alone(self) -> bool:
+        """It needs the host to itself (harness.emulator.hostlock)."""
+        return False
+
+    def expects_watchdog_reset(self) -> bool:
+        """It waits for a watchdog reset (so the watchdogs must run)."""
+        return False
+
+
+A = TypeVar("A", bound=type[Args])
+STEP_FORMATS: dict[str, type[Args]] = {}
+
+
+def step_format(cls: A) -> A:
+    """Register an `Args` model as the format of the step `cls.KIND`."""
+    STEP_FORMATS[cls.KIND] = cls
+    return cls
+
+
+# -- the steps -------------------------------------------------------------------------
+
+
+@step_format
+class BootArgs(Args):
+    """Power on. `until`: the >>> prompt, a detected boot loop, or just started."""
+
+    KIND: ClassVar[str] = "boot"
+    SHORTHAND: ClassVar[str | None] = "until"
+    DEVICE: ClassVar[bool] = False
+
+    until: Literal["prompt", "boot-loop", "started"] = "prompt"
+    timeout: PositiveFloat = 30.0
+
+    def cost(self) -> int:
+        return 3 if self.until == "boot-loop" else 1
+
+
+@step_format
+class ExpectArgs(Args):
+    """Serial output must show `pattern` (all of a list, in order unless ordered: false)."""
+
+    KIND: ClassVar[str] = "expect"
+    SHORTHAND: ClassVar[str | None] = "pattern"
+
+    pattern: list[str] = Field(min_length=1)
+    regex: bool = False
+    ordered: bool = True
+    timeout: PositiveFloat = 10.0
+    _list = field_validator("pattern", mode="before")(_listify)
+
+    def expects_watchdog_reset(self) -> bool:
+        return any("WDT" in p for p in self.pattern)
+
+
+@step_format
+class NotExpectArgs(Args):
+    """From here on, fail the moment serial output shows `pattern`."""
+
+    KIND: ClassVar[str] = "not_expect"
+    SHORTHAND: ClassVar[str | None] = "pattern"
+
+    pattern: list[str] = Field(min_length=1)
+    regex: bool = False
+    _list = field_validator("pattern", mode="before")(_listify)
+
+
+@step_format
+class ReplArgs(Args):
+    """Run code on the device; check its output exactly, by regex, or that it raises."""
+
+    KIND: ClassVar[str] = "repl"
+    SHORTHAND: ClassVar[str | None] = "code"
+
+    code: str
+    expect: str | None = None
+    match: str | None = None
+    raises: str | None = None
+    timeout: PositiveFloat = 30.0
+
+
+@step_format
+class PutArgs(Args):
+    """Copy a host file or folder (relative to the scenario) onto the device's filesystem."""
+
+    KIND: ClassVar[str] = "put"
+
+    src: str
+    dst: str = "/"
+
+
+@step_format
+class OtaArgs(Args):
+    """Write a payload into the next OTA slot, select it, reboot.
+
+    payload: full-image | app | truncated-app | corrupt-app (made from this cell's
+    firmware, converted as the image is), or a file path. method: `harness` (the device
+    writes it, delivered over UART1), `staged` (written into the slot of the flash file
+    before the boot, as esptool would; the device only selects it and reboots) or
+    `library` (a device library's REPL `command`, payload in the filesystem).
+    select: `set_boot` (MicroPython's Partition.set_boot(), which validates the app),
+    `otadata` (write the otadata record directly, as the bootloader reads it), `none`.
+    `timeout` bounds the whole step (default 60 s staged, where the device only selects
+    and reboots, some 2 s; 300 s when the device writes).
+    """
+
+    KIND: ClassVar[str] = "ota"
+    NEEDS: ClassVar[frozenset[Need]] = frozenset({"ota"})
+
+    payload: str
+    method: Literal["harness", "staged", "library"] = "harness"
+    command: str | None = None
+    device_lib: str | None = None
+    device_path: str = "/fw.bin"
+    select: Select = "set_boot"
+    set_boot_error: str | None = None
+    confirm: bool = False
+    reboot: bool = True
+    target: str | None = None
+    timeout: PositiveFloat | None = None
+
+    @property
+    def deadline_s(self) -> float:
+        return self.timeout or (60.0 if self.method == "staged" else 300.0)
+
+    @model_validator(mode="after")
+    def _library_needs_command(self) -> OtaArgs:
+        if self.method == "library" and not self.command:
+            raise ValueError("method: library needs a `command` (the user's REPL line)")
+        if self.method == "library" and self.select != "set_boot":
+            raise ValueError("method: library selects the slot itself; drop `select`")
+        return self
+
+    def files(self) -> list[ImageFile]:
+        """A device library's payload lives in the filesystem, the library under /lib."""
+        if self.method != "library":
+            return []
+        files = [ImageFile(self.payload, self.device_path, payload=True)]
+        if self.device_lib:
+            files.append(ImageFile(self.device_lib, "/lib", payload=False))
+        return files
+
+    def staged(self) -> Staged | None:
+        return Staged(self.payload, self.target) if self.method == "staged" else None
+
+    def cost(self) -> int:
+        """A device-side write is some 8 boots' worth of emulated flash operations."""
+        return {"staged": 1, "harness": 8, "library": 15}[self.method]
+
+    def alone(self) -> bool:
+        """Device-side writes: thousands of flash operations, each with the cache off on
+        both CPUs; beside another emulation, QEMU 8.0 let the other CPU in ("Cache
+        disabled but cached memory region accessed", seen once in a parallel run)."""
+        return self.method != "staged"
+
+
+@step_format
+class ResetArgs(Args):
+    """Reset: `soft` is machine.reset() from the app, `hard` is QMP system_reset (EN pin)."""
+
+    KIND: ClassVar[str] = "reset"
+    SHORTHAND: ClassVar[str | None] = "kind"
+
+    kind: Literal["soft", "hard"] = "soft"
+    until: Literal["prompt", "started"] = "prompt"
+    timeout: PositiveFloat = 60.0
+
+    def cost(self) -> int:
+        return 1
+
+
+@step_format
+class WriteOtadataArgs(Args):
+    """Write otadata from the device: select a slot with a state, corrupt it, or erase it."""
+
+    KIND: ClassVar[str] = "write_otadata"
+    NEEDS: ClassVar[frozenset[Need]] = frozenset({"ota"})
+
+    select: str | None = None
+    state: OtaState = "UNDEFINED"
+    corrupt: bool = False
+    erase: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _word(cls, value: Any) -> Any:
+        if value in ("corrupt", "erase"):
+            return {value: True}
+        return value
+
+    @model_validator(mode="after")
+    def _one_action(self) -> WriteOtadataArgs:
+        if sum([self.select is not None, self.corrupt, self.erase]) != 1:
+            raise ValueError("write_otadata takes one of: select: SLOT, corrupt, erase")
+        return self
+
+
+@step_format
+class RunArgs(Args):
+    """Run a host command against the board: `${port}` is its pty, `${rfc2217}` its
+    RFC2217 URL (esptool's resets work there). It runs in the cell's run folder (its
+    artifacts); host paths in a scenario are absolute (`${scenario_dir}`). The exit status
+    must be `exit_code`; the output must contain each of `expect` and match `match`.
+    `timeout` bounds it. After it, nothing is asked of the board: the next steps say what
+    it should show (a command may leave it unable to boot, which a reproduction is about).
+    """
+
+    KIND: ClassVar[str] = "run"
+    SHORTHAND: ClassVar[str | None] = "command"
+    PORT: ClassVar[bool] = True
+
+    command: str
+    exit_code: int = 0
+    expect: list[str] = Field(default_factory=list)
+    match: str | None = None
+    env: dict[str, str] = Field(default_factory=dict)
+    timeout: PositiveFloat = 120.0
+    _list = field_validator("expect", mode="before")(_listify)
+
+    def cost(self) -> int:
+        return 3
+
+    def alone(self) -> bool:
+        """The user's own tools time their serial traffic; a starved QEMU misses it."""
+        return True
+
+
+@step_format
+class AssertBootedArgs(Args):
+    """The partition MicroPython runs from, as the device reports it."""
+
+    KIND: ClassVar[str] = "assert_booted"
+    SHORTHAND: ClassVar[str | None] = "partition"
+
+    partition: str
+
+
+@step_format
+class AssertOtadataArgs(Args):
+    """otadata in the live flash: record states (sector 0, 1) and/or the slot it selects."""
+
+    KIND: ClassVar[str] = "assert_otadata"
+    SHORTHAND: ClassVar[str | None] = "states"
+    NEEDS: ClassVar[frozenset[Need]] = frozenset({"ota"})
+
+    states: list[str] | None = None
+    selects: str | None = None
+
+
+@step_format
+class AssertInspectArgs(Args):
+    """A field of `harness inspect --json` (dotted path) for a payload kind, `image`,
+    `flash` (the live flash now), `firmware` or a file."""
+
+    KIND: ClassVar[str] = "assert_inspect"
+    DEVICE: ClassVar[bool] = False
+
+    file: str = "full-image"
+    field: str
+    equals: Any = None
+    contains: str | None = None
+    matches: str | None = None

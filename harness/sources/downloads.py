@@ -1,0 +1,287 @@
+"""Fetching what the harness runs: Espressif's QEMU release and official MicroPython firmware.
+
+The pinned QEMU release is the table below, the one place that names it: `harness qemu
+install`, the Dockerfile (build args checked against it by the test suite) and the
+README all follow it. A download goes to a temporary file beside its destination, is
+checked (sha256 for QEMU; for firmware, that it is an ESP32 image, and the sha256
+recorded on first download), and only then moved into place: offline, on a mismatch
+or on Ctrl-C, nothing half-installed is left behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import re
+import sys
+import tarfile
+import tempfile
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import HarnessError
+from ..flash import formats
+from ..paths import idf_tools_dir
+
+RELEASES_URL = "https://github.com/espressif/qemu/releases/download"
+MICROPYTHON_URL = "https://micropython.org"
+
+
+@dataclass(frozen=True)
+class Asset:
+    url: str
+    sha256: str | None  # None: not pinned here; pass --sha256 to install it
+    size: int | None
+
+
+# ESP-IDF's currently recommended Espressif QEMU (tools/tools.json, qemu-xtensa).
+QEMU_VERSION = "esp_develop_9.2.2_20260417"
+QEMU_RELEASES: dict[str, dict[str, Asset]] = {
+    QEMU_VERSION: {
+        "x86_64": Asset(
+            f"{RELEASES_URL}/esp-develop-9.2.2-20260417/"
+            "qemu-xtensa-softmmu-esp_develop_9.2.2_20260417-x86_64-linux-gnu.tar.xz",
+            "0eecb2a34a5586c0e59110f77b9343b7b336e82fdb0e1a30e1dc1bab8a547e35",
+            15619396,
+        ),
+        "aarch64": Asset(
+            f"{RELEASES_URL}/esp-develop-9.2.2-20260417/"
+            "qemu-xtensa-softmmu-esp_develop_9.2.2_20260417-aarch64-linux-gnu.tar.xz",
+            None,
+            None,
+        ),
+    }
+}
+# Runtime libraries the Linux release links against (Espressif's QEMU documentation).
+QEMU_DEBIAN_PACKAGES = [
+    "libgcrypt20",
+    "libglib2.0-0",
+    "libpixman-1-0",
+    "libsdl2-2.0-0",
+    "libslirp0",
+]
+
+
+def docker_build_args(version: str = QEMU_VERSION) -> dict[str, str]:
+    """The Dockerfile's QEMU build args, from this table (make docker-build passes them)."""
+    amd64, arm64 = QEMU_RELEASES[version]["x86_64"], QEMU_RELEASES[version]["aarch64"]
+    return {
+        "QEMU_VERSION": version,
+        "QEMU_URL_AMD64": amd64.url,
+        "QEMU_SHA256_AMD64": amd64.sha256 or "",
+        "QEMU_URL_ARM64": arm64.url,
+        "QEMU_SHA256_ARM64": arm64.sha256 or "",
+    }
+
+
+def tools_dir() -> Path:
+    """Where ESP-IDF's installer keeps qemu-xtensa, so either tool finds the other's."""
+    return idf_tools_dir() / "qemu-xtensa"
+
+
+def qemu_asset(version: str, machine: str | None = None) -> Asset:
+    arch = {"amd64": "x86_64", "arm64": "aarch64"}.get(machine or "", machine)
+    arch = arch or platform.machine()
+    if version not in QEMU_RELEASES:
+        known = ", ".join(QEMU_RELEASES)
+        raise HarnessError(f"no pinned QEMU release {version!r} (pinned: {known})")
+    if arch not in QEMU_RELEASES[version]:
+        raise HarnessError(f"Espressif publishes no {version} QEMU for {arch}")
+    return QEMU_RELEASES[version][arch]
+
+
+def install_qemu(
+    version: str = QEMU_VERSION,
+    *,
+    url: str | None = None,
+    sha256: str | None = None,
+    progress: bool = True,
+) -> tuple[Path, bool]:
+    """Install the release under tools_dir()/version; return (binary, newly installed)."""
+    target = tools_dir() / version
+    binary = target / "qemu" / "bin" / "qemu-system-xtensa"
+    if binary.is_file():
+        return binary, False
+    asset = qemu_asset(version) if not (url and sha256) else Asset(url, sha256, None)
+    expected = sha256 or asset.sha256
+    if not expected:
+        raise HarnessError(
+            f"no sha256 is pinned for {asset.url}: give --sha256 (from Espressif's release "
+            "page) to install it"
+        )
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{version}-") as tmp:
+        archive = Path(tmp) / "qemu.tar.xz"
+        _download(url or asset.url, archive, expected, progress)
+        unpacked = Path(tmp) / "unpacked"
+        try:
+            with tarfile.open(archive, "r:xz") as tar:
+                tar.extractall(unpacked, filter="data")
+        except (tarfile.TarError, OSError, EOFError) as exc:
+            raise HarnessError(
+                f"the QEMU archive from {url or asset.url} is broken: {exc}"
+            ) from None
+        if not (unpacked / "qemu" / "bin" / "qemu-system-xtensa").is_file():
+            raise HarnessError("the QEMU archive has no qemu/bin/qemu-system-xtensa; not installed")
+        os.replace(unpacked, target)  # atomic: the folder is whole or absent
+    return binary, True
+
+
+def _download(url: str, dest: Path, sha256: str | None, progress: bool) -> str:
+    """Stream `url` to `dest`, hashing as it goes; return the sha256 (checked if given)."""
+    digest = hashlib.sha256()
+    try:
+        with urllib.request.urlopen(url, timeout=30) as reply, open(dest, "wb") as out:
+            total = int(reply.headers.get("Content-Length") or 0)
+            done = 0
+            while chunk := reply.read(1 << 16):
+                out.write(chunk)
+                digest.update(chunk)
+                done += len(chunk)
+                if progress:
+                    _bar(done, total, url)
+    except (urllib.error.URLError, OSError, TimeoutError) as exc:
+        reason = getattr(exc, "reason", None) or exc
+        raise HarnessError(
+            f"cannot download {url}: {reason} (offline? nothing was installed)"
+        ) from None
+    finally:
+        if progress and sys.stderr.isatty():
+            sys.stderr.write("\n")
+    got = digest.hexdigest()
+    if sha256 and got != sha256:
+        raise HarnessError(
+            f"sha256 mismatch for {url}: expected {sha256}, got {got}; nothing was installed"
+        )
+    return got
+
+
+def _bar(done: int, total: int, url: str) -> None:
+    if not sys.stderr.isatty():
+        return
+    name = url.rsplit("/", 1)[-1][:40]
+    if total:
+        filled = int(30 * done / total)
+        sys.stderr.write(f"\r{name} [{'#' * filled}{'.' * (30 - filled)}] "
+                         f"{done / 1e6:.1f}/{total / 1e6:.1f} MB")  # fmt: skip
+    else:
+        sys.stderr.write(f"\r{name} {done / 1e6:.1f} MB")
+    sys.stderr.flush()
+
+
+# -- firmware ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Wanted:
+    """A firmware file to fetch: BOARD or BOARD-VARIANT at a version; `filename` and
+    `sha256` when the manifest pins them."""
+
+    name: str
+    version: str
+    filename: str | None = None
+    sha256: str | None = None
+
+
+def fetch_firmware(
+    wanted: Wanted, *, cache: Path, base_url: str | None = None, progress: bool = True
+) -> tuple[Path, bool]:
+    """The official firmware file `wanted`; return (path, new).
+
+    A pinned file is downloaded and must match its sha256. Otherwise the file name carries
+    a build date the user does not know, so the board's download page is read for the
+    link, and the sha256 is recorded on first download (`checksums.json`). A file already
+    in the cache is checked against its pin or record and used without the network.
+    """
+    name, filename, sha256 = wanted.name, wanted.filename, wanted.sha256
+    version = wanted.version if wanted.version.startswith("v") else f"v{wanted.version}"
+    if not re.fullmatch(r"[A-Z0-9_]+(-[A-Z0-9_]+)?", name):
+        raise HarnessError(f"{name!r} is not a board name like ESP32_GENERIC or ESP32_GENERIC-OTA")
+    sums_path = cache / "checksums.json"
+    try:
+        sums = json.loads(sums_path.read_text()) if sums_path.is_file() else {}
+    except ValueError:
+        raise HarnessError(f"{sums_path} is damaged: delete it and fetch again") from None
+    pattern = re.compile(rf"{re.escape(name)}-(\d{{8}})-{re.escape(version)}\.bin")
+    cached = sorted(p for p in cache.glob(f"{name}-*-{version}.bin") if pattern.fullmatch(p.name))
+    if filename:
+        cached = [p for p in cached if p.name == filename]
+    if cached:
+        path = cached[-1]
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        expected = sha256 or sums.get(path.name)
+        if expected not in (None, digest):
+            raise HarnessError(
+                f"{path} changed since it was downloaded (sha256 {digest}, expected "
+                f"{expected}): delete it and fetch again"
+            )
+        return path, False
+    base = (base_url or os.environ.get("HARNESS_MICROPYTHON_URL") or MICROPYTHON_URL).rstrip("/")
+    if not filename:
+        filename = _find_on_download_page(base, name, version, pattern)
+    cache.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=cache, prefix=".fetch-") as tmp:
+        staged = Path(tmp) / filename
+        url = f"{base}/resources/firmware/{filename}"
+        digest = _download(url, staged, None, progress)
+        data = staged.read_bytes()
+        header = formats.ImageHeader.parse(data)
+        if formats.classify(data) != "firmware" or header is None or header.chip != "esp32":
+            raise HarnessError(f"{filename} from {base} is not an ESP32 firmware image; not kept")
+        if sha256 and digest != sha256:
+            raise HarnessError(
+                f"sha256 mismatch for {url}: expected {sha256} (pinned), got {digest}; not kept"
+            )
+        os.replace(staged, cache / filename)
+    sums[filename] = digest
+    sums_path.write_text(json.dumps(sums, indent=2, sort_keys=True) + "\n")
+    return cache / filename, True
+
+
+def _download_page(base: str, board: str) -> tuple[str, str]:
+    """(address, text) of micropython.org's download page of `board`."""
+    page = f"{base}/download/{board}/"
+    try:
+        with urllib.request.urlopen(page, timeout=30) as reply:
+            return page, reply.read().decode("utf-8", "replace")
+    except (urllib.error.URLError, OSError, TimeoutError) as exc:
+        reason = getattr(exc, "reason", None) or exc
+        raise HarnessError(f"cannot read {page}: {reason} (offline?)") from None
+
+
+def _find_on_download_page(base: str, name: str, version: str, pattern: re.Pattern[str]) -> str:
+    """The dated file name of `name` `version` on the board's download page."""
+    page, html = _download_page(base, name.split("-")[0])
+    found = sorted({m.group(0) for m in pattern.finditer(html)})
+    if not found:
+        raise HarnessError(f"{page} lists no {name} firmware {version}")
+    return found[-1]
+
+
+def version_key(version: str) -> tuple[int, ...]:
+    """v1.29.0 -> (1, 29, 0), for comparing releases."""
+    return tuple(int(n) for n in re.findall(r"\d+", version)[:3])
+
+
+@dataclass(frozen=True)
+class Releases:
+    """The releases of one board that micropython.org's download page lists."""
+
+    page: str
+    versions: tuple[str, ...]  # oldest first; previews and nightly builds left out
+
+    @property
+    def newest(self) -> str | None:
+        return self.versions[-1] if self.versions else None
+
+
+def releases(board: str = "ESP32_GENERIC", base_url: str | None = None) -> Releases:
+    """What the board's download page offers (HarnessError, one line, when it cannot be read)."""
+    base = (base_url or os.environ.get("HARNESS_MICROPYTHON_URL") or MICROPYTHON_URL).rstrip("/")
+    page, html = _download_page(base, board)
+    found = re.findall(rf"\b{re.escape(board)}-\d{{8}}-(v\d+\.\d+\.\d+)\.(?:bin|app-bin)\b", html)
+    return Releases(page, tuple(sorted(set(found), key=version_key)))
