@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from harness.emulator import device, policy
+from harness.emulator.console import RESET_BANNER
 from harness.emulator.device import BootOptions
 from harness.errors import DeviceError
 
@@ -62,3 +63,31 @@ def test_friendly_line_and_soft_reset(dev) -> None:
     dev.repl.soft_reset()
     with pytest.raises(DeviceError, match="NameError"):
         dev.repl.exec("print(x)")
+
+
+def test_waking_a_board_that_is_still_starting_types_nothing_until_micropython_is_up(
+    qemu, fw, build_image, tmp_path, monkeypatch
+) -> None:
+    """A byte on UART0 before MicroPython is up crashes v1.27.0 and v1.28.0 under this QEMU
+    (LoadProhibited), and their start-up is silent for longer than wake's 1 s retry: a
+    reset board must be left to start, whatever the silence."""
+    image = build_image(fw("20260406-v1.28.0"), "4MB")
+    options = BootOptions(policy.for_image(image), qemu=qemu, artifacts=tmp_path)
+    with device.boot(image, options) as d:
+        d.repl.wait_prompt(30)
+        sent: list[tuple[bool, bytes]] = []
+        send = d.console.send
+
+        def spy(data: bytes | str, during: str = "sending to the device") -> None:
+            sent.append((bool(d.console.log.resets_since_up), bytes(data, "latin-1")
+                         if isinstance(data, str) else data))  # fmt: skip
+            send(data, during)
+
+        monkeypatch.setattr(d.console, "send", spy)
+        d.start_reset("hard")
+        d.console.expect(RESET_BANNER, 10, during="the reset")
+        d.repl.forget_state()
+        d.repl.wake()
+        assert [data for starting, data in sent if starting] == []
+        assert d.running_partition() == "factory"
+        assert "Guru Meditation" not in "\n".join(d.console.log.lines)

@@ -323,6 +323,7 @@ def test_every_skip_in_the_matrix_has_a_true_reason(firmware_dir: Path) -> None:
             facts_, needs, reason = facts(cell), loaded.needs(), skip_reason(cell)
             lacks = {
                 "needs a SPIRAM build": "spiram" in needs and not facts_.spiram,
+                "without OTA partitions": "no-ota" in needs and facts_.ota_slots,
                 "needs app rollback": "rollback" in needs and not facts_.rollback,
                 "names the filesystem": "vfs-in-table" in needs and not facts_.fs_in_table,
                 "makes its filesystem at boot": "vfs-at-boot" in needs and facts_.fs_in_table,

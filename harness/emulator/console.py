@@ -84,8 +84,10 @@ class SerialLog:
         self.resets_since_up: list[str] = []
         self.forbidden: list[Forbidden] = []
         self.violation: tuple[Forbidden, str] | None = None
+        self.received = 0  # bytes the board printed so far (is it still talking?)
 
     def write(self, data: bytes) -> None:
+        self.received += len(data)
         lines = (self._partial + data).split(b"\n")
         self._partial = lines.pop()
         for line in lines:

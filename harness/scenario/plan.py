@@ -239,6 +239,9 @@ def skip_reason(scenario: Scenario, fw: Firmware, facts: FirmwareFacts) -> str |
     needs = scenario.needs()
     if "spiram" in needs and not facts.spiram:
         return f"needs a SPIRAM build; {name} is not one"
+    if "no-ota" in needs and facts.ota_slots:
+        return (f"needs a layout without OTA partitions (the plain ESP32_GENERIC table); "
+                f"{name} has OTA slots")  # fmt: skip
     if "rollback" in needs and not facts.rollback:
         return (
             f"needs app rollback, which every MicroPython ESP32 build has from v1.21.0 "
