@@ -24,7 +24,8 @@ RUN = $(PYTEST) -q -n $(WORKERS) --retries $(RETRIES)
 # The main job gets what it needs first, or stops with one line saying what is missing.
 PROVISION := $(BIN)/harness provision scenarios
 
-.PHONY: venv test test-4mb test-16mb test-matrix test-reliability lint docs bench-boot bench-ota \
+.PHONY: venv test test-4mb test-16mb test-matrix test-reliability test-docker lint docs bench-boot \
+	bench-ota \
 	bench-suite bench-memory bench-reset clean docker-build docker-test-4mb docker-test-16mb
 
 $(STAMP): pyproject.toml
@@ -37,7 +38,7 @@ venv: $(STAMP)
 
 ## the project's tests and the scenario library (emulation skips with a reason without QEMU)
 test: venv
-	$(RUN) $(RERUN) --timeout 600 -m "not slow"
+	$(RUN) $(RERUN) --timeout 600 -m "not slow and not docker"
 
 ## the main job: the scenario library on 16MB images (-f 16M --resize vfs=0 where there is a vfs line)
 test-16mb: venv
@@ -62,22 +63,30 @@ test-matrix: venv
 ## the long runs: 120 kills, 40 repeats of the starting report, host load, the report with
 ## mpremote moving every byte, the user's library on today's release (about 50 min)
 test-reliability: venv
-	$(PYTEST) -q -s -m slow tests
+	$(PYTEST) -q -s -m "slow and not docker" tests
 
-## Docker: Espressif's pinned QEMU release inside; build args come from harness/sources/downloads.py
+## Docker: Espressif's pinned QEMU release inside; build args come from harness/sources/downloads.py.
+## Docker, or podman where there is no docker (DOCKER=podman to choose it).
+DOCKER ?= $(shell docker info >/dev/null 2>&1 && echo docker || \
+	(command -v podman >/dev/null 2>&1 && echo podman) || echo docker)
 DOCKER_IMAGE ?= esp32-ota-harness
 DOCKER_FIRMWARE = $(if $(HARNESS_FIRMWARE_DIR),-v $(HARNESS_FIRMWARE_DIR):/firmware:ro,)
-DOCKER_RUN = docker run --rm --user $$(id -u):$$(id -g) $(DOCKER_FIRMWARE) \
+DOCKER_RUN = $(DOCKER) run --rm --user $$(id -u):$$(id -g) $(DOCKER_FIRMWARE) \
 	-v $(CURDIR)/artifacts:/artifacts $(DOCKER_IMAGE)
 
 docker-build: venv
-	docker build -f docker/Dockerfile -t $(DOCKER_IMAGE) $$($(BIN)/python -c \
+	$(DOCKER) build -f docker/Dockerfile -t $(DOCKER_IMAGE) $$($(BIN)/python -c \
 	  "from harness.sources.downloads import docker_build_args as a; print(' '.join(f'--build-arg {k}={v}' for k, v in a().items()))") .
 
 docker-test-16mb docker-test-4mb: docker-test-%:
 	mkdir -p artifacts
 	$(DOCKER_RUN) run /scenarios --flash-size $* --retries $(RETRIES) \
 	  --artifacts /artifacts --junit /artifacts/junit-$*.xml
+
+## the real docker/Dockerfile built with docker or podman and the 16MB library run inside it;
+## offline, stand-ins for the base image and the QEMU release (named in the output)
+test-docker: venv
+	$(PYTEST) -q -s -m docker tests/test_docker.py
 
 lint: venv
 	$(BIN)/ruff check harness tests bench conftest.py images

@@ -1,0 +1,173 @@
+"""What building docker/Dockerfile needs on a machine without a registry or the internet.
+
+Each stand-in is named when it is used (the docker test prints them):
+
+- the base image: `python:3.12-slim-bookworm` when the engine has it or can pull it, else
+  Debian bookworm with its own python3 and pip, made with debootstrap and imported;
+- Espressif's QEMU release: a tarball in the release's layout (`qemu/bin/qemu-system-xtensa`,
+  `qemu/share/qemu`) made from the QEMU on this machine, with the shared libraries it
+  needs beyond the Dockerfile's packages, served over loopback HTTP, so the Dockerfile's
+  own download, checksum, unpack and `-machine help` check all run;
+- running inside: `ENGINE run` where the engine may run containers, else a build stage
+  `FROM` the image whose `RUN` is the command.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import http.server
+import io
+import shutil
+import subprocess
+import tarfile
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+BASE = "python:3.12-slim-bookworm"
+STAND_IN_BASE = "localhost/esp32-ota-harness-base:bookworm-stand-in"
+# what the stand-in base needs to be like the official image: python3, pip, certificates
+BASE_PACKAGES = "python3,python3-pip,python3-venv,ca-certificates"
+# the C library's own: the image's glibc provides them
+SYSTEM_LIBS = ("linux-vdso", "libc.so", "libm.so", "ld-linux", "libpthread", "libdl.so", "librt.so")
+# the machine's pip settings and the certificate bundle they name, for pip inside a build
+PIP_MOUNTS = ("/etc/pip.conf", "/etc/ssl/certs/ca-certificates.crt")
+
+
+@dataclass(frozen=True)
+class Engine:
+    """docker or podman, with what this machine lets it do."""
+
+    path: str
+
+    @property
+    def name(self) -> str:
+        return Path(self.path).name
+
+    def build_args(self) -> list[str]:
+        """podman builds without a daemon; in a sandbox, with chroot isolation."""
+        extra = ["--isolation", "chroot"] if self.name == "podman" else []
+        mounts = [f"-v={p}:{p}:ro" for p in PIP_MOUNTS if Path(p).is_file()]
+        return [self.path, "build", *extra, "--network", "host", *mounts]
+
+    def run(self, *args: str, timeout: float = 3600) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([self.path, *args], capture_output=True, text=True,
+                              timeout=timeout)  # fmt: skip
+
+    def has_image(self, name: str) -> bool:
+        return self.run("image", "exists", name).returncode == 0 if self.name == "podman" else (
+            self.run("image", "inspect", name).returncode == 0)  # fmt: skip
+
+    def can_run(self, image: str) -> str | None:
+        """None when `run` works here; else why not, in the engine's own words."""
+        probe = self.run("run", "--rm", "--entrypoint", "true", image, timeout=120)
+        return None if probe.returncode == 0 else (probe.stderr.strip().splitlines() or ["?"])[-1]
+
+
+def engine() -> Engine | None:
+    """docker where its daemon answers, else podman (which needs none), else None."""
+    docker = shutil.which("docker")
+    if docker and Engine(docker).run("info", timeout=60).returncode == 0:
+        return Engine(docker)
+    podman = shutil.which("podman")
+    return Engine(podman) if podman else None
+
+
+def base_image(eng: Engine, work: Path) -> tuple[str, str]:
+    """(image, what it is): the official base when it can be had, else the stand-in."""
+    if eng.has_image(BASE) or eng.run("pull", BASE, timeout=120).returncode == 0:
+        return BASE, f"{BASE} (the official image)"
+    if not eng.has_image(STAND_IN_BASE):
+        root = work / "rootfs"
+        strap = subprocess.run(
+            ["debootstrap", "--variant=minbase", f"--include={BASE_PACKAGES}", "bookworm",
+             str(root)], capture_output=True, text=True, timeout=1800,
+        )  # fmt: skip
+        if strap.returncode != 0:
+            raise RuntimeError(f"debootstrap failed: {strap.stderr.strip()[-500:]}")
+        # like the official image: `python`, `pip`, and pip installing into the image
+        (root / "usr/local/bin/python").symlink_to("/usr/bin/python3")
+        (root / "usr/local/bin/pip").symlink_to("/usr/bin/pip3")
+        for marker in (root / "usr/lib").glob("python3*/EXTERNALLY-MANAGED"):
+            marker.unlink()
+        tar = subprocess.Popen(["tar", "-C", str(root), "-c", "."], stdout=subprocess.PIPE)
+        imported = subprocess.run([eng.path, "import", "-", STAND_IN_BASE], stdin=tar.stdout,
+                                  capture_output=True, text=True, timeout=600)  # fmt: skip
+        tar.wait()
+        shutil.rmtree(root, ignore_errors=True)
+        if imported.returncode != 0:
+            raise RuntimeError(f"{eng.name} import failed: {imported.stderr.strip()}")
+    return STAND_IN_BASE, (
+        f"{STAND_IN_BASE}: Debian bookworm (debootstrap minbase) with its python3 and pip, "
+        f"standing in for {BASE}, which no registry here serves"
+    )
+
+
+def qemu_release_tarball(qemu: Path) -> bytes:
+    """This machine's QEMU in the layout of Espressif's release archive (.tar.xz).
+
+    `qemu/bin/qemu-system-xtensa` starts the real binary (`qemu/libexec/`) with the shared
+    libraries it was linked against beyond the Dockerfile's packages (`qemu/lib/`); QEMU
+    finds its ROMs from the real binary's place, in `qemu/share/qemu`.
+    """
+    top = qemu.parent.parent  # .../qemu
+    ldd = subprocess.run(["ldd", str(qemu)], capture_output=True, text=True, check=True).stdout
+    libs = [Path(line.split("=>")[1].split()[0]) for line in ldd.splitlines()
+            if "=>" in line and not any(s in line for s in SYSTEM_LIBS)]  # fmt: skip
+    wrapper = (
+        b'#!/bin/sh\nhere="$(dirname "$(readlink -f "$0")")/.."\n'
+        b'LD_LIBRARY_PATH="$here/lib" exec "$here/libexec/qemu-system-xtensa" "$@"\n'
+    )
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:xz", preset=1) as tar:
+
+        def add(data: bytes, name: str, mode: int) -> None:
+            info = tarfile.TarInfo(name)
+            info.size, info.mode = len(data), mode
+            tar.addfile(info, io.BytesIO(data))
+
+        add(wrapper, "qemu/bin/qemu-system-xtensa", 0o755)
+        add(qemu.read_bytes(), "qemu/libexec/qemu-system-xtensa", 0o755)
+        for lib in libs:
+            add(lib.resolve().read_bytes(), f"qemu/lib/{lib.name}", 0o644)
+        tar.add(str(top / "share" / "qemu"), arcname="qemu/share/qemu")
+    return buf.getvalue()
+
+
+class _Quiet(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@contextmanager
+def served(folder: Path) -> Iterator[str]:
+    """`folder` over HTTP on loopback; yields its base URL."""
+    handler = functools.partial(_Quiet, directory=str(folder))
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@dataclass(frozen=True)
+class Timed:
+    result: subprocess.CompletedProcess[str]
+    seconds: float
+
+
+def timed(args: list[str], cwd: Path, timeout: float = 3600) -> Timed:
+    start = time.monotonic()
+    result = subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    return Timed(result, round(time.monotonic() - start, 1))

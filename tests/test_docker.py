@@ -1,0 +1,144 @@
+"""docker/Dockerfile built for real, with docker or podman, and the 16MB library run inside.
+
+`make test-docker` (not `make test`: a cold build takes minutes). Offline, what cannot be
+had is stood in for (tests/containers.py), and each stand-in is printed. The test also
+takes the figures bench/README.md quotes: the image's size, a cold and a warm build, and
+the library's run time inside against outside, side by side in one run.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import xml.etree.ElementTree as ET
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from containers import (
+    Engine,
+    base_image,
+    engine,
+    qemu_release_tarball,
+    served,
+    sha256,
+    timed,
+)
+
+pytestmark = pytest.mark.docker
+ROOT = Path(__file__).parent.parent
+TAG = "localhost/esp32-ota-harness:docker-test"
+BAD_TAG = "localhost/esp32-ota-harness:docker-test-bad-sha"
+
+
+@dataclass(frozen=True)
+class Built:
+    engine: Engine
+    base: str
+    url: str
+    sha256: str
+    version: str
+    cold_s: float
+    warm_s: float
+
+
+def _build(eng: Engine, base: str, url: str, sha: str, version: str, tag: str,
+           *extra: str) -> list[str]:  # fmt: skip
+    return [*eng.build_args(), *extra, "--build-arg", f"BASE={base}", "-f", "docker/Dockerfile",
+            "--build-arg", f"QEMU_VERSION={version}", "--build-arg", f"QEMU_URL_AMD64={url}",
+            "--build-arg", f"QEMU_SHA256_AMD64={sha}", "-t", tag, "."]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def built(qemu: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Built]:
+    eng = engine()
+    if eng is None:
+        pytest.skip("needs docker (its daemon running) or podman (apt-get install podman)")
+    if os.uname().machine != "x86_64":
+        pytest.skip("the QEMU stand-in is made for the amd64 build argument")
+    work = tmp_path_factory.mktemp("docker")
+    base, what = base_image(eng, work)
+    print(f"\nengine: {eng.path}\nstand-in for the base image: {what}")
+    release = work / "www"
+    release.mkdir()
+    tarball = qemu_release_tarball(qemu)
+    (release / "qemu.tar.xz").write_bytes(tarball)
+    version = qemu.parent.parent.parent.name
+    print(f"stand-in for Espressif's QEMU release: {qemu} packed in the release's layout "
+          f"({len(tarball)} bytes, sha256 {sha256(tarball)}), served on loopback")  # fmt: skip
+    with served(release) as base_url:
+        url = f"{base_url}/qemu.tar.xz"
+        cold = timed(_build(eng, base, url, sha256(tarball), version, TAG, "--no-cache"), ROOT)
+        assert cold.result.returncode == 0, cold.result.stdout[-3000:] + cold.result.stderr[-3000:]
+        warm = timed(_build(eng, base, url, sha256(tarball), version, TAG), ROOT)
+        assert warm.result.returncode == 0, warm.result.stderr[-3000:]
+        yield Built(eng, base, url, sha256(tarball), version, cold.seconds, warm.seconds)
+
+
+def test_the_image_builds_with_its_own_download_checksum_and_qemu_check(built: Built) -> None:
+    size = built.engine.run("image", "inspect", "--format", "{{.Size}}", TAG).stdout.strip()
+    print(f"image {TAG}: {int(size) / 1e6:.0f} MB; build cold {built.cold_s} s, "
+          f"warm {built.warm_s} s")  # fmt: skip
+    assert built.engine.has_image(TAG)
+    assert built.warm_s < built.cold_s
+
+
+def _inside(built: Built, firmware: Path, artifacts: Path, work: Path) -> tuple[float, str]:
+    """The library at 16MB inside the image: `run` where the engine may, else a build stage."""
+    command = ["run", "/scenarios", "--flash-size", "16MB", "--artifacts", "/artifacts",
+               "--junit", "/artifacts/junit-16mb.xml"]  # fmt: skip
+    refused = built.engine.can_run(TAG)
+    if refused is None:
+        args = [built.engine.path, "run", "--rm", "-v", f"{firmware}:/firmware:ro",
+                "-v", f"{artifacts}:/artifacts", TAG, *command]  # fmt: skip
+        how = f"{built.engine.name} run"
+    else:
+        (work / "Containerfile").write_text(
+            f"FROM {TAG}\nRUN harness {' '.join(command)} || true\n"
+        )  # the JUnit file says how it went; the build need not fail for it to be read
+        no_cache = "--layers=false" if built.engine.name == "podman" else "--no-cache"
+        args = [*built.engine.build_args(), "-v", f"{firmware}:/firmware:ro",
+                "-v", f"{artifacts}:/artifacts", no_cache, "-f", str(work / "Containerfile"),
+                str(work)]  # fmt: skip
+        how = f"a build stage FROM the image ({built.engine.name} run is refused here: {refused})"
+    inside = timed(args, work)
+    assert inside.result.returncode == 0, inside.result.stdout[-3000:] + inside.result.stderr
+    return inside.seconds, how
+
+
+def _junit(path: Path) -> tuple[int, int, int]:
+    suite = ET.parse(path).getroot()
+    return int(suite.get("tests", 0)), int(suite.get("failures", 0)), int(suite.get("skipped", 0))
+
+
+@getattr(pytest.mark, "16mb")
+def test_the_16mb_library_passes_inside_the_image(
+    built: Built, firmware_dir: Path, qemu: Path, tmp_path: Path
+) -> None:
+    artifacts = tmp_path / "inside"
+    artifacts.mkdir()
+    artifacts.chmod(0o777)
+    seconds, how = _inside(built, firmware_dir, artifacts, tmp_path)
+    print(f"running inside: {how}")
+    tests, failures, skipped = _junit(artifacts / "junit-16mb.xml")
+    assert tests > 10 and failures == 0, (tests, failures, skipped)
+    harness = str(Path(sys.executable).parent / "harness")
+    outside = timed([harness, "run", str(ROOT / "scenarios"), "--flash-size", "16MB",
+                     "--qemu", str(qemu), "--artifacts", str(tmp_path / "outside"),
+                     "--junit", str(tmp_path / "outside.xml")], ROOT)  # fmt: skip
+    assert outside.result.returncode == 0, outside.result.stdout[-3000:]
+    assert _junit(tmp_path / "outside.xml")[:2] == (tests, 0)
+    print(f"the 16MB library: {tests} cells, {skipped} skipped, inside {seconds} s, "
+          f"outside {outside.seconds} s")  # fmt: skip
+
+
+def test_a_wrong_qemu_checksum_fails_the_build_and_tags_nothing(built: Built) -> None:
+    wrong = "0" * 64
+    result = timed(_build(built.engine, built.base, built.url, wrong, built.version, BAD_TAG),
+                   ROOT).result  # fmt: skip
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "/tmp/qemu.tar.xz: FAILED" in output, output[-3000:]
+    assert "sha256sum: WARNING: 1 computed checksum did NOT match" in output
+    assert not built.engine.has_image(BAD_TAG)
