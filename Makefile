@@ -24,9 +24,10 @@ RUN = $(PYTEST) -q -n $(WORKERS) --retries $(RETRIES)
 # The main job gets what it needs first, or stops with one line saying what is missing.
 PROVISION := $(BIN)/harness provision scenarios
 
-.PHONY: venv test test-4mb test-16mb test-matrix test-reliability test-docker lint docs bench-boot \
+.PHONY: venv test test-4mb test-16mb test-matrix test-reliability test-docker test-powerloss lint \
+	docs bench-boot \
 	bench-ota \
-	bench-suite bench-memory bench-reset clean docker-build docker-test-4mb docker-test-16mb
+	bench-suite bench-memory bench-reset bench-powercut clean docker-build docker-test-4mb docker-test-16mb
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,16 +39,16 @@ venv: $(STAMP)
 
 ## the project's tests and the scenario library (emulation skips with a reason without QEMU)
 test: venv
-	$(RUN) $(RERUN) --timeout 600 -m "not slow and not docker"
+	$(RUN) $(RERUN) --timeout 600 -m "not slow and not docker" --ignore=scenarios/power-loss
 
 ## the main job: the scenario library on 16MB images (-f 16M --resize vfs=0 where there is a vfs line)
 test-16mb: venv
 	$(PROVISION) --flash-size 16MB
-	$(RUN) scenarios --flash-size 16MB
+	$(RUN) scenarios --flash-size 16MB --ignore=scenarios/power-loss
 
 test-4mb: venv
 	$(PROVISION) --flash-size 4MB
-	$(RUN) scenarios --flash-size 4MB
+	$(RUN) scenarios --flash-size 4MB --ignore=scenarios/power-loss
 
 ## every scenario x every size x every firmware file in FIRMWARE_DIR (else every pinned release);
 ## cells that cannot apply skip with the reason. Builds before ESP-IDF 5.0.4 (v1.20.0, v1.21.0)
@@ -59,6 +60,11 @@ test-matrix: venv
 	    for f in $(HARNESS_FIRMWARE_DIR)/*.bin; do echo "--firmware $$f"; done; \
 	  else $(BIN)/harness firmware list --pinned --ids | sed 's/^/--firmware /'; fi)"; \
 	$(PROVISION) $$fw && $(RUN) scenarios $$fw
+
+## power cuts swept over updates and file writes (scenarios/power-loss), both sizes
+test-powerloss: venv
+	$(PROVISION) scenarios/power-loss
+	$(RUN) scenarios/power-loss
 
 ## the long runs: 120 kills, 40 repeats of the starting report, host load, the report with
 ## mpremote moving every byte, the user's library on today's release (about 50 min)
@@ -113,6 +119,9 @@ bench-memory: venv
 
 bench-reset: venv
 	$(BIN)/python bench/reset.py
+
+bench-powercut: venv
+	$(BIN)/python bench/powercut.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info artifacts

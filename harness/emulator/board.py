@@ -31,6 +31,7 @@ from typing import Protocol
 
 from ..errors import HarnessError, QemuExited
 from .console import SerialLog
+from .flashtrace import TraceFile
 from .qemu import CpuState, Machine, MachineSetup
 from .serialport import SerialRelay
 
@@ -61,6 +62,13 @@ class Board(Protocol):
 
     def power_cut(self) -> None:
         """The power goes: the emulation stops at once, with no clean shutdown."""
+
+    def record_flash(self, on: bool) -> TraceFile:
+        """Start (True) or stop reporting the flash chip's operations; the trace since the
+        last start (harness.emulator.flashtrace)."""
+
+    def pause(self) -> None:
+        """Stop the emulated CPUs; the flash file then holds every write made so far."""
 
     def check_alive(self, during: str, wait: float = 0.0) -> None:
         """Raise QemuExited when the emulation is gone (with QEMU's own last words)."""
@@ -100,6 +108,7 @@ class QemuBoard:
         self.setup, self.flash, self.run_dir = setup, flash, run_dir
         self.log = SerialLog(run_dir / "serial.log")
         self.machine: Machine | None = None
+        self.trace = TraceFile(run_dir / "flash-ops.trace")
 
     def power_on(self, attach: Attach) -> None:
         if self.machine is not None and self.machine.exit_status() is None:
@@ -119,6 +128,16 @@ class QemuBoard:
         if self.machine is not None:
             self.machine.stop(graceful=False)
             self.log.note("power cut")
+
+    def record_flash(self, on: bool) -> TraceFile:
+        machine = self._running()
+        if on:
+            self.trace.mark()
+        machine.trace_flash(on)
+        return self.trace
+
+    def pause(self) -> None:
+        self._running().pause()
 
     def check_alive(self, during: str, wait: float = 0.0) -> None:
         if self.machine is not None:
@@ -217,6 +236,13 @@ class ServedBoard:
             if self.machine is not None:
                 self.machine.stop(graceful=False)
             self.log.note("power cut")
+
+    def record_flash(self, on: bool) -> TraceFile:
+        raise HarnessError("flash operations are recorded on a board the harness alone "
+                           "talks to, not yet on a served one")  # fmt: skip
+
+    def pause(self) -> None:
+        self._running().pause()
 
     def _running(self) -> Machine:
         if self.machine is None:

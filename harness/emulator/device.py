@@ -53,6 +53,7 @@ class BootOptions:
     serve: bool = False  # the UART on a pty and an RFC2217 port for the user's own tools
     download: bool = False  # start in download mode (with serve: esptool's strap)
     stage: tuple[tuple[int, bytes], ...] = field(default=())  # (offset, bytes) before QEMU
+    record_flash: bool = False  # the board can record its flash operations (power cuts)
 
 
 @dataclass(frozen=True)
@@ -247,7 +248,8 @@ def _run_dir(options: BootOptions) -> tuple[Path, bool]:
 @contextlib.contextmanager
 def boot(image: Path, options: BootOptions) -> Iterator[Device]:
     """Boot `image` (a flash image of an exact size) as `options` say; yield the Device."""
-    setup = MachineSetup(find_qemu(options.qemu), options.policy.psram, options.policy.watchdogs)
+    setup = MachineSetup(find_qemu(options.qemu), options.policy.psram, options.policy.watchdogs,
+                         trace_flash=options.record_flash)  # fmt: skip
     run_dir, keep = _run_dir(options)
     board: Board | None = None
     try:

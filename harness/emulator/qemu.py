@@ -34,7 +34,7 @@ from qemu.qmp.legacy import QEMUMonitorProtocol
 
 from ..errors import HarnessError, QemuCrashed, QemuExited, QemuNotFound
 from ..paths import idf_tools_dir
-from . import janitor
+from . import flashtrace, janitor
 
 QEMU_NAME = "qemu-system-xtensa"
 INSTALL_HINT = (
@@ -131,6 +131,7 @@ class MachineSetup:
     watchdogs: bool
     download: bool = False  # GPIO0 strapped low: the ROM's download mode (fixed at start-up)
     data_channel: bool = True  # UART1 wired to a socket of its own: a byte pipe for payloads
+    trace_flash: bool = False  # the flash model can report its operations (flashtrace)
 
 
 class Machine:
@@ -166,6 +167,8 @@ class Machine:
             cmd += ["-m", "4M"]
         if not self.setup.watchdogs:  # what ESP-IDF's `idf.py qemu` does (emulator.policy)
             cmd += ["-global", "driver=timer.esp32.timg,property=wdt_disable,value=true"]
+        if self.setup.trace_flash:  # the trace log open, its events off until a recording
+            cmd += ["-D", str(self.trace_path), "-d", f"trace:{flashtrace.ALWAYS_ON}"]
         if self.setup.download:  # GPIO0 low at reset: the ROM waits for esptool (normal: 0x12)
             cmd += ["-global", "driver=esp32.gpio,property=strap_mode,value=0x0f"]
         return cmd
@@ -282,6 +285,31 @@ class Machine:
             CpuState(int(cpu), int(pc, 16), int(ps, 16) & 0xF)
             for cpu, pc, ps in _CPU_REGS.findall(str(text))
         ]
+
+    @property
+    def trace_path(self) -> Path:
+        return self.run_dir / "flash-ops.trace"
+
+    def trace_flash(self, on: bool) -> None:
+        """Switch the flash model's operation events on or off (flashtrace.EVENTS)."""
+        if not self.setup.trace_flash:
+            raise HarnessError("this QEMU was started without a flash trace")
+        for name in flashtrace.EVENTS:
+            self._qmp("trace-event-set-state", name=name, enable=on)
+
+    def pause(self) -> None:
+        """Stop the emulated CPUs; QEMU finishes the flash writes in flight first."""
+        self._qmp("stop")
+
+    def _qmp(self, command: str, **args: object) -> None:
+        """A QMP command whose failure is a harness error naming it (QEMU may be gone)."""
+        if self.qmp is None:
+            raise HarnessError(f"QMP `{command}`: QEMU is not running")
+        try:
+            self.qmp.cmd(command, **args)
+        except (QMPError, OSError) as exc:
+            self.check_alive(f"QMP `{command}`", wait=1.0)
+            raise HarnessError(f"QEMU did not do QMP `{command}`: {exc}") from None
 
     def reset(self) -> None:
         """Hard reset, as the EN pin would: the ROM banner shows a fresh boot."""

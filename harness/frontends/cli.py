@@ -246,12 +246,21 @@ def cmd_repro(args: argparse.Namespace) -> int:
     request = repro.Request(
         args.firmware, args.update, FlashSize.emulated(args.flash_size) if args.flash_size
         else None, args.layout, args.command, args.device_lib, tuple(args.expect), args.method,
+        power_cut=_sweep_points(args.power_cut) if args.power_cut else None,
     )  # fmt: skip
     repro.check(request, args.save)
     find_qemu(args.qemu)
     result = repro.run(request, args.save, args.artifacts, args.qemu)
     print(result.text)
     return result.exit_code
+
+
+def _sweep_points(text: str) -> int:
+    """`sweep:20` (or `20`): how many cut points to spread over the update."""
+    value = text.removeprefix("sweep:")
+    if not value.isdigit() or int(value) < 1:
+        raise HarnessError(f"--power-cut {text}: give sweep:N, N cut points (e.g. sweep:20)")
+    return int(value)
 
 
 def cmd_qemu_install(args: argparse.Namespace) -> int:
@@ -427,12 +436,17 @@ def build_parser() -> argparse.ArgumentParser:
     repro.add_argument("--command", help="their REPL line; the update is /fw.bin in the vfs")
     repro.add_argument("--device-lib", type=Path, help="their device library folder (-> /lib)")
     repro.add_argument("--expect", action="append", default=[], help="text that shows the bug")
+    repro.add_argument("--power-cut", metavar="sweep:N",
+                       help="cut the power at N points of the update's flash writes (the "
+                            "device writes it); verdict: survives every cut, or the first "
+                            "point that bricks")  # fmt: skip
     repro.add_argument("--save", type=Path, help="write the reproduction as a scenario file")
     repro.add_argument("--artifacts", type=Path, default=Path("artifacts"))
     repro.add_argument("--qemu", help="path to Espressif's qemu-system-xtensa")
     repro.set_defaults(func=cmd_repro)
     repro.epilog = (
-        "exit 0: reproduced (or ran, without --expect); 1: not reproduced; 2: could not run"
+        "exit 0: reproduced (or ran, without --expect); 1: not reproduced; 2: could not run. "
+        "With --power-cut: 0 survives every cut; 1 a cut point failed; 2 could not run"
     )
 
     qemu = sub.add_parser("qemu", help="Espressif's QEMU").add_subparsers(

@@ -29,7 +29,7 @@ from ..flash.inputs import read_firmware, read_input
 from ..flash.inspect import FileReport, examine
 from ..flash.size import FlashSize
 from ..scenario import format, plan, runner
-from ..scenario.results import CellResult, StepRecord
+from ..scenario.results import CellResult, StepRecord, cut_table
 from ..sources.manifest import FirmwareSelector
 
 TIMESTAMP = re.compile(r"^[EW] \(\d+\) ")
@@ -48,6 +48,7 @@ class Request:
     # without `command`: the update staged into the slot before the boot (what the
     # bootloader judges is the same bytes: tests/test_staged.py), or written by the device
     method: str = "staged"
+    power_cut: int | None = None  # sweep this many cut points over the update's writes
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,9 @@ def scenario_data(req: Request, where: Path) -> dict[str, Any]:
         if req.device_lib:
             ota["device_lib"] = _rel(req.device_lib, where)
     steps: list[dict[str, Any]] = [{"boot": "prompt"}, {"ota": ota}]
+    if req.power_cut:  # a staged update makes no emulated writes: the device writes it
+        ota["method"] = "harness" if ota["method"] == "staged" else ota["method"]
+        steps[1:] = [{"power_cut": {"ota": ota, "sweep": req.power_cut}}, {"boot": "prompt"}]
     if req.expect:
         steps.append({"expect": list(req.expect)})
     data: dict[str, Any] = {
@@ -113,7 +117,10 @@ def run(req: Request, save: Path | None, artifacts: Path, qemu: str | None) -> V
     cell = plan.cells(scenario, FirmwareSelector(download=False), plan.RunOptions())[0]
     if isinstance(cell, plan.CellPlan):
         runner.build(cell)  # an image that cannot be made: one line, before any boot
-    outcome = _outcome(runner.run_cell(cell, runner.Setup(artifacts, qemu)), bool(req.expect))
+    result = runner.run_cell(cell, runner.Setup(artifacts, qemu))
+    if req.power_cut:
+        return _cut_verdict(req, result, data, save)
+    outcome = _outcome(result, bool(req.expect))
     reproduced = outcome.result.status == "passed" and (
         bool(req.expect) or (outcome.ota is not None and outcome.booted != outcome.ota.target)
     )
@@ -123,6 +130,33 @@ def run(req: Request, save: Path | None, artifacts: Path, qemu: str | None) -> V
     if not outcome.ran:
         return Verdict(text, COULD_NOT_RUN)
     return Verdict(text, REPRODUCED if reproduced or not req.expect else NOT_REPRODUCED)
+
+
+def _cut_verdict(
+    req: Request, result: CellResult, data: dict[str, Any], save: Path | None
+) -> Verdict:
+    """Survives every cut (exit 0), or the first cut point that failed (1); 2 when the
+    update itself could not be run and recorded."""
+    out = [f"== harness repro --power-cut: {req.update.name} -> {req.firmware.name} =="]
+    booted = sorted({c.booted for c in result.cuts if c.booted})
+    failed = [c for c in result.cuts if c.status == "failed"]
+    if not result.cuts:
+        out.append(f"survives every cut: could not run: {result.message.splitlines()[0]}")
+        code = COULD_NOT_RUN
+    elif failed:
+        out.append(f"survives every cut: no; {len(failed)} of {len(result.cuts)} cut points "
+                   f"failed, the first {failed[0].point.label()}: {failed[0].message}")  # fmt: skip
+        code = NOT_REPRODUCED
+    else:
+        out.append(f"survives every cut: yes, {len(result.cuts)} cut points, each powered on "
+                   f"to {' or '.join(booted)}")  # fmt: skip
+        code = REPRODUCED
+    out.append(cut_table(result.cuts))
+    out.append(f"artifacts: {result.artifacts}")
+    if save is not None and code == REPRODUCED:
+        data["steps"].append({"assert_booted": booted if len(booted) > 1 else booted[0]})
+        out.append(_write(save, data).strip())
+    return Verdict("\n".join(out), code)
 
 
 def _outcome(result: CellResult, expecting: bool) -> Outcome:
@@ -146,6 +180,10 @@ def _save(save: Path, data: dict[str, Any], req: Request, outcome: Outcome) -> s
         steps.append({"expect": outcome.lines})
     if outcome.booted:
         steps.append({"assert_booted": outcome.booted})
+    return _write(save, data)
+
+
+def _write(save: Path, data: dict[str, Any]) -> str:
     header = "# Made by `harness repro`: fill in title and source; the steps are what ran.\n"
     save.write_text(header + yaml.safe_dump(data, sort_keys=False, width=100))
     format.load(save)

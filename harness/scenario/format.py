@@ -151,7 +151,7 @@ class Scenario(BaseModel):
 
     def needs(self) -> set[Need]:
         """What the scenario asks of firmware and image: declared, and its steps' needs."""
-        return {*self.requires, *(need for a in self.step_args for need in a.NEEDS)}
+        return {*self.requires, *(need for a in self.step_args for need in a.needs())}
 
     def unknown_var(self, name: str, where: tuple[Any, ...] | None) -> str:
         """The one-line error for a ${name} nothing defines."""
@@ -214,14 +214,23 @@ def _check_watchdogs(scenario: Scenario) -> None:
 
 
 def _check_order(scenario: Scenario) -> None:
-    """Exactly one boot, and device steps only after it."""
+    """One boot, device steps only after it, and a power-on (`boot`) right after each
+    power cut, the only other place a `boot` may be."""
     kinds = [a.KIND for a in scenario.step_args]
-    boots = [i for i, k in enumerate(kinds) if k == "boot"]
+    after_cut = {i + 1 for i, k in enumerate(kinds) if k == "power_cut"}
+    for i in sorted(after_cut):
+        if i >= len(kinds) or kinds[i] != "boot":
+            line = scenario.step_line(i - 1)
+            raise ScenarioError(
+                f"{scenario.path}:{line}: steps.{i - 1}: a power cut needs a power-on after "
+                "it: make the next step `boot`"
+            )
+    boots = [i for i, k in enumerate(kinds) if k == "boot" and i not in after_cut]
     if len(boots) != 1:
         line = scenario.step_line(boots[1]) if len(boots) > 1 else scenario.lines.get(("steps",), 0)
         raise ScenarioError(
             f"{scenario.path}:{line}: steps: need exactly one `boot` step "
-            "(use `reset` to boot again)"
+            "(use `reset` to boot again; after a `power_cut`, `boot` powers on again)"
         )
     for i, args in enumerate(scenario.step_args[: boots[0]]):
         if args.DEVICE:

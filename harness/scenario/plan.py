@@ -84,6 +84,7 @@ class CellPlan:
     serve: bool  # the UART is served to host tools (a `run` step)
     cost: int  # roughly how many boots it is worth
     policy: RunPolicy
+    record_flash: bool = False  # a step cuts the power at flash operations it records
     variables: Mapping[str, str] = field(default_factory=dict)  # the scenario's, expanded
 
     @property
@@ -229,6 +230,7 @@ def _cell(
         serve=any(a.PORT for a in step_args),
         cost=sum(a.cost() for a in step_args),
         policy=decided,
+        record_flash=any(a.records_flash() for a in step_args),
         variables=variables,
     )  # fmt: skip
 
@@ -345,7 +347,7 @@ def _expand_args(
     *,
     final: bool = False,
 ) -> A:
-    """The step's arguments with ${variables} substituted."""
+    """The step's arguments with ${variables} substituted (a wrapped step's too)."""
 
     def expand(text: str) -> str:
         return expand_text(scenario, text, context, where, final=final)
@@ -358,13 +360,19 @@ def _expand_args(
             update[name] = [expand(v) for v in value]
         elif isinstance(value, dict) and all(isinstance(v, str) for v in value.values()):
             update[name] = {k: expand(v) for k, v in value.items()}
+        elif isinstance(value, Args):
+            update[name] = _expand_args(scenario, value, context, (*where, name), final=final)
     return args.model_copy(update=update)
 
 
 def _strings_vars(args: Args) -> set[str]:
-    """Every ${name} left in a step's string arguments (lists and mappings included)."""
+    """Every ${name} left in a step's string arguments (lists, mappings and a wrapped
+    step's included)."""
     found: set[str] = set()
     for _, value in args:
+        if isinstance(value, Args):
+            found |= _strings_vars(value)
+            continue
         items: list[Any] = list(value.values()) if isinstance(value, dict) else (
             value if isinstance(value, list) else [value])  # fmt: skip
         found.update(n for t in items if isinstance(t, str) for n in VARIABLE.findall(t))

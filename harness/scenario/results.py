@@ -20,7 +20,8 @@ T = TypeVar("T")
 def to_jsonable(value: object) -> Any:
     """Dataclasses (nested), paths and tuples as JSON values."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: to_jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        return {f.name: to_jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)
+                if f.metadata.get("json", True)}  # fmt: skip
     if isinstance(value, dict):
         return {str(k): to_jsonable(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
@@ -43,6 +44,61 @@ class StepRecord:
     elapsed_s: float = 0.0
     status: Status = "running"
     detail: object | None = None  # the step's own result (an OtaReport, a Boot, ...)
+    cut: int | None = None  # ran after a power cut at this many flash operations
+
+
+@dataclass(frozen=True)
+class CutPoint:
+    """The power went after `after` of the step's `of` flash operations."""
+
+    after: int
+    of: int
+    last: str  # the last operation done before the power went ("" when none was)
+    next: str  # the operation the cut stopped ("" when all were done)
+
+    def label(self) -> str:
+        if self.after == 0:
+            return f"before operation 1 of {self.of} ({self.next})"
+        if self.after == self.of:
+            return f"after the last of {self.of} operations ({self.last})"
+        return f"after operation {self.after} of {self.of} ({self.last}; next: {self.next})"
+
+
+@dataclass
+class CutOutcome:
+    """What one power-on after one cut point came to."""
+
+    point: CutPoint
+    status: Status
+    booted: str | None
+    otadata: list[str]  # both records' states, after the steps ran
+    selects: str | None  # the slot otadata selects then
+    changed: dict[str, int]  # partition -> sectors the cut left different from before
+    bootloader: list[str]  # ESP-IDF E/W lines from the power-on on
+    message: str = ""
+
+
+def cut_property(outcome: CutOutcome) -> tuple[str, str]:
+    """A cut point's outcome as one JUnit property: `power_cut` = `after operation 37 of
+    350 (...): passed, booted ota_0, otadata VALID UNDEFINED`."""
+    states = " ".join(outcome.otadata) or "-"
+    return ("power_cut", f"{outcome.point.label()}: {outcome.status}, booted "
+                         f"{outcome.booted or '-'}, otadata {states}")  # fmt: skip
+
+
+def cut_table(outcomes: list[CutOutcome]) -> str:
+    """One line per cut point: where, what booted, otadata, what the bootloader said first,
+    the outcome."""
+    rows = [("cut point", "booted", "otadata", "bootloader", "outcome")]
+    for o in outcomes:
+        said = o.bootloader[0] if o.bootloader else "-"
+        rows.append((o.point.label(), o.booted or "-", " ".join(o.otadata) or "-", said,
+                     o.status if not o.message else f"{o.status}: {o.message}"))  # fmt: skip
+    width = [max(len(r[i]) for r in rows) for i in range(4)]
+    return "\n".join(
+        "  " + "  ".join(f"{cell:<{width[i]}}" for i, cell in enumerate(r[:4])) + f"  {r[4]}"
+        for r in rows
+    )
 
 
 @dataclass
@@ -88,6 +144,7 @@ class CellResult:
     firmware: FirmwareUsed | None = None
     image: ImageUsed | None = None
     watchdogs: bool | None = None  # the emulated timer-group watchdogs ran (None: unknown)
+    cuts: list[CutOutcome] = field(default_factory=list)  # each power cut point's outcome
 
     @property
     def serial_logs(self) -> list[Path]:
@@ -128,4 +185,7 @@ class CellResult:
             firmware=FirmwareUsed(**fw) if isinstance(fw, dict) else None,
             image=ImageUsed(**image) if isinstance(image, dict) else None,
             watchdogs=data.get("watchdogs"),
+            cuts=[
+                CutOutcome(**{**c, "point": CutPoint(**c["point"])}) for c in data.get("cuts", [])
+            ],
         )

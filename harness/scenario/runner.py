@@ -25,20 +25,32 @@ import re
 import shutil
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..emulator.console import log_lines
 from ..emulator.device import BootOptions, Device, boot
 from ..emulator.policy import stalls_under_load
 from ..errors import RETRYABLE, DeviceTimeout, GuestStalled, HarnessError, StepFailed
-from ..flash import formats, images
+from ..flash import formats, images, ops
 from ..flash.firmware import sha256_of
 from ..flash.images import BuiltImage
 from ..flash.inputs import read_input
+from . import powercut
 from .format import payload_var
 from .plan import Cell, CellPlan, Skipped, StepPlan
-from .results import Attempt, CellResult, FirmwareUsed, ImageUsed, Status, StepRecord, write_json
+from .results import (
+    Attempt,
+    CellResult,
+    CutOutcome,
+    CutPoint,
+    FirmwareUsed,
+    ImageUsed,
+    Status,
+    StepRecord,
+    write_json,
+)
 from .steps import HANDLERS
 
 Progress = Callable[[CellPlan, int, str], None]
@@ -158,6 +170,7 @@ def _attempts(run: CellRun, folder: Path, result: CellResult) -> None:
         attempt = CellAttempt(run, run_dir)
         error = attempt.run()
         result.timeline, result.booted = attempt.timeline, attempt.booted
+        result.cuts = attempt.cuts
         status: Status = "passed" if error is None else "failed"
         result.attempts.append(Attempt(number, status, str(error or ""), str(run_dir)))
         if error is None:
@@ -198,6 +211,7 @@ class CellAttempt:
         self.booted: str | None = None
         self.timeline: list[StepRecord] = []
         self.dev: Device | None = None
+        self.cuts: list[CutOutcome] = []
         self.stack = contextlib.ExitStack()
         self.clock = time.monotonic()
 
@@ -205,24 +219,84 @@ class CellAttempt:
         """Run all steps; return the failure (None when every step passed)."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
         with self.stack:
-            for step in self.plan.steps:
-                record = StepRecord(step.number, step.kind, step.line, self.now())
-                self.timeline.append(record)
-                if self.progress:
-                    self.progress(self.plan, step.index, step.kind)
-                try:
-                    record.detail = self._step(step)
-                except HarnessError as raised:
-                    error = self._stall_named(raised)
-                    record.status, record.elapsed_s = "failed", self._since(record)
-                    self._finish(failed=True)
-                    failure = StepFailed(self._failure(record, error))
-                    failure.__cause__ = error
-                    return failure
-                record.status, record.elapsed_s = "passed", self._since(record)
-                self._write_timeline()
-            self._finish(failed=False)
+            failure = self._steps(self.plan.steps)
+            self._finish(failed=failure is not None)
+        return failure
+
+    def _steps(self, steps: Sequence[StepPlan], cut: int | None = None) -> StepFailed | None:
+        """Run `steps` in order up to the first failure; after a power cut, the rest once
+        per cut point (`cut`: the point these run after)."""
+        for pos, step in enumerate(steps):
+            record = StepRecord(step.number, step.kind, step.line, self.now(), cut=cut)
+            self.timeline.append(record)
+            if self.progress:
+                self.progress(self.plan, step.index, step.kind)
+            try:
+                record.detail = self._step(step)
+            except HarnessError as raised:
+                error = self._stall_named(raised)
+                record.status, record.elapsed_s = "failed", self._since(record)
+                failure = StepFailed(self._failure(record, error))
+                failure.__cause__ = error
+                return failure
+            record.status, record.elapsed_s = "passed", self._since(record)
+            self._write_timeline()
+            if isinstance(record.detail, powercut.Recorded):
+                return self._sweep(record, record.detail, steps[pos + 1 :])
         return None
+
+    def _sweep(
+        self, record: StepRecord, recorded: powercut.Recorded, rest: Sequence[StepPlan]
+    ) -> StepFailed | None:
+        """The steps after a power cut, once per cut point, each from a power-on of the
+        flash as the cut left it; every point gets its outcome, the first failure is named."""
+        dev = self.device()
+        log = dev.board.log
+        first: StepFailed | None = None
+        points = {p.after: p for p in recorded.points}
+        rules = list(log.forbidden)  # not_expect from before the cut holds at every point
+        for after, flash in ops.states(recorded.before, recorded.ops, points):
+            point = points[after]
+            dev.flash.write_bytes(flash)
+            log.note(f"power on after a cut {point.label()}")
+            log.forbidden, log.violation = list(rules), None  # each point on its own
+            since = self.cursor = len(log.lines)
+            self.booted = None
+            failure = self._steps(rest, cut=after)
+            outcome = self._outcome(point, failure, recorded.before, flash, since)
+            recorded.outcomes.append(outcome)
+            self.cuts.append(outcome)
+            dev.board.power_cut()
+            if failure is not None and first is None:
+                first = failure
+        self._write_timeline()
+        if first is None:
+            return None
+        failed = [o for o in recorded.outcomes if o.status == "failed"]
+        where = f"{self.plan.scenario.path}:{record.line}"
+        message = (
+            f"{self.plan.name}: step {record.index} `power_cut` ({where}): {len(failed)} of "
+            f"{len(recorded.outcomes)} cut points failed; the first, {failed[0].point.label()}:\n"
+            f"{first}\n  rerun just that point with `at: [{failed[0].point.after}]`\n"
+            f"{recorded.summary()}"
+        )
+        failure = StepFailed(message)
+        failure.__cause__ = first.__cause__
+        return failure
+
+    def _outcome(self, point: CutPoint, failure: StepFailed | None, before: bytes,
+                 flash: bytes, since: int) -> CutOutcome:  # fmt: skip
+        dev = self.device()
+        booted = self.booted
+        if booted is None and dev.repl.known:  # MicroPython came up: ask it
+            with contextlib.suppress(HarnessError):
+                booted = dev.running_partition()
+        state = formats.FlashState.of(dev.flash.read_bytes())
+        message = str(failure.__cause__ or failure).splitlines()[0] if failure else ""
+        return CutOutcome(
+            point, "failed" if failure else "passed", booted, state.states(), state.boot.slot,
+            powercut.changed(before, flash), log_lines(dev.board.log.lines[since:]), message,
+        )  # fmt: skip
 
     def _step(self, step: StepPlan) -> object:
         args = self.plan.expand(step.args, self.runtime_vars(), ("steps", step.index))
@@ -265,9 +339,13 @@ class CellAttempt:
 
     # -- Run, as the steps see it ---------------------------------------------------------
     def boot(self) -> Device:
+        if self.dev is not None:  # after a power cut: on again, on the same flash
+            self.dev.power_on()
+            return self.dev
         options = BootOptions(
             self.plan.policy, qemu=self.setup.qemu, run_dir=self.run_dir, serve=self.plan.serve,
             stage=tuple((s.offset, s.data) for s in self.built.staging.values()),
+            record_flash=self.plan.record_flash,
         )  # fmt: skip
         self.dev = self.stack.enter_context(boot(self.built.image.path, options))
         _flash_summary(self.run_dir / "flash-before.json", self.dev.flash)

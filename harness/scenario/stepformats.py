@@ -12,7 +12,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    field_validator,
+    model_validator,
+)
 
 from ..flash.formats import OtaState, Select
 
@@ -85,6 +94,14 @@ class Args(BaseModel):
 
     def expects_watchdog_reset(self) -> bool:
         """It waits for a watchdog reset (so the watchdogs must run)."""
+        return False
+
+    def needs(self) -> frozenset[Need]:
+        """What the firmware and image must offer (`NEEDS`, and a wrapped step's)."""
+        return self.NEEDS
+
+    def records_flash(self) -> bool:
+        """It records the flash chip's operations (the board must be able to)."""
         return False
 
 
@@ -307,12 +324,16 @@ class RunArgs(Args):
 
 @step_format
 class AssertBootedArgs(Args):
-    """The partition MicroPython runs from, as the device reports it."""
+    """The partition MicroPython runs from, as the device reports it (or one of a list)."""
 
     KIND: ClassVar[str] = "assert_booted"
     SHORTHAND: ClassVar[str | None] = "partition"
 
-    partition: str
+    partition: str | list[str]
+
+    @property
+    def any_of(self) -> list[str]:
+        return [self.partition] if isinstance(self.partition, str) else self.partition
 
 
 @step_format
@@ -340,3 +361,66 @@ class AssertInspectArgs(Args):
     equals: Any = None
     contains: str | None = None
     matches: str | None = None
+
+
+@step_format
+class PowerCutArgs(Args):
+    """Cut the power: now (`power_cut: {}`), or during a step that writes flash (`ota`,
+    `repl` or `put`, written under its own name) after chosen flash operations of it,
+    counted as the flash chip sees them. The steps after it run once per cut point, from a
+    power-on (`boot`) of the flash as the cut left it; the step passes only if every point
+    does. Points: `sweep: K` spreads K over the step's operations, plus its boundaries
+    (before the first operation, before and after the otadata writes, after the last);
+    `at:` names operation counts (0: before the first); `within: PARTITION` cuts while
+    that partition is half-written (after each of its operations but the last). An `ota`
+    step (method harness) is cut before its reboot: the power-on after the cut is it.
+    """
+
+    KIND: ClassVar[str] = "power_cut"
+
+    ota: OtaArgs | None = None
+    repl: ReplArgs | None = None
+    put: PutArgs | None = None
+    sweep: PositiveInt | None = None
+    at: list[NonNegativeInt] | None = None
+    within: str | None = None
+
+    @model_validator(mode="after")
+    def _one_step_one_choice(self) -> PowerCutArgs:
+        steps = [k for k in ("ota", "repl", "put") if getattr(self, k) is not None]
+        chosen = [k for k in ("sweep", "at", "within") if getattr(self, k) is not None]
+        if not steps and not chosen:
+            return self  # cut now
+        if len(steps) != 1:
+            raise ValueError("power_cut names the one step it interrupts: `ota:`, `repl:` or "
+                             "`put:` (or nothing, `power_cut: {}`, to cut now)")  # fmt: skip
+        if len(chosen) != 1:
+            raise ValueError("power_cut needs one of `sweep: K`, `at: [N, ...]`, `within: "
+                             "PARTITION`")  # fmt: skip
+        if self.ota is not None and self.ota.method == "staged":
+            raise ValueError("a staged write makes no emulated flash writes, so there is "
+                             "nothing to cut: use method: harness or library")  # fmt: skip
+        return self
+
+    @property
+    def interrupted(self) -> Args | None:
+        """The step the cut interrupts; None: the cut comes now, between steps."""
+        return self.ota or self.repl or self.put
+
+    def files(self) -> list[ImageFile]:
+        return self.interrupted.files() if self.interrupted else []
+
+    def cost(self) -> int:
+        if self.interrupted is None:
+            return 1
+        points = self.sweep + 4 if self.sweep else len(self.at or ()) or 4
+        return self.interrupted.cost() + points
+
+    def alone(self) -> bool:
+        return self.interrupted.alone() if self.interrupted else False
+
+    def needs(self) -> frozenset[Need]:
+        return self.interrupted.needs() if self.interrupted else frozenset()
+
+    def records_flash(self) -> bool:
+        return True

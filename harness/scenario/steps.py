@@ -24,6 +24,7 @@ from ..emulator.device import Boot, Device
 from ..errors import BootLoop, DeviceError, StepFailed
 from ..flash import formats
 from ..flash.inspect import examine
+from . import powercut
 from .stepformats import (
     Args,
     AssertBootedArgs,
@@ -33,6 +34,7 @@ from .stepformats import (
     ExpectArgs,
     NotExpectArgs,
     OtaArgs,
+    PowerCutArgs,
     PutArgs,
     ReplArgs,
     ResetArgs,
@@ -294,8 +296,8 @@ def _indent(text: str) -> str:
 @handles(AssertBootedArgs)
 def assert_booted(run: Run, args: AssertBootedArgs) -> Boot:
     run.booted = run.device().running_partition()
-    if run.booted != args.partition:
-        raise StepFailed(f"running from {run.booted}, expected {args.partition}")
+    if run.booted not in args.any_of:
+        raise StepFailed(f"running from {run.booted}, expected {' or '.join(args.any_of)}")
     return Boot(run.booted, [])
 
 
@@ -331,3 +333,10 @@ def assert_inspect(run: Run, args: AssertInspectArgs) -> InspectDetail:
         raise StepFailed(f"inspect {args.field} is {value!r}, expected a match for "
                          f"{args.matches!r}")  # fmt: skip
     return InspectDetail(str(path), value)
+
+
+@handles(PowerCutArgs)
+def power_cut(run: Run, args: PowerCutArgs) -> powercut.Recorded:
+    """The interrupted step, recorded; the runner then runs the steps after it once per
+    cut point (harness.scenario.runner, `_sweep`)."""
+    return powercut.record(run.device(), args, lambda step: HANDLERS[step.KIND](run, step))

@@ -1,0 +1,106 @@
+"""The flash operations a running QEMU makes, from its m25p80 flash model's trace events.
+
+QEMU's flash chip model reports each erase (`m25p80_flash_erase`, `m25p80_chip_erase`),
+each command with its address (`m25p80_complete_collecting`) and each programmed byte
+(`m25p80_page_program`). The machine writes them to a trace file (QEMU's `log` trace
+backend, `-D`) only while a recording is on: they are switched on and off over QMP, so a
+boot pays nothing for them. A page program is one command (`PP` and its kin) and the
+bytes after it, up to the next event.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from pathlib import Path
+
+from ..errors import HarnessError
+from ..flash.ops import FlashOp
+
+# switched on and off around a recording; `m25p80_chip_erase` is given on the command line
+# (no guest erases the whole chip) so that QEMU's trace log is open from the start
+EVENTS = (
+    "m25p80_flash_erase",
+    "m25p80_chip_erase",
+    "m25p80_complete_collecting",
+    "m25p80_page_program",
+)
+ALWAYS_ON = "m25p80_chip_erase"
+# page program commands: PP, PP4, QPP, QPP4, and the 4-byte quad variants
+PROGRAM_COMMANDS = frozenset({0x02, 0x12, 0x32, 0x34, 0x38, 0x3E})
+_EVENT = re.compile(r"^(?:\d+@[\d.]+:)?(m25p80_\w+) \[[^\]]*\] (.*)$")
+_ERASE = re.compile(r"offset = 0x([0-9a-f]+), len = (\d+)")
+_COLLECTED = re.compile(r"decode cmd: 0x([0-9a-f]+) .*addr 0x([0-9a-f]+)")
+_BYTE = re.compile(r"cur_addr=0x([0-9a-f]+) data=0x([0-9a-f]+)")
+
+
+def parse(lines: Iterable[str], flash_size: int) -> list[FlashOp]:
+    """The erases and page programs in trace lines, in the order the chip saw them."""
+    reader = _Reader(flash_size)
+    for line in lines:
+        event = _EVENT.match(line)
+        if event is not None:
+            reader.event(*event.groups())
+    reader.end_program()
+    return reader.ops
+
+
+class _Reader:
+    """Trace events in, operations out; a page program is collected byte by byte."""
+
+    def __init__(self, flash_size: int) -> None:
+        self.flash_size = flash_size
+        self.ops: list[FlashOp] = []
+        self.start, self.data = -1, bytearray()  # the program being collected (-1: none)
+
+    def end_program(self) -> None:
+        if self.start >= 0 and self.data:
+            self.ops.append(FlashOp("program", self.start, len(self.data), bytes(self.data)))
+        self.start = -1
+        self.data = bytearray()
+
+    def event(self, name: str, text: str) -> None:
+        if name == "m25p80_page_program":
+            self.byte(text)
+            return
+        self.end_program()
+        if name == "m25p80_flash_erase":
+            erase = _ERASE.search(text)
+            if erase:
+                self.ops.append(FlashOp("erase", int(erase.group(1), 16), int(erase.group(2))))
+        elif name == "m25p80_chip_erase":
+            self.ops.append(FlashOp("erase", 0, self.flash_size))
+        elif name == "m25p80_complete_collecting":
+            cmd = _COLLECTED.search(text)
+            if cmd and int(cmd.group(1), 16) in PROGRAM_COMMANDS:
+                self.start = int(cmd.group(2), 16)
+
+    def byte(self, text: str) -> None:
+        byte = _BYTE.search(text)
+        if byte is None or self.start < 0:
+            return
+        addr = int(byte.group(1), 16)
+        if addr != self.start + len(self.data):  # not where the command's bytes go
+            start = addr
+            self.end_program()
+            self.start = start
+        self.data.append(int(byte.group(2), 16))
+
+
+class TraceFile:
+    """The part of a QEMU trace file written since `mark()`."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._mark = 0
+
+    def mark(self) -> None:
+        self._mark = self.path.stat().st_size if self.path.exists() else 0
+
+    def ops(self, flash_size: int) -> list[FlashOp]:
+        if not self.path.exists():
+            raise HarnessError(f"QEMU wrote no flash trace ({self.path}): it cannot report "
+                               "its flash operations")  # fmt: skip
+        with self.path.open("r", errors="replace") as f:
+            f.seek(self._mark)
+            return parse(f, flash_size)

@@ -1,0 +1,250 @@
+"""Power cuts: flash operations as QEMU's flash model reports them, the flash rebuilt after
+any of them, the cut points chosen, the format's checks, and the real thing in QEMU: a
+rebuilt flash equals what a live cut at the same operation leaves."""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+
+import pytest
+
+from harness.emulator import device, policy
+from harness.emulator.device import BootOptions
+from harness.emulator.flashtrace import parse
+from harness.emulator.qemu import running_qemus
+from harness.errors import StepFailed
+from harness.flash import formats
+from harness.flash.ops import FlashOp, apply, states
+from harness.scenario import format as scenario_format
+from harness.scenario.powercut import choose
+from harness.scenario.stepformats import PowerCutArgs
+
+# QEMU's log backend, as `-D FILE` writes it (with `-msg timestamp=on`, a pid@time: prefix)
+TRACE = """\
+m25p80_command_decoded [0x55d0] new command:0x6
+m25p80_flash_erase [0x55d0] offset = 0x1000, len = 4096
+m25p80_complete_collecting [0x55d0] decode cmd: 0x3 len 3 ear 0x0 addr 0x1000
+m25p80_complete_collecting [0x55d0] decode cmd: 0x2 len 3 ear 0x0 addr 0x1000
+m25p80_page_program [0x55d0] page program cur_addr=0x1000 data=0x12
+m25p80_page_program [0x55d0] page program cur_addr=0x1001 data=0x34
+1234@1700000000.000001:m25p80_complete_collecting [0x55d0] decode cmd: 0x2 len 3 ear 0x0 addr 0x1002
+1234@1700000000.000002:m25p80_page_program [0x55d0] page program cur_addr=0x1002 data=0x0f
+m25p80_page_program [0x55d0] page program cur_addr=0x2000 data=0xaa
+m25p80_chip_erase [0x55d0] chip erase
+"""
+
+
+def test_trace_lines_become_operations_one_per_command() -> None:
+    ops = parse(TRACE.splitlines(), 0x4000)
+    assert ops == [
+        FlashOp("erase", 0x1000, 4096),
+        FlashOp("program", 0x1000, 2, b"\x12\x34"),  # a read command starts nothing
+        FlashOp("program", 0x1002, 1, b"\x0f"),  # the next command, though contiguous
+        FlashOp("program", 0x2000, 1, b"\xaa"),  # bytes that jump: where they go
+        FlashOp("erase", 0, 0x4000),
+    ]
+
+
+def test_an_erase_sets_ones_and_a_program_only_clears_bits() -> None:
+    flash = bytearray(b"\x00" * 8)
+    apply(flash, FlashOp("erase", 0, 4))
+    assert flash == b"\xff\xff\xff\xff\x00\x00\x00\x00"
+    apply(flash, FlashOp("program", 0, 2, b"\xf0\x0f"))
+    apply(flash, FlashOp("program", 0, 2, b"\x3c\xff"))  # NOR: bits only go from 1 to 0
+    assert flash[:2] == b"\x30\x0f"
+    with pytest.raises(ValueError, match="past the end"):
+        apply(flash, FlashOp("erase", 4, 8))
+
+
+def test_the_flash_after_each_point_is_built_in_one_pass() -> None:
+    ops = [
+        FlashOp("erase", 0, 2),
+        FlashOp("program", 0, 1, b"\x01"),
+        FlashOp("program", 1, 1, b"\x02"),
+    ]
+    got = dict(states(b"\x00\x00", ops, [3, 0, 1]))
+    assert got == {0: b"\x00\x00", 1: b"\xff\xff", 3: b"\x01\x02"}
+
+
+def _table() -> formats.PartitionTable:
+    return formats.PartitionTable((
+        formats.Partition("otadata", formats.DATA_TYPE, formats.SUBTYPE_OTA_DATA, 0xD000, 0x2000),
+        formats.Partition("ota_1", formats.APP_TYPE, 0x11, 0x100000, 0x100000),
+    ))  # fmt: skip
+
+
+def _ops() -> list[FlashOp]:
+    app = [FlashOp("program", 0x100000 + 64 * i, 64, b"\0" * 64) for i in range(20)]
+    return [*app, FlashOp("erase", 0xE000, 0x1000), FlashOp("program", 0xE000, 32, b"\0" * 32)]
+
+
+def _cut(**kwargs: object) -> PowerCutArgs:
+    return PowerCutArgs.model_validate({"ota": {"payload": "app"}, **kwargs})
+
+
+def test_a_sweep_spreads_its_points_and_keeps_the_boundaries() -> None:
+    points = choose(_cut(sweep=3), _ops(), _table())
+    assert {0, 20, 22} <= set(points)  # before the first, before otadata, after the last
+    assert {6, 11, 16} <= set(points)  # 3 spread over 22 operations
+    assert points == sorted(points)
+
+
+def test_within_a_partition_cuts_where_it_is_half_written() -> None:
+    assert choose(_cut(within="otadata"), _ops(), _table()) == [21]  # erased, not written
+    with pytest.raises(StepFailed, match=r"made 0 flash operation.s. on ota_1 .2 in all."):
+        choose(_cut(within="ota_1"), _ops()[20:], _table())
+
+
+def test_bad_cut_points_are_named_with_what_the_step_made() -> None:
+    with pytest.raises(
+        StepFailed, match="cut point 30 is past the step's last flash operation: it made 22"
+    ):
+        choose(_cut(at=[3, 30]), _ops(), _table())
+    with pytest.raises(StepFailed, match="made no flash operations: there is nothing to cut"):
+        choose(_cut(sweep=3), [], _table())
+    with pytest.raises(StepFailed, match="no partition 'vfs'"):
+        choose(_cut(within="vfs"), _ops(), _table())
+
+
+def _scenario(tmp_path: Path, steps: str) -> Path:
+    path = tmp_path / "cut.yaml"
+    path.write_text(
+        "title: t\nsource: s\nmatrix: {flash_size: [4MB], firmware: [ESP32_GENERIC-OTA@v1.25.0]}\n"
+        f"steps:\n{steps}"
+    )
+    return path
+
+
+BOOT = "  - boot: prompt\n"
+
+
+def _power_cut(args: str) -> str:
+    return f"  - power_cut: {{{args}}}\n"
+
+
+@pytest.mark.parametrize(
+    ("steps", "message"),
+    [
+        (BOOT + _power_cut("ota: {payload: app}, sweep: 4") + "  - assert_booted: ota_0\n",
+         "a power cut needs a power-on after it: make the next step `boot`"),
+        (BOOT + _power_cut("ota: {payload: app}, sweep: 4"),
+         "a power cut needs a power-on after it"),
+        (BOOT + _power_cut("ota: {payload: app, method: staged}, sweep: 4") + BOOT,
+         "a staged write makes no emulated flash writes"),
+        (BOOT + _power_cut("ota: {payload: app}, repl: x, sweep: 4") + BOOT,
+         "power_cut names the one step it interrupts"),
+        (BOOT + _power_cut("sweep: 4") + BOOT, "power_cut names the one step it interrupts"),
+        (BOOT + _power_cut("ota: {payload: app}, sweep: 4, at: [1]") + BOOT,
+         "power_cut needs one of `sweep: K`"),
+        (BOOT + _power_cut("ota: {payload: app}, sweep: 4") + BOOT + BOOT,
+         "need exactly one `boot` step"),
+    ],
+)  # fmt: skip
+def test_a_malformed_power_cut_is_one_line_naming_the_problem(
+    tmp_path: Path, steps: str, message: str
+) -> None:
+    with pytest.raises(scenario_format.ScenarioError) as error:
+        scenario_format.load(_scenario(tmp_path, steps))
+    assert message in str(error.value)
+    assert "\n" not in str(error.value)
+    assert str(error.value).startswith(str(tmp_path / "cut.yaml"))
+
+
+def test_a_power_cut_with_its_power_on_loads_and_needs_what_its_step_needs(tmp_path: Path) -> None:
+    path = _scenario(tmp_path, "  - boot: prompt\n  - power_cut: {ota: {payload: app}, sweep: 4}\n"
+                               "  - boot: prompt\n  - assert_booted: [ota_0, ota_1]\n")  # fmt: skip
+    loaded = scenario_format.load(path)
+    assert "ota" in loaded.needs()
+
+
+# -- in QEMU ---------------------------------------------------------------------------
+
+WRITER = (
+    "import esp32\n"
+    "p = esp32.Partition.find(esp32.Partition.TYPE_APP, label='ota_1')[0]\n"
+    "for i in range(48):\n"
+    "    p.writeblocks(i, bytes([i]) * 4096)\n"
+)
+OPS_OF_WRITER = 48 * (1 + 4096 // 64)  # an erase and 64 page programs per block, at most
+
+
+def test_a_rebuilt_flash_equals_a_live_cut_at_the_same_operation(
+    qemu, fw, build_image, tmp_path
+) -> None:
+    """A live cut: the CPUs stopped in the middle of a device-side write (QMP `stop`, so
+    the writes in flight reach the file), then the power cut. Rebuilt: the flash before,
+    with the recorded operations applied on the host. Same bytes, and the same boot."""
+    image = build_image(fw("OTA-20250415-v1.25.0"), "4MB")
+    options = BootOptions(policy.for_image(image), qemu=qemu, run_dir=tmp_path / "live",
+                          record_flash=True)  # fmt: skip
+    with device.boot(image, options) as dev:
+        dev.wait_prompt(30)
+        trace = dev.board.record_flash(True)
+        before = dev.flash.read_bytes()
+        dev.repl.exec_start(WRITER)
+        time.sleep(4.0)  # some 12-19 ms of host time per operation: well inside the loop
+        dev.board.pause()
+        live = dev.flash.read_bytes()
+        ops = trace.ops(len(before))
+        dev.board.power_cut()
+        assert 100 < len(ops) < OPS_OF_WRITER, len(ops)  # cut in the middle of the write
+        rebuilt = dict(states(before, ops, [len(ops)]))[len(ops)]
+        assert rebuilt == live
+        outcomes = []
+        for flash in (live, rebuilt):
+            dev.flash.write_bytes(flash)
+            mark = len(dev.board.log.lines)
+            dev.power_on()
+            dev.wait_prompt(30)
+            said = [re.sub(r"\(\d+\) ", "", line) for line in dev.board.log.lines[mark:]
+                    if line.startswith(("E (", "W ("))]  # fmt: skip
+            outcomes.append((dev.running_partition(), said))
+            dev.board.power_cut()
+        assert outcomes[0] == outcomes[1]
+        assert outcomes[0][0] == "ota_0"  # ota_1 was being written, never selected
+
+
+FILE_CUT = """title: t
+source: s
+matrix: {{flash_size: [4MB], firmware: [ESP32_GENERIC@v1.27.0]}}
+steps:
+  - boot: prompt
+  - repl: "with open('/s.txt', 'w') as f: f.write('old.' * 1500)"
+  - power_cut:
+      repl: "with open('/s.txt', 'w') as f: f.write('new!' * 1500)"
+      sweep: 3
+  - boot: prompt
+  - repl: {{code: "print(open('/s.txt').read() == 'old.' * 1500)", expect: "{expect}"}}
+"""
+
+
+def _file_cut(tmp_path: Path, selector, qemu, expect: str):
+    from harness.scenario import plan, runner
+
+    path = tmp_path / "cut.yaml"
+    path.write_text(FILE_CUT.format(expect=expect))
+    cell = plan.cells(scenario_format.load(path), selector, plan.RunOptions())[0]
+    return runner.run_cell(cell, runner.Setup(tmp_path / "art", qemu))
+
+
+def test_a_sweep_gives_every_point_its_outcome_and_names_the_first_that_failed(
+    qemu, firmware_selector, tmp_path
+) -> None:
+    """A file rewrite cut at 0, at 3 spread points and after its last operation: the file
+    reads old before littlefs commits, new after. Asserting `old` everywhere fails at the
+    points after the commit, and only there; the message names the first and how to rerun it."""
+    result = _file_cut(tmp_path, firmware_selector, qemu, "True")
+    assert result.status == "failed"
+    points = [c.point.after for c in result.cuts]
+    assert points[0] == 0 and points == sorted(points) and len(points) >= 4
+    assert result.cuts[0].status == "passed"  # nothing written yet: the old file
+    assert result.cuts[-1].status == "failed"  # everything written: the new file
+    statuses = [c.status for c in result.cuts]
+    assert statuses == sorted(statuses, key=lambda s: s == "failed")  # old, then new: never mixed
+    first = next(c for c in result.cuts if c.status == "failed")
+    assert f"rerun just that point with `at: [{first.point.after}]`" in result.message
+    assert first.point.label() in result.message
+    assert all(c.booted == "factory" for c in result.cuts)
+    assert not running_qemus(str(tmp_path))
