@@ -198,6 +198,8 @@ class ServedBoard:
         self.cycles = 0  # power cycles since start (esptool's resets)
         self._lock = threading.RLock()
         self.failure: BaseException | None = None  # a restart that did not work
+        self.trace = TraceFile(run_dir / "flash-ops.trace")
+        self.recording = False
 
     def power_on(self, attach: Attach) -> None:
         if not self.relay.started:
@@ -212,7 +214,13 @@ class ServedBoard:
         setup = dataclasses.replace(self.setup, download=download)
         machine = Machine(setup, self.flash, self.run_dir)
         self.machine, self.download = machine, download
-        machine.start(self.relay.attach)
+
+        def attach(sock: socket.socket) -> None:  # before the guest's first instruction
+            self.relay.attach(sock)
+            if self.recording:
+                machine.trace_flash(True)
+
+        machine.start(attach)
 
     def power_cycle(self, download: bool, pulses: int = 0) -> None:
         """EN pulsed: a new QEMU on the same flash, in download mode when GPIO0 was low."""
@@ -222,6 +230,8 @@ class ServedBoard:
             if self.machine is not None:
                 self.machine.stop(graceful=True)
             self.cycles += 1
+            if self.recording:
+                self.trace.handover(self.run_dir / f"flash-ops.{self.cycles}.trace")
             self._boot(download, pulses)
 
     def hard_reset(self) -> None:
@@ -238,8 +248,14 @@ class ServedBoard:
             self.log.note("power cut")
 
     def record_flash(self, on: bool) -> TraceFile:
-        raise HarnessError("flash operations are recorded on a board the harness alone "
-                           "talks to, not yet on a served one")  # fmt: skip
+        """Recorded across the restarts the user's tools make: each new QEMU has the
+        events on before its first instruction, and the trace goes on in a new file."""
+        with self._lock:
+            if on:
+                self.trace.mark()
+            self._running().trace_flash(on)
+            self.recording = on
+        return self.trace
 
     def pause(self) -> None:
         self._running().pause()

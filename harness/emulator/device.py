@@ -82,6 +82,7 @@ class Device:
                                     feed_log=not self.board.relays_log)  # fmt: skip
             self._repl = Repl(self._console)
 
+        self.board.log.resets_since_up.clear()  # a boot loop is counted from this power-on
         self.board.power_on(attach)
 
     @property

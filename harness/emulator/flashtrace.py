@@ -88,19 +88,32 @@ class _Reader:
 
 
 class TraceFile:
-    """The part of a QEMU trace file written since `mark()`."""
+    """The trace written since `mark()`: by one QEMU, or by each of the QEMUs a served
+    board went through (`handover`), in order."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._mark = 0
+        self._parts: list[tuple[Path, int]] = []  # (file, where the recording starts in it)
 
     def mark(self) -> None:
-        self._mark = self.path.stat().st_size if self.path.exists() else 0
+        self._parts = [(self.path, self.path.stat().st_size if self.path.exists() else 0)]
+
+    def handover(self, keep: Path) -> None:
+        """The QEMU writing `path` has quit: keep what it wrote as `keep`, for the next
+        QEMU starts the file anew."""
+        if not self._parts or not self.path.exists():
+            return
+        self.path.replace(keep)
+        self._parts = [*self._parts[:-1], (keep, self._parts[-1][1]), (self.path, 0)]
 
     def ops(self, flash_size: int) -> list[FlashOp]:
         if not self.path.exists():
             raise HarnessError(f"QEMU wrote no flash trace ({self.path}): it cannot report "
                                "its flash operations")  # fmt: skip
-        with self.path.open("r", errors="replace") as f:
-            f.seek(self._mark)
-            return parse(f, flash_size)
+        lines: list[str] = []
+        for path, start in self._parts or [(self.path, 0)]:
+            if path.exists():
+                with path.open("r", errors="replace") as f:
+                    f.seek(start)
+                    lines.extend(f)
+        return parse(lines, flash_size)

@@ -295,7 +295,12 @@ class Machine:
         if not self.setup.trace_flash:
             raise HarnessError("this QEMU was started without a flash trace")
         for name in flashtrace.EVENTS:
-            self._qmp("trace-event-set-state", name=name, enable=on)
+            try:
+                self._qmp("trace-event-set-state", name=name, enable=on)
+            except HarnessError as exc:
+                raise HarnessError(f"{self.qemu} cannot report its flash operations (trace "
+                                   f"event {name}): {exc}; power cuts need a QEMU built with "
+                                   "its default `log` trace backend") from None  # fmt: skip
 
     def pause(self) -> None:
         """Stop the emulated CPUs; QEMU finishes the flash writes in flight first."""

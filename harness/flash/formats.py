@@ -46,7 +46,7 @@ BOOTLOADER_OFFSETS = {"esp32": 0x1000, "esp32s2": 0x1000, "esp32p4": 0x2000, "es
 # DRAM; an app segment loading there is refused ("overlaps bootloader data/stack").
 BOOTLOADER_DRAM = (0x3FFE_0000, 0x4000_0000)
 APP_TYPE, DATA_TYPE = 0, 1
-SUBTYPE_FACTORY, SUBTYPE_OTA_DATA = 0x00, 0x00
+SUBTYPE_FACTORY, SUBTYPE_OTA_DATA, SUBTYPE_FAT = 0x00, 0x00, 0x81
 BLANK_SEQ = 0xFFFFFFFF
 FS_LABELS = ("vfs", "ffat")  # MicroPython mounts the first it finds (flashbdev.py)
 
@@ -256,6 +256,16 @@ def fs_region(table: PartitionTable, flash_size: int) -> FsRegion | None:
     if end == 0 or flash_size <= end:
         return None
     return FsRegion("vfs", end, flash_size - end, False)
+
+
+def with_fs_region(table: PartitionTable, flash_size: int) -> PartitionTable:
+    """The table with MicroPython's own filesystem region as a `vfs` line where the table
+    has none (from v1.26), so that every flash offset MicroPython uses has a name."""
+    region = fs_region(table, flash_size)
+    if region is None or region.in_table:
+        return table
+    implicit = Partition(region.label, DATA_TYPE, SUBTYPE_FAT, region.offset, region.size)
+    return PartitionTable((*table.partitions, implicit))
 
 
 # -- otadata -------------------------------------------------------------------------

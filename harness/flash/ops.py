@@ -30,6 +30,11 @@ class FlashOp:
     def __str__(self) -> str:
         return f"{self.kind} of {self.length} bytes at {self.offset:#x}"
 
+    @property
+    def changes_nothing(self) -> bool:
+        """A program of 0xff bytes: NOR flash clears no bit for it (esptool pads with them)."""
+        return self.kind == "program" and self.data.count(0xFF) == len(self.data)
+
 
 def apply(flash: bytearray, op: FlashOp) -> None:
     """Do one operation to `flash`, as the chip does."""

@@ -34,8 +34,10 @@ def line(result: CellResult) -> str:
         text += f"  (after {len(result.attempts)} attempts)"
     if result.status != "passed":
         text += f"\n  {result.message}"
-    elif result.cuts:
-        text += f"\n  survived {len(result.cuts)} power cuts:\n{cut_table(result.cuts)}"
+    if result.cuts:
+        survived = sum(c.status == "passed" for c in result.cuts)
+        cuts = "power cut" if len(result.cuts) == 1 else "power cuts"
+        text += f"\n  survived {survived} of {len(result.cuts)} {cuts}:\n{cut_table(result.cuts)}"
     return text
 
 

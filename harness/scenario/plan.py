@@ -227,7 +227,7 @@ def _cell(
     return CellPlan(
         scenario, cell_id, size, fw, facts, image, steps,
         staged=tuple(s for a in step_args if (s := a.staged()) is not None),
-        serve=any(a.PORT for a in step_args),
+        serve=any(a.serves() for a in step_args),
         cost=sum(a.cost() for a in step_args),
         policy=decided,
         record_flash=any(a.records_flash() for a in step_args),

@@ -22,6 +22,9 @@ from ..flash.ops import FlashOp, changed_sectors, partition_at, where
 from .results import CutOutcome, CutPoint, cut_table
 from .stepformats import Args, OtaArgs, PowerCutArgs
 
+# regions `within:` can name besides the table's partitions (harness.flash.ops.partition_at)
+OUTSIDE_PARTITIONS = ("bootloader", "partition table")
+
 
 @dataclass
 class Recorded:
@@ -62,7 +65,7 @@ def record(dev: Device, args: PowerCutArgs, do: Callable[[Args], object]) -> Rec
     board.record_flash(False)
     ops = trace.ops(len(before))
     board.power_cut()
-    table = formats.parse_table(before)
+    table = formats.with_fs_region(formats.parse_table(before), len(before))
     chosen = choose(args, ops, table)
     points = [CutPoint(n, len(ops), where(ops[n - 1], table) if n else "",
                        where(ops[n], table) if n < len(ops) else "") for n in chosen]  # fmt: skip
@@ -88,18 +91,20 @@ def choose(args: PowerCutArgs, ops: Sequence[FlashOp], table: formats.PartitionT
         return _within(args.within, ops, table)
     assert args.sweep is not None
     spread = {round(j * total / (args.sweep + 1)) for j in range(1, args.sweep + 1)}
+    # the boundaries: before the first write, after the last; before otadata is touched
+    # and after each of its operations (half-written, then switched)
     otadata = _on(ops, table, table.otadata.name) if table.otadata else []
-    edges = {0, total} | ({otadata[0], otadata[-1] + 1} if otadata else set())
+    edges = {0, total} | ({otadata[0]} | {i + 1 for i in otadata} if otadata else set())
     return sorted(spread | edges)
 
 
 def _within(name: str, ops: Sequence[FlashOp], table: formats.PartitionTable) -> list[int]:
     """The points where partition `name` is half-written: after each of its operations
-    but the last."""
-    if table.get(name) is None:
-        raise StepFailed(f"within: the image has no partition {name!r} "
-                         f"(it has {', '.join(table.names())})")  # fmt: skip
-    on = _on(ops, table, name)
+    but the last (programs of 0xff bytes, which change nothing, left out)."""
+    if table.get(name) is None and name not in OUTSIDE_PARTITIONS:
+        raise StepFailed(f"within: the image has no partition {name!r} (it has "
+                         f"{', '.join([*table.names(), *OUTSIDE_PARTITIONS])})")  # fmt: skip
+    on = [i for i in _on(ops, table, name) if not ops[i].changes_nothing]
     if len(on) < 2:
         raise StepFailed(f"the step made {len(on)} flash operation(s) on {name} ({len(ops)} in "
                          "all): no point leaves it half-written")  # fmt: skip
@@ -113,7 +118,7 @@ def _on(ops: Sequence[FlashOp], table: formats.PartitionTable, name: str) -> lis
 
 def changed(before: bytes, after: bytes) -> dict[str, int]:
     """Sectors that differ, counted per partition."""
-    table = formats.parse_table(before)
+    table = formats.with_fs_region(formats.parse_table(before), len(before))
     counts: dict[str, int] = {}
     for offset in changed_sectors(before, after):
         name = partition_at(table, offset)

@@ -87,16 +87,20 @@ def cut_property(outcome: CutOutcome) -> tuple[str, str]:
 
 
 def cut_table(outcomes: list[CutOutcome]) -> str:
-    """One line per cut point: where, what booted, otadata, what the bootloader said first,
-    the outcome."""
-    rows = [("cut point", "booted", "otadata", "bootloader", "outcome")]
+    """One line per cut point: operations done, the one the power stopped, the sectors it
+    left changed, what booted, otadata, what the bootloader said first, the outcome."""
+    rows = [("cut", "the power went", "left changed (sectors)", "booted", "otadata",
+             "bootloader", "outcome")]  # fmt: skip
     for o in outcomes:
-        said = o.bootloader[0] if o.bootloader else "-"
-        rows.append((o.point.label(), o.booted or "-", " ".join(o.otadata) or "-", said,
+        p = o.point
+        went = f"before {p.next}" if p.next else f"after {p.last}" if p.last else "-"
+        left = ", ".join(f"{name} {n}" for name, n in o.changed.items()) or "nothing"
+        rows.append((f"{p.after}/{p.of}", went, left, o.booted or "-",
+                     " ".join(o.otadata) or "-", o.bootloader[0] if o.bootloader else "-",
                      o.status if not o.message else f"{o.status}: {o.message}"))  # fmt: skip
-    width = [max(len(r[i]) for r in rows) for i in range(4)]
+    width = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     return "\n".join(
-        "  " + "  ".join(f"{cell:<{width[i]}}" for i, cell in enumerate(r[:4])) + f"  {r[4]}"
+        "  " + "  ".join(f"{cell:<{width[i]}}" for i, cell in enumerate(r[:-1])) + f"  {r[-1]}"
         for r in rows
     )
 

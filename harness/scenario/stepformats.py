@@ -104,6 +104,10 @@ class Args(BaseModel):
         """It records the flash chip's operations (the board must be able to)."""
         return False
 
+    def serves(self) -> bool:
+        """It serves the UART to host tools (`PORT`, or a wrapped step's)."""
+        return self.PORT
+
 
 A = TypeVar("A", bound=type[Args])
 STEP_FORMATS: dict[str, type[Args]] = {}
@@ -164,7 +168,9 @@ class NotExpectArgs(Args):
 
 @step_format
 class ReplArgs(Args):
-    """Run code on the device; check its output exactly, by regex, or that it raises."""
+    """Run code on the device; check its output exactly, by regex, that it raises, or
+    that it `crashes` the firmware with a line matching the regex (a panic, `abort()`):
+    the board restarts by itself and the step waits for its prompt."""
 
     KIND: ClassVar[str] = "repl"
     SHORTHAND: ClassVar[str | None] = "code"
@@ -173,6 +179,7 @@ class ReplArgs(Args):
     expect: str | None = None
     match: str | None = None
     raises: str | None = None
+    crashes: str | None = None
     timeout: PositiveFloat = 30.0
 
 
@@ -338,7 +345,9 @@ class AssertBootedArgs(Args):
 
 @step_format
 class AssertOtadataArgs(Args):
-    """otadata in the live flash: record states (sector 0, 1) and/or the slot it selects."""
+    """otadata in the live flash: record states (sector 0, 1), the slot it selects, and/or
+    `valid: true`, a record the bootloader accepts (seq set, CRC right, state usable), so
+    that otadata itself, not a fallback, chooses the app."""
 
     KIND: ClassVar[str] = "assert_otadata"
     SHORTHAND: ClassVar[str | None] = "states"
@@ -346,6 +355,7 @@ class AssertOtadataArgs(Args):
 
     states: list[str] | None = None
     selects: str | None = None
+    valid: bool | None = None
 
 
 @step_format
@@ -366,14 +376,16 @@ class AssertInspectArgs(Args):
 @step_format
 class PowerCutArgs(Args):
     """Cut the power: now (`power_cut: {}`), or during a step that writes flash (`ota`,
-    `repl` or `put`, written under its own name) after chosen flash operations of it,
-    counted as the flash chip sees them. The steps after it run once per cut point, from a
-    power-on (`boot`) of the flash as the cut left it; the step passes only if every point
-    does. Points: `sweep: K` spreads K over the step's operations, plus its boundaries
-    (before the first operation, before and after the otadata writes, after the last);
-    `at:` names operation counts (0: before the first); `within: PARTITION` cuts while
-    that partition is half-written (after each of its operations but the last). An `ota`
-    step (method harness) is cut before its reboot: the power-on after the cut is it.
+    `repl`, `put` or `run`, written under its own name) after chosen flash operations of
+    it, counted as the flash chip sees them. The steps after it run once per cut point,
+    from a power-on (`boot`) of the flash as the cut left it; the step passes only if
+    every point does. Points: `sweep: K` spreads K over the step's operations, plus its
+    boundaries (before the first operation, before otadata is touched and after each of
+    its operations, after the last); `at:` names operation counts (0: before the first);
+    `within: PARTITION` (or `partition table`, `bootloader`) cuts while it is
+    half-written (after each of its operations that changes a bit, but the last). An
+    `ota` step (method harness) is cut before its reboot: the power-on after the cut is
+    it. A `run` step is recorded across the resets its tool makes.
     """
 
     KIND: ClassVar[str] = "power_cut"
@@ -381,19 +393,22 @@ class PowerCutArgs(Args):
     ota: OtaArgs | None = None
     repl: ReplArgs | None = None
     put: PutArgs | None = None
+    run: RunArgs | None = None
     sweep: PositiveInt | None = None
     at: list[NonNegativeInt] | None = None
     within: str | None = None
 
     @model_validator(mode="after")
     def _one_step_one_choice(self) -> PowerCutArgs:
-        steps = [k for k in ("ota", "repl", "put") if getattr(self, k) is not None]
+        steps = [k for k in ("ota", "repl", "put", "run") if getattr(self, k) is not None]
         chosen = [k for k in ("sweep", "at", "within") if getattr(self, k) is not None]
         if not steps and not chosen:
             return self  # cut now
         if len(steps) != 1:
-            raise ValueError("power_cut names the one step it interrupts: `ota:`, `repl:` or "
-                             "`put:` (or nothing, `power_cut: {}`, to cut now)")  # fmt: skip
+            raise ValueError(
+                "power_cut names the one step it interrupts: `ota:`, `repl:`, `put:` or "
+                "`run:` (or nothing, `power_cut: {}`, to cut now)"
+            )
         if len(chosen) != 1:
             raise ValueError("power_cut needs one of `sweep: K`, `at: [N, ...]`, `within: "
                              "PARTITION`")  # fmt: skip
@@ -405,7 +420,7 @@ class PowerCutArgs(Args):
     @property
     def interrupted(self) -> Args | None:
         """The step the cut interrupts; None: the cut comes now, between steps."""
-        return self.ota or self.repl or self.put
+        return self.ota or self.repl or self.put or self.run
 
     def files(self) -> list[ImageFile]:
         return self.interrupted.files() if self.interrupted else []
@@ -424,3 +439,6 @@ class PowerCutArgs(Args):
 
     def records_flash(self) -> bool:
         return True
+
+    def serves(self) -> bool:
+        return self.interrupted.serves() if self.interrupted else False

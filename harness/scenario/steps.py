@@ -21,7 +21,7 @@ from typing import Any, Protocol, TypeVar
 from ..emulator import hostcommand, ota
 from ..emulator.console import Forbidden
 from ..emulator.device import Boot, Device
-from ..errors import BootLoop, DeviceError, StepFailed
+from ..errors import BootLoop, DeviceError, FirmwareCrash, StepFailed
 from ..flash import formats
 from ..flash.inspect import examine
 from . import powercut
@@ -163,12 +163,23 @@ def not_expect(run: Run, args: NotExpectArgs) -> None:
 
 @handles(ReplArgs)
 def repl(run: Run, args: ReplArgs) -> ReplDetail:
+    dev = run.device()
     try:
-        out = run.device().repl.exec(args.code, args.timeout)
+        out = dev.repl.exec(args.code, args.timeout)
     except DeviceError as exc:
         if args.raises and re.search(args.raises, exc.traceback):
             return ReplDetail(raised=exc.traceback.splitlines()[-1])
         raise
+    except FirmwareCrash as exc:
+        crash = next((line for line in str(exc).splitlines() if args.crashes
+                      and re.search(args.crashes, line)), None)  # fmt: skip
+        if crash is None:
+            raise
+        dev.wait_prompt(args.timeout)  # the panic handler restarts the chip
+        return ReplDetail(raised=crash.strip())
+    if args.crashes:
+        raise StepFailed(f"expected the code to crash the firmware ({args.crashes!r}); it "
+                         f"printed {out!r}")  # fmt: skip
     if args.raises:
         raise StepFailed(f"expected the code to raise {args.raises!r}; it printed {out!r}")
     if args.expect is not None and out.strip() != args.expect.strip():
@@ -310,6 +321,12 @@ def assert_otadata(run: Run, args: AssertOtadataArgs) -> OtadataDetail:
         raise StepFailed(
             f"otadata selects {state.boot.slot} ({state.boot.reason}), expected {args.selects}"
         )
+    valid = any(r.valid for r in state.otadata or ())
+    if args.valid is not None and valid != args.valid:
+        said = ", ".join(f"seq {r.seq:#x} {r.state} crc {'ok' if r.crc_ok else 'bad'}"
+                         for r in state.otadata or ()) or "no otadata partition"  # fmt: skip
+        raise StepFailed(f"otadata has {'no ' if not valid else 'a '}valid record ({said}), "
+                         f"expected {'one' if args.valid else 'none'}")  # fmt: skip
     return OtadataDetail(state)
 
 
