@@ -63,7 +63,7 @@ test-matrix: venv
 
 ## power cuts swept over updates and file writes (scenarios/power-loss), both sizes
 test-powerloss: venv
-	$(PROVISION) scenarios/power-loss
+	$(BIN)/harness provision scenarios/power-loss
 	$(RUN) scenarios/power-loss
 
 ## the long runs: 120 kills, 40 repeats of the starting report, host load, the report with
@@ -92,7 +92,7 @@ docker-test-16mb docker-test-4mb: docker-test-%:
 ## the real docker/Dockerfile built with docker or podman and the 16MB library run inside it;
 ## offline, stand-ins for the base image and the QEMU release (named in the output)
 test-docker: venv
-	$(PYTEST) -q -s -m docker tests/test_docker.py
+	DOCKER=$(DOCKER) $(PYTEST) -q -s -m docker tests/test_docker.py
 
 lint: venv
 	$(BIN)/ruff check harness tests bench conftest.py images

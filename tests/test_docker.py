@@ -54,7 +54,8 @@ def _build(eng: Engine, base: str, url: str, sha: str, version: str, tag: str,
 def built(qemu: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Built]:
     eng = engine()
     if eng is None:
-        pytest.skip("needs docker (its daemon running) or podman (apt-get install podman)")
+        pytest.skip("run it with `make test-docker`, which picks docker (its daemon running) "
+                    "or podman (apt-get install podman); DOCKER=podman chooses")  # fmt: skip
     if os.uname().machine != "x86_64":
         pytest.skip("the QEMU stand-in is made for the amd64 build argument")
     work = tmp_path_factory.mktemp("docker")

@@ -100,9 +100,9 @@ def test_within_a_partition_cuts_where_it_is_half_written() -> None:
 def test_within_leaves_out_programs_that_change_nothing() -> None:
     """esptool pads a 4 KB table with 0xff: programming those clears no bit, so a cut
     after them is the same flash as one after the last real entry."""
-    table_ops = [FlashOp("erase", 0x8000, 0x1000),
-                 *(FlashOp("program", 0x8000 + 32 * i, 32, b"\xaa" * 32) for i in range(3)),
-                 *(FlashOp("program", 0x8060 + 32 * i, 32, b"\xff" * 32) for i in range(5))]  # fmt: skip
+    entries = [FlashOp("program", 0x8000 + 32 * i, 32, b"\xaa" * 32) for i in range(3)]
+    padding = [FlashOp("program", 0x8060 + 32 * i, 32, b"\xff" * 32) for i in range(5)]
+    table_ops = [FlashOp("erase", 0x8000, 0x1000), *entries, *padding]
     assert choose(_cut(within="partition table"), table_ops, _table()) == [1, 2, 3]
 
 

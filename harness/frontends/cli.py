@@ -143,6 +143,10 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         print(json.dumps(rep.to_json(), indent=2))
     else:
         print(render(rep))
+    if args.html:
+        from .html import write_inspect
+
+        print(f"html: {write_inspect(args.file, args.html)}")
     return 0
 
 
@@ -194,6 +198,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(line)
     if args.junit:
         report.junit(results, args.junit)
+    print(f"report: {html_report(args.artifacts, [Path(r.artifacts) for r in results])}")
     failed = any(r.status == "failed" for r in results)
     passed = any(r.status == "passed" for r in results)
     return 1 if failed or not passed else 0
@@ -337,8 +342,18 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     if not args.artifacts.is_dir():
         raise HarnessError(f"{args.artifacts}: no such folder")
+    if args.html:
+        print(f"report: {html_report(args.artifacts, out=args.html)}")
+        return 0
     print(report.markdown(args.artifacts))
     return 0
+
+
+def html_report(artifacts: Path, cells: list[Path] | None = None, out: Path | None = None) -> Path:
+    """The run's HTML page (harness.frontends.html)."""
+    from .html import write_report
+
+    return write_report(artifacts, out, cells=cells)
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
@@ -483,8 +498,11 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("--base-url", help="a micropython.org mirror (--check-latest)")
     listing.set_defaults(func=cmd_firmware_list)
 
-    rep = sub.add_parser("report", help="markdown table of the results in an artifacts folder")
-    rep.add_argument("artifacts", type=Path)
+    rep = sub.add_parser("report", help="the results in an artifacts folder: a markdown "
+                         "table, or (--html) the HTML report")  # fmt: skip
+    rep.add_argument("artifacts", type=Path, help="an artifacts folder (merged ones too)")
+    rep.add_argument("--html", type=Path, metavar="OUT.html",
+                     help="write the HTML report of every cell in it here")  # fmt: skip
     rep.set_defaults(func=cmd_report)
 
     schema = sub.add_parser("schema", help="print the scenario file JSON Schema")
@@ -506,6 +524,8 @@ def build_parser() -> argparse.ArgumentParser:
     insp = sub.add_parser("inspect", help="say what an image file is and what will boot")
     insp.add_argument("file", type=Path)
     insp.add_argument("--json", action="store_true", help="the stable JSON form")
+    insp.add_argument("--html", type=Path, metavar="OUT.html",
+                      help="also draw it: its partition map and where it would load")  # fmt: skip
     insp.set_defaults(func=cmd_inspect)
     return parser
 

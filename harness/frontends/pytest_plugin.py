@@ -42,6 +42,8 @@ MARKERS = {
     "16mb": "runs on a 16MB flash image",
 }
 RETRIED = pytest.StashKey[dict[str, list[str]]]()
+CELLS = pytest.StashKey[list[Path]]()  # the cell folders of this session (for report.html)
+REPORT = pytest.StashKey[Path]()
 SELECTOR = pytest.StashKey[manifest.FirmwareSelector]()
 OPTIONS = pytest.StashKey[plan.RunOptions]()
 RETRY_LOG = "esp32-ota-harness-retries"
@@ -90,6 +92,7 @@ def pytest_configure(config: pytest.Config) -> None:
     for name, text in MARKERS.items():
         config.addinivalue_line("markers", f"{name}: {text}")
     config.stash[RETRIED] = {}
+    config.stash[CELLS] = []
     config.stash[SELECTOR] = manifest.selector(config.getoption("firmware_dir"))
     config.stash[OPTIONS] = _run_options(config)
     config.pluginmanager.register(_RetryLog(config), RETRY_LOG)
@@ -200,8 +203,24 @@ class _RetryLog:
         attempts = [str(v) for k, v in report.user_properties if k == "attempt"]
         if report.when == "call" and attempts:
             self.config.stash[RETRIED][report.nodeid] = attempts
+        cell = [str(v) for k, v in report.user_properties if k == "artifacts"]
+        if report.when == "call" and cell and Path(cell[0]) not in self.config.stash[CELLS]:
+            self.config.stash[CELLS].append(Path(cell[0]))
+
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        """The HTML report of the session's scenario cells, where results come together
+        (the xdist controller, or the one process)."""
+        cells = self.config.stash[CELLS]
+        if cells and not hasattr(self.config, "workerinput"):
+            from .html import write_report
+
+            artifacts = Path(self.config.getoption("artifacts")).resolve()
+            self.config.stash[REPORT] = write_report(artifacts, cells=cells)
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        page = self.config.stash.get(REPORT, None)
+        if page is not None:
+            terminalreporter.write_line(f"report: {page}")
         retried = self.config.stash[RETRIED]
         if retried:  # never silent: a retry is named here and in the JUnit properties
             why = "QEMU crashed itself, a guest watchdog fired, or the guest stalled"

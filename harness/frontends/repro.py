@@ -31,6 +31,7 @@ from ..flash.size import FlashSize
 from ..scenario import format, plan, runner
 from ..scenario.results import CellResult, StepRecord, cut_table
 from ..sources.manifest import FirmwareSelector
+from .html import write_report
 
 TIMESTAMP = re.compile(r"^[EW] \(\d+\) ")
 REPRODUCED, NOT_REPRODUCED, COULD_NOT_RUN = 0, 1, 2
@@ -118,6 +119,13 @@ def run(req: Request, save: Path | None, artifacts: Path, qemu: str | None) -> V
     if isinstance(cell, plan.CellPlan):
         runner.build(cell)  # an image that cannot be made: one line, before any boot
     result = runner.run_cell(cell, runner.Setup(artifacts, qemu))
+    judged = _judge(req, result, data, save)
+    page = write_report(artifacts, cells=[Path(result.artifacts)], title=f"harness repro: "
+                        f"{req.update.name} -> {req.firmware.name}")  # fmt: skip
+    return Verdict(f"{judged.text.rstrip()}\nreport:    {page}", judged.exit_code)
+
+
+def _judge(req: Request, result: CellResult, data: dict[str, Any], save: Path | None) -> Verdict:
     if req.power_cut:
         return _cut_verdict(req, result, data, save)
     outcome = _outcome(result, bool(req.expect))

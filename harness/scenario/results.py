@@ -149,6 +149,9 @@ class CellResult:
     image: ImageUsed | None = None
     watchdogs: bool | None = None  # the emulated timer-group watchdogs ran (None: unknown)
     cuts: list[CutOutcome] = field(default_factory=list)  # each power cut point's outcome
+    scenario: str = ""  # the scenario file (for the command that reruns the cell)
+    title: str = ""  # the scenario's title
+    flash_size: str = ""  # 16MB
 
     @property
     def serial_logs(self) -> list[Path]:
@@ -192,4 +195,7 @@ class CellResult:
             cuts=[
                 CutOutcome(**{**c, "point": CutPoint(**c["point"])}) for c in data.get("cuts", [])
             ],
+            scenario=str(data.get("scenario", "")),
+            title=str(data.get("title", "")),
+            flash_size=str(data.get("flash_size", "")),
         )

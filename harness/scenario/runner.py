@@ -21,6 +21,7 @@ its folder (`attempt-2/`, ...) and is listed in the result.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import re
 import shutil
 import sys
@@ -125,13 +126,18 @@ def build(plan: CellPlan, cache: Path | None = None) -> Built:
 def run_cell(cell: Cell, setup: Setup, progress: Progress | None = None) -> CellResult:
     """Run every step of the cell, as many times as its policy allows for emulator failures."""
     folder = setup.artifacts / _safe(cell.name)
-    if isinstance(cell, Skipped):
-        return CellResult(cell.name, "skipped", cell.reason, artifacts=str(folder))
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
+    about = CellResult(cell.name, "skipped", artifacts=str(folder),
+                       scenario=str(cell.scenario.path), title=cell.scenario.title,
+                       flash_size=str(cell.flash_size))  # fmt: skip
+    if isinstance(cell, Skipped):
+        about.message = cell.reason
+        about.write(folder)  # the report's grid shows skips with their reason
+        return about
     fw, start = cell.firmware, time.monotonic()
-    result = CellResult(
-        cell.name, "failed", artifacts=str(folder), watchdogs=cell.policy.watchdogs,
+    result = dataclasses.replace(
+        about, status="failed", watchdogs=cell.policy.watchdogs,
         firmware=FirmwareUsed(str(fw.path), fw.id, fw.sha256, fw.entry.id if fw.entry else None,
                               fw.pinned, fw.origin),
     )  # fmt: skip
@@ -393,7 +399,8 @@ class CellAttempt:
     def _finish(self, failed: bool) -> None:
         if self.dev is not None:
             with contextlib.suppress(OSError, HarnessError):
-                _flash_summary(self.run_dir / "flash-after.json", self.dev.flash)
+                _flash_summary(self.run_dir / "flash-after.json", self.dev.flash,
+                               since=self.built.image.path)  # fmt: skip
         self._write_timeline()
         self.stack.close()  # QEMU is reaped here, before the flash file is judged
         flash = self.run_dir / "flash.bin"
@@ -423,15 +430,45 @@ class _PartitionSummary:
 
 
 @dataclass(frozen=True)
+class _Written:
+    partition: str
+    offset: str
+    size: int
+
+
+@dataclass(frozen=True)
 class _FlashSummary:
     partitions: list[_PartitionSummary]
     otadata: tuple[formats.OtaRecord, ...] | None
     otadata_selects: formats.BootChoice
+    flash_size: int
+    filesystem: formats.FsRegion | None  # where MicroPython's filesystem lives
+    written: list[_Written]  # after the run: what differs from the image it started from
 
 
-def _flash_summary(path: Path, flash: Path) -> None:
-    data = flash.read_bytes()  # 16 MB: read once for both the table and otadata
+def _flash_summary(path: Path, flash: Path, since: Path | None = None) -> None:
+    data = flash.read_bytes()  # 16 MB: read once for the table, otadata and what changed
     state = formats.FlashState.of(data)
+    table = formats.parse_table(data)
     parts = [_PartitionSummary(p.name, p.type, p.subtype, f"0x{p.offset:x}", p.size)
-             for p in formats.parse_table(data)]  # fmt: skip
-    write_json(path, _FlashSummary(parts, state.otadata, state.boot))
+             for p in table]  # fmt: skip
+    written = _written(since.read_bytes(), data, table) if since is not None else []
+    summary = _FlashSummary(parts, state.otadata, state.boot, len(data),
+                            formats.fs_region(table, len(data)), written)  # fmt: skip
+    write_json(path, summary)
+
+
+def _written(before: bytes, after: bytes, table: formats.PartitionTable) -> list[_Written]:
+    """The runs of 4 KB sectors that differ, one per partition they lie in."""
+    named = formats.with_fs_region(table, len(after))
+    runs: list[_Written] = []
+    end = -1
+    for offset in ops.changed_sectors(before, after):
+        name = ops.partition_at(named, offset)
+        last = runs[-1] if runs else None
+        if last is not None and offset == end and last.partition == name:
+            runs[-1] = _Written(name, last.offset, last.size + formats.SECTOR)
+        else:
+            runs.append(_Written(name, f"0x{offset:x}", formats.SECTOR))
+        end = offset + formats.SECTOR
+    return runs

@@ -1,0 +1,379 @@
+"""What the HTML report shows, as typed values read from an artifacts folder.
+
+Each cell folder holds `result.json` (harness.scenario.results.CellResult),
+`timeline.json` within it, `flash-before.json`/`flash-after.json` (partitions, otadata,
+the bootloader's choice, what the run wrote) and `serial.log`. The template only lays
+these values out; everything it shows is decided here.
+"""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import json
+import os
+import re
+import shlex
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ...emulator.console import strip_ansi
+from ...scenario.results import Attempt, CellResult, CutOutcome
+from . import partmap
+
+STATUSES = ("passed", "failed", "skipped", "retried")
+MAX_LOG_LINES = 1500  # serial lines drawn per cell; the rest is a link to the file
+HEAD_LINES = 300  # of them, from the start (the boot); the others are the end
+MAX_LINE = 240  # characters of one line (a host tool's traffic is one long line)
+_STAMP = re.compile(r"^\[\s*[\d.]+\] ")
+_VIOLATION = re.compile(r"\(not_expect\) during .*?: ('.*'|\".*\")$")
+_VERSION = re.compile(r"v(\d+)\.(\d+)\.(\d+)")
+
+
+@dataclass(frozen=True)
+class LogLine:
+    number: int
+    text: str
+    kind: str  # "" | match | fail | error | warn | note | sent
+
+
+@dataclass(frozen=True)
+class SerialView:
+    lines: list[LogLine]
+    total: int
+    cut: int  # lines left out of the page (0: all shown)
+    href: str  # the full log, relative to the report ("" when not beside it)
+    after_head: int  # lines[:after_head] are the start; the rest the end
+
+
+@dataclass(frozen=True)
+class StepBar:
+    index: int
+    step: str
+    line: int
+    status: str
+    x: float
+    width: float
+    start_s: float
+    elapsed_s: float
+    detail: str
+    cut: int | None
+
+
+@dataclass(frozen=True)
+class CellView:
+    """One cell: its name, verdict and evidence."""
+
+    anchor: str
+    name: str
+    scenario: str
+    title: str
+    column: str  # `16mb-v1.25.0`: the grid's column
+    release: str
+    size: str
+    status: str  # passed | failed | skipped | retried
+    elapsed_s: float
+    failure: str  # the harness's one-line failure ("" when it passed)
+    message: str
+    booted: str | None
+    attempts: list[Attempt]
+    maps: list[tuple[str, list[partmap.FlashMap]]]  # (before | after, [whole, zoom])
+    steps: list[StepBar]
+    serial: SerialView | None
+    cuts: list[CutOutcome]
+    rerun: str
+    firmware: str
+    image: str
+
+    @property
+    def hover(self) -> str:
+        if self.status == "skipped":
+            return self.message
+        if len(self.attempts) > 1:
+            return "; ".join(a.line() for a in self.attempts)
+        return self.failure or f"{self.status} in {self.elapsed_s:.1f} s"
+
+
+@dataclass(frozen=True)
+class FirmwareRow:
+    name: str
+    sha256: str
+    pinned: bool
+    origin: str
+
+
+@dataclass
+class ReportView:
+    title: str
+    cells: list[CellView]
+    columns: list[str]  # grid columns, by release then size
+    rows: list[str]  # scenarios
+    firmware: list[FirmwareRow]
+    qemu: list[str]
+    totals: dict[str, int] = field(default_factory=dict)
+    elapsed_s: float = 0.0
+
+    def at(self, scenario: str, column: str) -> CellView | None:
+        return next((c for c in self.cells if c.scenario == scenario and c.column == column), None)
+
+    @property
+    def releases(self) -> list[str]:
+        return sorted({c.release for c in self.cells}, key=_version_key)
+
+    @property
+    def sizes(self) -> list[str]:
+        return sorted({c.size for c in self.cells}, key=lambda s: (len(s), s))
+
+
+def load(artifacts: Path, page: Path, title: str = "",
+         folders: Sequence[Path] | None = None) -> ReportView:  # fmt: skip
+    """Every cell under `artifacts` (merged CI artifacts too: any depth), or the cell
+    `folders` given."""
+    if folders is not None:
+        found = sorted(f / "result.json" for f in folders if (f / "result.json").exists())
+    else:
+        found = sorted(p for p in artifacts.rglob("result.json")
+                       if not p.parent.name.startswith("attempt-"))  # fmt: skip
+    cells = [cell(CellResult.load(p), p.parent, page.parent) for p in found]
+    cells.sort(key=lambda c: (c.scenario, _version_key(c.release), c.size))
+    columns = sorted({c.column for c in cells}, key=lambda k: _column_key(k, cells))
+    rows = sorted({c.scenario for c in cells})
+    totals = {s: sum(c.status == s for c in cells) for s in STATUSES}
+    firmware: dict[str, FirmwareRow] = {}
+    qemus: set[str] = set()
+    for path in found:
+        result = CellResult.load(path)
+        fw = result.firmware
+        if fw is not None:
+            firmware[fw.path] = FirmwareRow(Path(fw.path).name, fw.sha256, fw.pinned, fw.origin)
+        cmdline = path.parent / "qemu-cmdline.txt"
+        if cmdline.exists() and cmdline.read_text().split():
+            qemus.add(cmdline.read_text().split()[0])
+    return ReportView(
+        title or f"esp32-ota-harness: {artifacts.name or artifacts}",
+        cells, columns, rows, sorted(firmware.values(), key=lambda f: f.name), sorted(qemus),
+        totals, round(sum(c.elapsed_s for c in cells), 1),
+    )  # fmt: skip
+
+
+def _version_key(release: str) -> tuple[int, ...]:
+    found = _VERSION.search(release)
+    return tuple(int(n) for n in found.groups()) if found else (0,)
+
+
+def _column_key(column: str, cells: list[CellView]) -> tuple[Any, ...]:
+    one = next(c for c in cells if c.column == column)
+    return _version_key(one.release), one.release, len(one.size), one.size
+
+
+def cell(result: CellResult, folder: Path, page_dir: Path) -> CellView:
+    scenario, _, rest = result.name.partition("[")
+    column = rest.rstrip("]")
+    size, _, release = column.partition("-")
+    status: str = result.status
+    if status == "passed" and len(result.attempts) > 1:
+        status = "retried"
+    failure = result.message.splitlines()[0] if result.message and status == "failed" else ""
+    timeline = _timeline(folder)
+    return CellView(
+        anchor=re.sub(r"[^A-Za-z0-9_-]+", "-", result.name).strip("-"),
+        name=result.name,
+        scenario=scenario,
+        title=result.title,
+        column=column,
+        release=release or column,
+        size=(result.flash_size or size).upper().replace("MB", "MB"),
+        status=status,
+        elapsed_s=result.elapsed_s,
+        failure=failure,
+        message=result.message,
+        booted=result.booted,
+        attempts=result.attempts,
+        maps=_maps(folder, result.booted, timeline),
+        steps=_bars(timeline),
+        serial=_serial(folder, timeline, result.message, page_dir),
+        cuts=result.cuts,
+        rerun=_rerun(result),
+        firmware=Path(result.firmware.path).name if result.firmware else "",
+        image=result.image.conversion if result.image else "",
+    )
+
+
+def _timeline(folder: Path) -> list[dict[str, Any]]:
+    path = folder / "timeline.json"
+    try:
+        data = json.loads(path.read_text()) if path.exists() else []
+    except (OSError, ValueError):
+        return []
+    return [s for s in data if isinstance(s, dict)]
+
+
+def _maps(folder: Path, booted: str | None,
+          timeline: list[dict[str, Any]]) -> list[tuple[str, list[partmap.FlashMap]]]:  # fmt: skip
+    out = []
+    for when in ("before", "after"):
+        path = folder / f"flash-{when}.json"
+        if not path.exists():
+            continue
+        data = json.loads(path.read_text())
+        size = int(data.get("flash_size") or 0)
+        if not size:
+            size = max((partmap._int(p["offset"]) + int(p["size"]) for p in data["partitions"]),
+                       default=0x400000)  # fmt: skip
+        written = _written(data, timeline) if when == "after" else ()
+        selects = data.get("otadata_selects") or {}
+        found = partmap.regions(data["partitions"], data.get("filesystem"), size)
+        layout = partmap.Layout(
+            f"{when} the run", size, found,
+            booted=booted if when == "after" else None, written=written,
+            otadata=partmap.records(data.get("otadata")), selects=selects.get("slot"),
+            reason=str(selects.get("reason", "")),
+        )  # fmt: skip
+        out.append((when, partmap.both(layout)))
+    return out
+
+
+def _written(
+    summary: dict[str, Any], timeline: list[dict[str, Any]]
+) -> tuple[tuple[str, int, int], ...]:
+    """(label, offset, size): each OTA step's payload where it went, then the other
+    sectors the run changed (flash-after.json's `written`, compared with the image)."""
+    slots = {p["name"]: partmap._int(p["offset"]) for p in summary.get("partitions", [])}
+    marks: list[tuple[str, int, int]] = []
+    for step in timeline:
+        d = step.get("detail")
+        if step.get("step") == "ota" and isinstance(d, dict) and d.get("target") in slots:
+            size = int(d.get("bytes_written") or 0)
+            if size:
+                what = f"{d.get('payload_kind') or 'payload'} written into {d['target']}"
+                label = f"{what} ({d.get('method') or 'ota'}), {partmap._size(size)}"
+                marks.append((label, slots[d["target"]], size))
+    for w in summary.get("written", []):
+        offset, size = partmap._int(w["offset"]), int(w["size"])
+        if not any(o <= offset and offset + size <= o + n for _, o, n in marks):
+            marks.append((f"changed: {w['partition']}, {partmap._size(size)}", offset, size))
+    return tuple(marks)
+
+
+def _bars(timeline: list[dict[str, Any]]) -> list[StepBar]:
+    end = max((float(s["start_s"]) + float(s["elapsed_s"]) for s in timeline), default=0.0) or 1.0
+    scale = partmap.WIDTH / end
+    return [
+        StepBar(int(s["index"]), str(s["step"]), int(s["line"]), str(s["status"]),
+                round(float(s["start_s"]) * scale, 2),
+                max(round(float(s["elapsed_s"]) * scale, 2), 1.5),
+                float(s["start_s"]), float(s["elapsed_s"]), _detail(s.get("detail")), s.get("cut"))
+        for s in timeline
+    ]  # fmt: skip
+
+
+def _detail(detail: Any) -> str:
+    """A step's detail in a line: the fields that say something."""
+    if not isinstance(detail, dict):
+        return "" if detail is None else str(detail)[:300]
+    keep = {k: v for k, v in detail.items()
+            if v not in (None, [], {}, "") and k not in ("before", "after")}  # fmt: skip
+    parts = []
+    for key, value in keep.items():
+        if isinstance(value, dict | list):
+            value = json.dumps(value, default=str)
+        parts.append(f"{key}: {value}")
+    text = "; ".join(parts)
+    return text if len(text) < 600 else text[:600] + " ..."
+
+
+def _serial(folder: Path, timeline: list[dict[str, Any]], message: str,
+            page_dir: Path) -> SerialView | None:  # fmt: skip
+    path = folder / "serial.log"
+    if not path.exists():
+        return None
+    raw = path.read_text("utf-8", "replace").splitlines()
+    texts = [_STAMP.sub("", strip_ansi(line)) for line in raw]
+    kinds = [_kind(t) for t in texts]
+    _mark_matches(texts, kinds, timeline)
+    failed = _violation(message)
+    if failed is not None:
+        for i, text in enumerate(texts):
+            if text == failed or (failed and failed in text):
+                kinds[i] = "fail"
+                break
+    keep = list(range(len(raw)))
+    after_head = len(raw)
+    if len(raw) > MAX_LOG_LINES:
+        tail = MAX_LOG_LINES - HEAD_LINES
+        marked = {i for i, k in enumerate(kinds) if k in ("match", "fail")}
+        keep = sorted(set(range(HEAD_LINES)) | set(range(len(raw) - tail, len(raw))) | marked)
+        after_head = HEAD_LINES
+    lines = [LogLine(i + 1, _shorten(texts[i]), kinds[i]) for i in keep]
+    try:
+        href = os.path.relpath(path, page_dir)
+    except ValueError:
+        href = ""
+    return SerialView(lines, len(raw), len(raw) - len(keep), href.replace(os.sep, "/"), after_head)
+
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")  # REPL control bytes: not for the page
+
+
+def _shorten(text: str) -> str:
+    text = _CONTROL.sub("", strip_ansi(text))
+    if len(text) <= MAX_LINE:
+        return text
+    return f"{text[:MAX_LINE]} ... ({len(text) - MAX_LINE} more characters in the file)"
+
+
+def _kind(text: str) -> str:
+    if text.startswith("-- "):
+        return "note"
+    if text.startswith(">> "):
+        return "sent"
+    if re.match(r"^E \(\d+\) ", text) or "Guru Meditation" in text or "abort() was called" in text:
+        return "error"
+    if re.match(r"^W \(\d+\) ", text):
+        return "warn"
+    return ""
+
+
+def _mark_matches(texts: list[str], kinds: list[str], timeline: list[dict[str, Any]]) -> None:
+    """The lines `expect` steps matched, in order."""
+    at = 0
+    for step in timeline:
+        detail = step.get("detail")
+        if step.get("step") != "expect" or not isinstance(detail, dict):
+            continue
+        for wanted in detail.get("lines") or []:
+            for i in range(at, len(texts)):
+                if texts[i].strip() == str(wanted).strip():
+                    kinds[i], at = "match", i + 1
+                    break
+
+
+def _violation(message: str) -> str | None:
+    """The serial line a `not_expect` failed on, from the harness's failure message."""
+    for line in message.splitlines():
+        found = _VIOLATION.search(line.strip())
+        if found:
+            try:
+                return str(ast.literal_eval(found.group(1)))
+            except (ValueError, SyntaxError):
+                return found.group(1).strip("'\"")
+    return None
+
+
+def _rerun(result: CellResult) -> str:
+    """The command that reruns just this cell."""
+    if not result.scenario:
+        return ""
+    scenario = result.scenario
+    with contextlib.suppress(ValueError):  # another drive (Windows): keep it absolute
+        relative = os.path.relpath(scenario)
+        scenario = scenario if relative.startswith("..") else relative
+    cmd = ["harness", "run", scenario]
+    fw = result.firmware
+    if fw is not None:
+        cmd += ["--firmware", fw.entry or fw.path]
+    if result.flash_size:
+        cmd += ["--flash-size", result.flash_size]
+    return shlex.join(cmd)
