@@ -193,8 +193,8 @@ def test_harness_report_html_merges_the_artifacts_of_several_jobs(run: Any, tmp_
             result.artifacts, merged / f"scenarios-job-{i}" / Path(result.artifacts).name
         )
     out = tmp_path / "report.html"
-    done = subprocess.run([sys.executable, "-m", "harness", "report", str(merged), "--html", str(out)],
-                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    cmd = [sys.executable, "-m", "harness", "report", str(merged), "--html", str(out)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == f"report: {out}"
     html = out.read_text()
