@@ -152,7 +152,7 @@ def load(artifacts: Path, page: Path, title: str = "",
         if cmdline.exists() and cmdline.read_text().split():
             qemus.add(cmdline.read_text().split()[0])
     return ReportView(
-        title or f"esp32-ota-harness: {artifacts.name or artifacts}",
+        title or f"esp32-ota-harness: {len(cells)} cells in {artifacts}",
         cells, columns, rows, sorted(firmware.values(), key=lambda f: f.name), sorted(qemus),
         totals, round(sum(c.elapsed_s for c in cells), 1),
     )  # fmt: skip
@@ -314,7 +314,7 @@ def _serial(folder: Path, timeline: list[dict[str, Any]], message: str,
     return SerialView(lines, len(raw), len(raw) - len(keep), href.replace(os.sep, "/"), after_head)
 
 
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")  # REPL control bytes: not for the page
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f\ufffd]")  # REPL control bytes: not for the page
 
 
 def _shorten(text: str) -> str:
