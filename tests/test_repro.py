@@ -49,6 +49,9 @@ def test_repro_reproduces_the_report_and_saves_a_passing_scenario(
     assert "booted:    ota_0 (update written to ota_1, set_boot: ok)" in out
     assert "fix:       this is a full flash image" in out
     assert "`mp-image-tool-esp32 firmware-16M.bin -x`" in out
+    page = tmp_path / "art" / "report.html"
+    assert f"report:    {page}" in out  # the same page as a run's, for this one cell
+    assert 'data-name="reported-full-image[' in page.read_text()
     assert update.read_bytes() == before
     saved = scenario.load(save)
     assert [next(iter(s.model_fields_set)) for s in saved.steps] == [
@@ -64,6 +67,7 @@ def test_repro_reproduces_the_report_and_saves_a_passing_scenario(
     )  # fmt: skip
     assert again.returncode == 0, again.stdout + again.stderr
     assert "1 passed" in again.stdout
+    assert f"report: {tmp_path / 'art2' / 'report.html'}" in again.stdout  # the plugin's page
 
 
 def test_repro_refuses_to_overwrite_and_names_missing_files(fw, tmp_path: Path) -> None:
