@@ -28,6 +28,10 @@ class DeviceTimeout(HarnessError):
     exit_code = 3
 
 
+class FlashTraceUnavailable(HarnessError):
+    """This QEMU cannot report its flash operations (no `log` trace backend)."""
+
+
 class QemuExited(HarnessError):
     """QEMU went away while the harness was still talking to it."""
 

@@ -99,6 +99,15 @@ def test_nightly_matrix_runs_the_library_per_size_and_release() -> None:
         assert word in text
 
 
+def test_nightly_merges_every_jobs_artifacts_into_one_uploaded_report() -> None:
+    job = yaml.safe_load((ROOT / ".github/workflows/nightly.yml").read_text())["jobs"]["report"]
+    assert job["needs"] == "scenarios" and job["if"] == "always()"
+    text = yaml.safe_dump(job)
+    for word in ("pattern: scenarios-*", "harness report merged --html report.html",
+                 "path: report.html", "artifact-url", "GITHUB_STEP_SUMMARY"):  # fmt: skip
+        assert word in text, word
+
+
 def test_ci_runs_on_push_and_pull_request_with_a_16mb_smoke_scenario() -> None:
     flow = yaml.safe_load((ROOT / ".github/workflows/ci.yml").read_text())
     assert {"push", "pull_request"} <= set(flow[True])

@@ -162,6 +162,8 @@ def _power_cut(args: str) -> str:
          "power_cut needs one of `sweep: K`"),
         (BOOT + _power_cut("ota: {payload: app}, sweep: 4") + BOOT + BOOT,
          "need exactly one `boot` step"),
+        (BOOT + _power_cut("ota: {payload: app}, by: time, at: [3]") + BOOT,
+         "a cut by time takes `sweep: K`"),
     ],
 )  # fmt: skip
 def test_a_malformed_power_cut_is_one_line_naming_the_problem(
@@ -271,4 +273,25 @@ def test_a_sweep_gives_every_point_its_outcome_and_names_the_first_that_failed(
     assert f"rerun just that point with `at: [{first.point.after}]`" in result.message
     assert first.point.label() in result.message
     assert all(c.booted == "factory" for c in result.cuts)
+    assert not running_qemus(str(tmp_path))
+
+
+def test_a_cut_by_time_cuts_live_reruns_and_reports_what_it_found(
+    qemu, firmware_selector, tmp_path
+) -> None:
+    """Where QEMU cannot count flash operations the power goes at moments instead: each
+    point a live rerun of the step, cut that far into it, its flash taken as found."""
+    from harness.scenario import plan, runner
+
+    path = tmp_path / "cut.yaml"
+    text = FILE_CUT.format(expect="True").replace("sweep: 3", "by: time\n      sweep: 2")
+    path.write_text(text.replace("== 'old.' * 1500", "in ('old.' * 1500, 'new!' * 1500)"))
+    cell = plan.cells(scenario_format.load(path), firmware_selector, plan.RunOptions())[0]
+    result = runner.run_cell(cell, runner.Setup(tmp_path / "art", qemu))
+    assert result.status == "passed", result.message
+    assert [c.point.by for c in result.cuts] == ["time"] * 3  # 2 moments and the whole step
+    whole = result.cuts[-1].point
+    assert [c.point.after for c in result.cuts] == sorted(c.point.after for c in result.cuts)
+    assert whole.after == whole.of and "cut by time: as asked" in whole.label()
+    assert result.cuts[-1].changed  # the whole rewrite changed the filesystem
     assert not running_qemus(str(tmp_path))

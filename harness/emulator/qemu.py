@@ -32,7 +32,7 @@ from pathlib import Path
 from qemu.qmp import QMPError
 from qemu.qmp.legacy import QEMUMonitorProtocol
 
-from ..errors import HarnessError, QemuCrashed, QemuExited, QemuNotFound
+from ..errors import FlashTraceUnavailable, HarnessError, QemuCrashed, QemuExited, QemuNotFound
 from ..paths import idf_tools_dir
 from . import flashtrace, janitor
 
@@ -298,9 +298,8 @@ class Machine:
             try:
                 self._qmp("trace-event-set-state", name=name, enable=on)
             except HarnessError as exc:
-                raise HarnessError(f"{self.qemu} cannot report its flash operations (trace "
-                                   f"event {name}): {exc}; power cuts need a QEMU built with "
-                                   "its default `log` trace backend") from None  # fmt: skip
+                raise FlashTraceUnavailable(f"{self.qemu} cannot report its flash operations "
+                                            f"(trace event {name}): {exc}") from None  # fmt: skip
 
     def pause(self) -> None:
         """Stop the emulated CPUs; QEMU finishes the flash writes in flight first."""

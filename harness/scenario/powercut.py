@@ -12,13 +12,15 @@ a rebuilt flash equals the one a live cut at the same operation leaves.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Sequence
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from ..emulator.device import Device
-from ..errors import StepFailed
+from ..errors import FlashTraceUnavailable, StepFailed
 from ..flash import formats
-from ..flash.ops import FlashOp, changed_sectors, partition_at, where
+from ..flash.ops import FlashOp, changed_sectors, partition_at, states, where
 from .results import CutOutcome, CutPoint, cut_table
 from .stepformats import Args, OtaArgs, PowerCutArgs
 
@@ -36,6 +38,15 @@ class Recorded:
     before: bytes = field(repr=False, metadata={"json": False})  # kept out of timeline.json
     ops: list[FlashOp] = field(repr=False, metadata={"json": False})
     outcomes: list[CutOutcome] = field(default_factory=list)
+    # cut by time: the flash each live cut left, by point (`after`, in ms)
+    flashes: dict[int, bytes] = field(default_factory=dict, repr=False, metadata={"json": False})
+
+    def states(self) -> Iterator[tuple[int, bytes]]:
+        """(point, the flash as the cut left it), in order."""
+        if self.flashes:
+            yield from sorted(self.flashes.items())
+        else:
+            yield from states(self.before, self.ops, [p.after for p in self.points])
 
     def summary(self) -> str:
         return cut_table(self.outcomes)
@@ -51,10 +62,15 @@ def record(dev: Device, args: PowerCutArgs, do: Callable[[Args], object]) -> Rec
         before = dev.flash.read_bytes()
         board.power_cut()
         return Recorded(0, [CutPoint(0, 0, "", "")], None, before, [])
-    trace = board.record_flash(True)
-    before = dev.flash.read_bytes()
     if isinstance(step, OtaArgs) and step.method == "harness":
         step = step.model_copy(update={"reboot": False})
+    if args.by == "time":
+        return _by_time(dev, args, step, do, "as asked (`by: time`)")
+    try:
+        trace = board.record_flash(True)
+    except FlashTraceUnavailable as exc:
+        return _by_time(dev, args, step, do, str(exc))
+    before = dev.flash.read_bytes()
     try:
         detail = do(step)
     except BaseException:
@@ -70,6 +86,43 @@ def record(dev: Device, args: PowerCutArgs, do: Callable[[Args], object]) -> Rec
     points = [CutPoint(n, len(ops), where(ops[n - 1], table) if n else "",
                        where(ops[n], table) if n < len(ops) else "") for n in chosen]  # fmt: skip
     return Recorded(len(ops), points, detail, before, ops)
+
+
+def _by_time(dev: Device, args: PowerCutArgs, step: Args, do: Callable[[Args], object],
+             why: str) -> Recorded:  # fmt: skip
+    """Cut by time: the step once, whole, for its duration; then, for each of K moments
+    spread over it, a power-on of the flash before it, the step again, and the power cut
+    that moment. Each point is the flash that cut left, as found."""
+    board = dev.board
+    before = dev.flash.read_bytes()
+    start = time.monotonic()
+    detail = do(step)
+    took = time.monotonic() - start
+    board.pause()
+    flashes = {round(took * 1000): dev.flash.read_bytes()}
+    board.power_cut()
+    assert args.sweep is not None  # the format makes `by: time` take a sweep
+    for j in range(1, args.sweep + 1):
+        at = took * j / (args.sweep + 1)
+        dev.flash.write_bytes(before)
+        dev.power_on()
+        dev.wait_prompt(60)
+        runner = threading.Thread(target=_quietly, args=(do, step), daemon=True)
+        runner.start()
+        time.sleep(at)
+        board.pause()
+        flashes[round(at * 1000)] = dev.flash.read_bytes()
+        board.power_cut()
+        runner.join(30)
+    total = round(took * 1000)
+    points = [CutPoint(ms, total, "", "", by="time", why=why) for ms in sorted(flashes)]
+    return Recorded(0, points, detail, before, [], flashes=flashes)
+
+
+def _quietly(do: Callable[[Args], object], step: Args) -> None:
+    """The step of a live cut: it fails when the power goes, which is the point."""
+    with contextlib.suppress(Exception):
+        do(step)
 
 
 def choose(args: PowerCutArgs, ops: Sequence[FlashOp], table: formats.PartitionTable) -> list[int]:

@@ -51,12 +51,22 @@ class StepRecord:
 class CutPoint:
     """The power went after `after` of the step's `of` flash operations."""
 
-    after: int
+    after: int  # operations (or, cut by time, milliseconds into the step)
     of: int
     last: str  # the last operation done before the power went ("" when none was)
     next: str  # the operation the cut stopped ("" when all were done)
+    by: str = "operations"  # or `time`: the flash chip's operations could not be counted
+    why: str = ""  # why by time
+
+    def short(self) -> str:
+        if self.by == "time":
+            return f"{self.after / 1000:.2f} s/{self.of / 1000:.2f} s"
+        return f"{self.after}/{self.of}"
 
     def label(self) -> str:
+        if self.by == "time":
+            return (f"{self.after / 1000:.2f} s into the step of {self.of / 1000:.2f} s (cut "
+                    f"by time: {self.why})")  # fmt: skip
         if self.after == 0:
             return f"before operation 1 of {self.of} ({self.next})"
         if self.after == self.of:
@@ -94,8 +104,10 @@ def cut_table(outcomes: list[CutOutcome]) -> str:
     for o in outcomes:
         p = o.point
         went = f"before {p.next}" if p.next else f"after {p.last}" if p.last else "-"
+        if p.by == "time":
+            went = f"by time, {p.why}"
         left = ", ".join(f"{name} {n}" for name, n in o.changed.items()) or "nothing"
-        rows.append((f"{p.after}/{p.of}", went, left, o.booted or "-",
+        rows.append((p.short(), went, left, o.booted or "-",
                      " ".join(o.otadata) or "-", o.bootloader[0] if o.bootloader else "-",
                      o.status if not o.message else f"{o.status}: {o.message}"))  # fmt: skip
     width = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]

@@ -261,7 +261,7 @@ class CellAttempt:
         first: StepFailed | None = None
         points = {p.after: p for p in recorded.points}
         rules = list(log.forbidden)  # not_expect from before the cut holds at every point
-        for after, flash in ops.states(recorded.before, recorded.ops, points):
+        for after, flash in recorded.states():
             point = points[after]
             dev.flash.write_bytes(flash)
             log.note(f"power on after a cut {point.label()}")
@@ -283,7 +283,7 @@ class CellAttempt:
         message = (
             f"{self.plan.name}: step {record.index} `power_cut` ({where}): {len(failed)} of "
             f"{len(recorded.outcomes)} cut points failed; the first, {failed[0].point.label()}:\n"
-            f"{first}\n  rerun just that point with `at: [{failed[0].point.after}]`\n"
+            f"{first}\n  {_rerun_hint(failed[0].point)}\n"
             f"{recorded.summary()}"
         )
         failure = StepFailed(message)
@@ -409,6 +409,12 @@ class CellAttempt:
 
     def _write_timeline(self) -> None:
         write_json(self.run_dir / "timeline.json", self.timeline)
+
+
+def _rerun_hint(point: CutPoint) -> str:
+    if point.by == "time":
+        return "a cut by time lands where the host's speed puts it: rerun the sweep"
+    return f"rerun just that point with `at: [{point.after}]`"
 
 
 def _image_used(name: str, built: BuiltImage) -> ImageUsed:

@@ -385,7 +385,10 @@ class PowerCutArgs(Args):
     `within: PARTITION` (or `partition table`, `bootloader`) cuts while it is
     half-written (after each of its operations that changes a bit, but the last). An
     `ota` step (method harness) is cut before its reboot: the power-on after the cut is
-    it. A `run` step is recorded across the resets its tool makes.
+    it. A `run` step is recorded across the resets its tool makes. `by: time` (taken by
+    itself where QEMU cannot report its flash operations) cuts a live rerun of the step at
+    K moments spread over its duration instead, each from a power-on of the flash before
+    it, and reports the state each left.
     """
 
     KIND: ClassVar[str] = "power_cut"
@@ -394,6 +397,7 @@ class PowerCutArgs(Args):
     repl: ReplArgs | None = None
     put: PutArgs | None = None
     run: RunArgs | None = None
+    by: Literal["operations", "time"] = "operations"
     sweep: PositiveInt | None = None
     at: list[NonNegativeInt] | None = None
     within: str | None = None
@@ -412,6 +416,9 @@ class PowerCutArgs(Args):
         if len(chosen) != 1:
             raise ValueError("power_cut needs one of `sweep: K`, `at: [N, ...]`, `within: "
                              "PARTITION`")  # fmt: skip
+        if self.by == "time" and self.sweep is None:
+            raise ValueError("a cut by time takes `sweep: K` (K points spread over the step's "
+                             "duration)")  # fmt: skip
         if self.ota is not None and self.ota.method == "staged":
             raise ValueError("a staged write makes no emulated flash writes, so there is "
                              "nothing to cut: use method: harness or library")  # fmt: skip
