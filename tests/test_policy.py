@@ -19,6 +19,7 @@ import pytest
 
 from harness.emulator import device, policy
 from harness.emulator.device import BootOptions
+from harness.flash.firmware import FirmwareFacts
 
 SCENARIO = """\
 title: boots
@@ -80,4 +81,8 @@ def test_the_policy_is_decided_from_the_firmware(fw) -> None:
     assert spiram.psram and spiram.alone and not spiram.watchdogs and spiram.retries == 0
     today = policy.for_image(fw("v1.27.0"))
     assert not today.psram and not today.alone and not today.watchdogs
+    facts = FirmwareFacts.read(fw("SPIRAM"))  # where retries are on, an old build gets more
+    assert policy.decide(facts, retries=1).retries == policy.STALLING_BUILD_RETRIES
+    assert policy.decide(facts, retries=0).retries == 0  # RETRIES=0 still turns them off
+    assert policy.decide(FirmwareFacts.read(fw("v1.27.0")), retries=1).retries == 1
     assert policy.for_image(fw("v1.27.0"), watchdogs=True, psram=True).psram

@@ -240,7 +240,7 @@ steps:
   - repl: "with open('/s.txt', 'w') as f: f.write('old.' * 1500)"
   - power_cut:
       repl: "with open('/s.txt', 'w') as f: f.write('new!' * 1500)"
-      sweep: 3
+      sweep: 2
   - boot: prompt
   - repl: {{code: "print(open('/s.txt').read() == 'old.' * 1500)", expect: "{expect}"}}
 """
@@ -258,7 +258,7 @@ def _file_cut(tmp_path: Path, selector, qemu, expect: str):
 def test_a_sweep_gives_every_point_its_outcome_and_names_the_first_that_failed(
     qemu, firmware_selector, tmp_path
 ) -> None:
-    """A file rewrite cut at 0, at 3 spread points and after its last operation: the file
+    """A file rewrite cut at 0, at 2 spread points and after its last operation: the file
     reads old before littlefs commits, new after. Asserting `old` everywhere fails at the
     points after the commit, and only there; the message names the first and how to rerun it."""
     result = _file_cut(tmp_path, firmware_selector, qemu, "True")
@@ -284,12 +284,12 @@ def test_a_cut_by_time_cuts_live_reruns_and_reports_what_it_found(
     from harness.scenario import plan, runner
 
     path = tmp_path / "cut.yaml"
-    text = FILE_CUT.format(expect="True").replace("sweep: 3", "by: time\n      sweep: 2")
+    text = FILE_CUT.format(expect="True").replace("sweep: 2", "by: time\n      sweep: 1")
     path.write_text(text.replace("== 'old.' * 1500", "in ('old.' * 1500, 'new!' * 1500)"))
     cell = plan.cells(scenario_format.load(path), firmware_selector, plan.RunOptions())[0]
     result = runner.run_cell(cell, runner.Setup(tmp_path / "art", qemu))
     assert result.status == "passed", result.message
-    assert [c.point.by for c in result.cuts] == ["time"] * 3  # 2 moments and the whole step
+    assert [c.point.by for c in result.cuts] == ["time"] * 2  # a moment, and the whole step
     whole = result.cuts[-1].point
     assert [c.point.after for c in result.cuts] == sorted(c.point.after for c in result.cuts)
     assert whole.after == whole.of and "cut by time: as asked" in whole.label()

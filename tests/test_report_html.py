@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from harness.emulator import hostlock
 from harness.flash import formats
 from harness.frontends.html import write_inspect, write_report
 from harness.scenario import format as scenario_format
@@ -55,7 +56,8 @@ def browser(run: dict[str, Any]) -> Iterator[Any]:
     if chromium is None:
         pytest.skip("needs Debian's chromium: apt-get install chromium")
     sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
-    with sync_api.sync_playwright() as p:
+    # Chromium loads the host like an emulation: a build that must run alone waits for it
+    with hostlock.emulation_slot(alone=False), sync_api.sync_playwright() as p:
         launched = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
         yield launched
         launched.close()

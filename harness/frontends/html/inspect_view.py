@@ -52,7 +52,8 @@ def of(path: Path, report: dict[str, Any]) -> InspectView:
         size = FlashSize.parse(str(size_name)).bytes
         at = formats.BOOTLOADER_OFFSETS.get(str(report.get("chip")), 0x1000)
         start = {"firmware": at, "flash": 0}.get(str(report["kind"]))
-        written = ((f"this file, flashed at {start:#x}", start, int(report["size"])),) \
+        length = int(report["size"])
+        written = ((f"this file, {partmap.size_text(length)}, flashed at", start, length),) \
             if start is not None else ()  # fmt: skip
         boot = report.get("boot") or {}
         layout = partmap.Layout(

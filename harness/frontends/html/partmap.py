@@ -47,7 +47,7 @@ class Box:
 
     @property
     def label(self) -> str:
-        return f"{self.name} @ {self.offset:#x}, {_size(self.size)}"
+        return f"{self.name} @ {self.offset:#x}, {size_text(self.size)}"
 
 
 @dataclass(frozen=True)
@@ -90,7 +90,7 @@ class FlashMap:
         return self.start != 0 or self.end != self.layout.flash_size
 
 
-def _size(n: int) -> str:
+def size_text(n: int) -> str:
     """`1.5 MB`, `12.9 MB`, `28 KB`, `96 bytes`."""
     for unit, div in (("MB", 1 << 20), ("KB", 1 << 10)):
         if n >= div:
@@ -107,9 +107,10 @@ def regions(partitions: Sequence[Mapping[str, Any]], fs: Mapping[str, Any] | Non
         kind = "app" if p["type"] == formats.APP_TYPE else "data"
         if p["name"] in formats.FS_LABELS and kind == "data":
             kind = "fs"
-        found.append((str(p["name"]), kind, _int(p["offset"]), int(p["size"])))
+        found.append((str(p["name"]), kind, offset_of(p["offset"]), int(p["size"])))
     if fs and not fs.get("in_table"):
-        found.append((f"{fs['label']} (made at boot)", "fs", _int(fs["offset"]), int(fs["size"])))
+        label = f"{fs['label']} (made at boot)"
+        found.append((label, "fs", offset_of(fs["offset"]), int(fs["size"])))
     found.sort(key=lambda r: r[2])
     out, at = [], 0
     for name, kind, offset, size in found:
@@ -122,7 +123,7 @@ def regions(partitions: Sequence[Mapping[str, Any]], fs: Mapping[str, Any] | Non
     return tuple(out)
 
 
-def _int(value: Any) -> int:
+def offset_of(value: Any) -> int:
     return int(value, 16) if isinstance(value, str) else int(value)
 
 

@@ -220,8 +220,8 @@ def _maps(folder: Path, booted: str | None,
         data = json.loads(path.read_text())
         size = int(data.get("flash_size") or 0)
         if not size:
-            size = max((partmap._int(p["offset"]) + int(p["size"]) for p in data["partitions"]),
-                       default=0x400000)  # fmt: skip
+            ends = [partmap.offset_of(p["offset"]) + int(p["size"]) for p in data["partitions"]]
+            size = max(ends, default=0x400000)
         written = _written(data, timeline) if when == "after" else ()
         selects = data.get("otadata_selects") or {}
         found = partmap.regions(data["partitions"], data.get("filesystem"), size)
@@ -240,7 +240,7 @@ def _written(
 ) -> tuple[tuple[str, int, int], ...]:
     """(label, offset, size): each OTA step's payload where it went, then the other
     sectors the run changed (flash-after.json's `written`, compared with the image)."""
-    slots = {p["name"]: partmap._int(p["offset"]) for p in summary.get("partitions", [])}
+    slots = {p["name"]: partmap.offset_of(p["offset"]) for p in summary.get("partitions", [])}
     marks: list[tuple[str, int, int]] = []
     for step in timeline:
         d = step.get("detail")
@@ -248,12 +248,12 @@ def _written(
             size = int(d.get("bytes_written") or 0)
             if size:
                 what = f"{d.get('payload_kind') or 'payload'} written into {d['target']}"
-                label = f"{what} ({d.get('method') or 'ota'}), {partmap._size(size)}"
+                label = f"{what} ({d.get('method') or 'ota'}), {partmap.size_text(size)}"
                 marks.append((label, slots[d["target"]], size))
     for w in summary.get("written", []):
-        offset, size = partmap._int(w["offset"]), int(w["size"])
+        offset, size = partmap.offset_of(w["offset"]), int(w["size"])
         if not any(o <= offset and offset + size <= o + n for _, o, n in marks):
-            marks.append((f"changed: {w['partition']}, {partmap._size(size)}", offset, size))
+            marks.append((f"changed: {w['partition']}, {partmap.size_text(size)}", offset, size))
     return tuple(marks)
 
 
