@@ -274,6 +274,12 @@ def test_a_sweep_gives_every_point_its_outcome_and_names_the_first_that_failed(
     assert first.point.label() in result.message
     assert all(c.booted == "factory" for c in result.cuts)
     assert not running_qemus(str(tmp_path))
+    # the report draws each point: the flash it left, the cut where the chip stopped
+    from harness.frontends.html import write_report
+
+    html = write_report(tmp_path / "art", cells=[Path(result.artifacts)]).read_text()
+    assert html.count('<td class="cutmap"><svg') == len(result.cuts)
+    assert html.count('class="cutat"') == len(result.cuts)
 
 
 def test_a_cut_by_time_cuts_live_reruns_and_reports_what_it_found(

@@ -84,7 +84,8 @@ def record(dev: Device, args: PowerCutArgs, do: Callable[[Args], object]) -> Rec
     table = formats.with_fs_region(formats.parse_table(before), len(before))
     chosen = choose(args, ops, table)
     points = [CutPoint(n, len(ops), where(ops[n - 1], table) if n else "",
-                       where(ops[n], table) if n < len(ops) else "") for n in chosen]  # fmt: skip
+                       where(ops[n], table) if n < len(ops) else "",
+                       offset=ops[min(n, len(ops) - 1)].offset) for n in chosen]  # fmt: skip
     return Recorded(len(ops), points, detail, before, ops)
 
 
@@ -169,11 +170,16 @@ def _on(ops: Sequence[FlashOp], table: formats.PartitionTable, name: str) -> lis
     return [i for i, op in enumerate(ops) if partition_at(table, op.offset) == name]
 
 
-def changed(before: bytes, after: bytes) -> dict[str, int]:
-    """Sectors that differ, counted per partition."""
+def changed(before: bytes, after: bytes) -> tuple[dict[str, int], list[tuple[int, int]]]:
+    """Sectors that differ: counted per partition, and as (offset, length) stretches."""
     table = formats.with_fs_region(formats.parse_table(before), len(before))
     counts: dict[str, int] = {}
+    stretches: list[tuple[int, int]] = []
     for offset in changed_sectors(before, after):
         name = partition_at(table, offset)
         counts[name] = counts.get(name, 0) + 1
-    return counts
+        if stretches and sum(stretches[-1]) == offset:
+            stretches[-1] = (stretches[-1][0], stretches[-1][1] + formats.SECTOR)
+        else:
+            stretches.append((offset, formats.SECTOR))
+    return counts, stretches

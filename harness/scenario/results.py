@@ -57,6 +57,7 @@ class CutPoint:
     next: str  # the operation the cut stopped ("" when all were done)
     by: str = "operations"  # or `time`: the flash chip's operations could not be counted
     why: str = ""  # why by time
+    offset: int = -1  # where the operation the cut stopped (or the last one) was
 
     def short(self) -> str:
         if self.by == "time":
@@ -86,6 +87,7 @@ class CutOutcome:
     changed: dict[str, int]  # partition -> sectors the cut left different from before
     bootloader: list[str]  # ESP-IDF E/W lines from the power-on on
     message: str = ""
+    stretches: list[tuple[int, int]] = field(default_factory=list)  # (offset, length) changed
 
 
 def cut_property(outcome: CutOutcome) -> tuple[str, str]:
@@ -204,10 +206,13 @@ class CellResult:
             firmware=FirmwareUsed(**fw) if isinstance(fw, dict) else None,
             image=ImageUsed(**image) if isinstance(image, dict) else None,
             watchdogs=data.get("watchdogs"),
-            cuts=[
-                CutOutcome(**{**c, "point": CutPoint(**c["point"])}) for c in data.get("cuts", [])
-            ],
+            cuts=[_cut(c) for c in data.get("cuts", [])],
             scenario=str(data.get("scenario", "")),
             title=str(data.get("title", "")),
             flash_size=str(data.get("flash_size", "")),
         )
+
+
+def _cut(data: dict[str, Any]) -> CutOutcome:
+    stretches = [(int(o), int(n)) for o, n in data.get("stretches", [])]
+    return CutOutcome(**{**data, "point": CutPoint(**data["point"]), "stretches": stretches})

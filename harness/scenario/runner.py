@@ -299,9 +299,10 @@ class CellAttempt:
                 booted = dev.running_partition()
         state = formats.FlashState.of(dev.flash.read_bytes())
         message = str(failure.__cause__ or failure).splitlines()[0] if failure else ""
+        counts, stretches = powercut.changed(before, flash)
         return CutOutcome(
             point, "failed" if failure else "passed", booted, state.states(), state.boot.slot,
-            powercut.changed(before, flash), log_lines(dev.board.log.lines[since:]), message,
+            counts, log_lines(dev.board.log.lines[since:]), message, stretches,
         )  # fmt: skip
 
     def _step(self, step: StepPlan) -> object:

@@ -63,6 +63,16 @@ class StepBar:
 
 
 @dataclass(frozen=True)
+class CutView:
+    """One power cut point: its outcome, and the flash it left, drawn (changed stretches
+    marked, the operation the cut stopped at `x`)."""
+
+    outcome: CutOutcome
+    map: partmap.FlashMap | None
+    x: float | None  # where the cut stopped, in the map's units
+
+
+@dataclass(frozen=True)
 class CellView:
     """One cell: its name, verdict and evidence."""
 
@@ -82,7 +92,7 @@ class CellView:
     maps: list[tuple[str, list[partmap.FlashMap]]]  # (before | after, [whole, zoom])
     steps: list[StepBar]
     serial: SerialView | None
-    cuts: list[CutOutcome]
+    cuts: list[CutView]
     rerun: str
     firmware: str
     image: str
@@ -194,7 +204,7 @@ def cell(result: CellResult, folder: Path, page_dir: Path) -> CellView:
         maps=_maps(folder, result.booted, timeline),
         steps=_bars(timeline),
         serial=_serial(folder, timeline, result.message, page_dir),
-        cuts=result.cuts,
+        cuts=_cuts(folder, result.cuts),
         rerun=_rerun(result),
         firmware=Path(result.firmware.path).name if result.firmware else "",
         image=result.image.conversion if result.image else "",
@@ -233,6 +243,23 @@ def _maps(folder: Path, booted: str | None,
         )  # fmt: skip
         out.append((when, partmap.both(layout)))
     return out
+
+
+def _cuts(folder: Path, outcomes: list[CutOutcome]) -> list[CutView]:
+    """Each cut point over the flash before the run, as the cell's table lays it out."""
+    path = folder / "flash-before.json"
+    data = json.loads(path.read_text()) if outcomes and path.exists() else {}
+    size = int(data.get("flash_size") or 0)
+    if not size:
+        return [CutView(o, None, None) for o in outcomes]
+    found = partmap.regions(data["partitions"], data.get("filesystem"), size)
+    views = []
+    for o in outcomes:
+        marks = tuple(("changed", offset, length) for offset, length in o.stretches)
+        fmap = partmap.draw(partmap.Layout(o.point.short(), size, found, written=marks))
+        x = o.point.offset * partmap.WIDTH / size if o.point.offset >= 0 else None
+        views.append(CutView(o, fmap, x))
+    return views
 
 
 def _written(
