@@ -31,7 +31,7 @@ from typing import Protocol
 
 from ..errors import HarnessError, QemuExited
 from .console import SerialLog
-from .flashtrace import TraceFile
+from .flashtrace import TRACE_FILE, TraceFile
 from .qemu import CpuState, Machine, MachineSetup
 from .serialport import SerialRelay
 
@@ -108,7 +108,7 @@ class QemuBoard:
         self.setup, self.flash, self.run_dir = setup, flash, run_dir
         self.log = SerialLog(run_dir / "serial.log")
         self.machine: Machine | None = None
-        self.trace = TraceFile(run_dir / "flash-ops.trace")
+        self.trace = TraceFile(run_dir / TRACE_FILE)
 
     def power_on(self, attach: Attach) -> None:
         if self.machine is not None and self.machine.exit_status() is None:
@@ -198,7 +198,7 @@ class ServedBoard:
         self.cycles = 0  # power cycles since start (esptool's resets)
         self._lock = threading.RLock()
         self.failure: BaseException | None = None  # a restart that did not work
-        self.trace = TraceFile(run_dir / "flash-ops.trace")
+        self.trace = TraceFile(run_dir / TRACE_FILE)
         self.recording = False
 
     def power_on(self, attach: Attach) -> None:
@@ -231,7 +231,7 @@ class ServedBoard:
                 self.machine.stop(graceful=True)
             self.cycles += 1
             if self.recording:
-                self.trace.handover(self.run_dir / f"flash-ops.{self.cycles}.trace")
+                self.trace.handover(self.run_dir / TRACE_FILE.replace(".", f".{self.cycles}.", 1))
             self._boot(download, pulses)
 
     def hard_reset(self) -> None:

@@ -26,6 +26,7 @@ EVENTS = (
     "m25p80_page_program",
 )
 ALWAYS_ON = "m25p80_chip_erase"
+TRACE_FILE = "flash-ops.trace"  # in the run's folder; a served board's restarts: flash-ops.N.trace
 # page program commands: PP, PP4, QPP, QPP4, and the 4-byte quad variants
 PROGRAM_COMMANDS = frozenset({0x02, 0x12, 0x32, 0x34, 0x38, 0x3E})
 _EVENT = re.compile(r"^(?:\d+@[\d.]+:)?(m25p80_\w+) \[[^\]]*\] (.*)$")

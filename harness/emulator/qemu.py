@@ -288,7 +288,7 @@ class Machine:
 
     @property
     def trace_path(self) -> Path:
-        return self.run_dir / "flash-ops.trace"
+        return self.run_dir / flashtrace.TRACE_FILE
 
     def trace_flash(self, on: bool) -> None:
         """Switch the flash model's operation events on or off (flashtrace.EVENTS)."""

@@ -70,6 +70,21 @@ def changed_sectors(before: bytes, after: bytes) -> list[int]:
             if before[o : o + step] != after[o : o + step]]  # fmt: skip
 
 
+def changed_stretches(
+    before: bytes, after: bytes, table: formats.PartitionTable
+) -> list[tuple[str, int, int]]:
+    """(partition, offset, length): the runs of differing sectors, one per partition they
+    lie in (`table` as `formats.with_fs_region` names the flash)."""
+    runs: list[tuple[str, int, int]] = []
+    for offset in changed_sectors(before, after):
+        name = partition_at(table, offset)
+        if runs and runs[-1][0] == name and sum(runs[-1][1:]) == offset:
+            runs[-1] = (name, runs[-1][1], runs[-1][2] + formats.SECTOR)
+        else:
+            runs.append((name, offset, formats.SECTOR))
+    return runs
+
+
 def partition_at(table: formats.PartitionTable, offset: int) -> str:
     """The partition holding `offset`, or where else it is (bootloader, table, free)."""
     for part in table:

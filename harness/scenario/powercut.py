@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from ..emulator.device import Device
 from ..errors import FlashTraceUnavailable, StepFailed
 from ..flash import formats
-from ..flash.ops import FlashOp, changed_sectors, partition_at, states, where
+from ..flash.ops import FlashOp, changed_stretches, partition_at, states, where
 from .results import CutOutcome, CutPoint, cut_table
 from .stepformats import Args, OtaArgs, PowerCutArgs
 
@@ -173,13 +173,8 @@ def _on(ops: Sequence[FlashOp], table: formats.PartitionTable, name: str) -> lis
 def changed(before: bytes, after: bytes) -> tuple[dict[str, int], list[tuple[int, int]]]:
     """Sectors that differ: counted per partition, and as (offset, length) stretches."""
     table = formats.with_fs_region(formats.parse_table(before), len(before))
+    runs = changed_stretches(before, after, table)
     counts: dict[str, int] = {}
-    stretches: list[tuple[int, int]] = []
-    for offset in changed_sectors(before, after):
-        name = partition_at(table, offset)
-        counts[name] = counts.get(name, 0) + 1
-        if stretches and sum(stretches[-1]) == offset:
-            stretches[-1] = (stretches[-1][0], stretches[-1][1] + formats.SECTOR)
-        else:
-            stretches.append((offset, formats.SECTOR))
-    return counts, stretches
+    for name, _, length in runs:
+        counts[name] = counts.get(name, 0) + length // formats.SECTOR
+    return counts, [(offset, length) for _, offset, length in runs]

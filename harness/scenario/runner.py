@@ -468,14 +468,5 @@ def _flash_summary(path: Path, flash: Path, since: Path | None = None) -> None:
 def _written(before: bytes, after: bytes, table: formats.PartitionTable) -> list[_Written]:
     """The runs of 4 KB sectors that differ, one per partition they lie in."""
     named = formats.with_fs_region(table, len(after))
-    runs: list[_Written] = []
-    end = -1
-    for offset in ops.changed_sectors(before, after):
-        name = ops.partition_at(named, offset)
-        last = runs[-1] if runs else None
-        if last is not None and offset == end and last.partition == name:
-            runs[-1] = _Written(name, last.offset, last.size + formats.SECTOR)
-        else:
-            runs.append(_Written(name, f"0x{offset:x}", formats.SECTOR))
-        end = offset + formats.SECTOR
-    return runs
+    return [_Written(name, f"0x{offset:x}", length)
+            for name, offset, length in ops.changed_stretches(before, after, named)]  # fmt: skip

@@ -146,21 +146,22 @@ def load(artifacts: Path, page: Path, title: str = "",
     else:
         found = sorted(p for p in artifacts.rglob("result.json")
                        if not p.parent.name.startswith("attempt-"))  # fmt: skip
-    cells = [cell(CellResult.load(p), p.parent, page.parent) for p in found]
+    results = [(CellResult.load(p), p.parent) for p in found]
+    cells = [cell(result, folder, page.parent) for result, folder in results]
     cells.sort(key=lambda c: (c.scenario, _version_key(c.release), c.size))
     columns = sorted({c.column for c in cells}, key=lambda k: _column_key(k, cells))
     rows = sorted({c.scenario for c in cells})
     totals = {s: sum(c.status == s for c in cells) for s in STATUSES}
     firmware: dict[str, FirmwareRow] = {}
     qemus: set[str] = set()
-    for path in found:
-        result = CellResult.load(path)
+    for result, folder in results:
         fw = result.firmware
         if fw is not None:
             firmware[fw.path] = FirmwareRow(Path(fw.path).name, fw.sha256, fw.pinned, fw.origin)
-        cmdline = path.parent / "qemu-cmdline.txt"
-        if cmdline.exists() and cmdline.read_text().split():
-            qemus.add(cmdline.read_text().split()[0])
+        cmdline = folder / "qemu-cmdline.txt"
+        words = cmdline.read_text().split() if cmdline.exists() else []
+        if words:
+            qemus.add(words[0])
     return ReportView(
         title or f"esp32-ota-harness: {len(cells)} cells in {artifacts}",
         cells, columns, rows, sorted(firmware.values(), key=lambda f: f.name), sorted(qemus),
@@ -187,6 +188,7 @@ def cell(result: CellResult, folder: Path, page_dir: Path) -> CellView:
         status = "retried"
     failure = result.message.splitlines()[0] if result.message and status == "failed" else ""
     timeline = _timeline(folder)
+    summaries = _summaries(folder)
     return CellView(
         anchor=re.sub(r"[^A-Za-z0-9_-]+", "-", result.name).strip("-"),
         name=result.name,
@@ -201,10 +203,10 @@ def cell(result: CellResult, folder: Path, page_dir: Path) -> CellView:
         message=result.message,
         booted=result.booted,
         attempts=result.attempts,
-        maps=_maps(folder, result.booted, timeline),
+        maps=_maps(summaries, result.booted, timeline),
         steps=_bars(timeline),
         serial=_serial(folder, timeline, result.message, page_dir),
-        cuts=_cuts(folder, result.cuts),
+        cuts=_cuts(summaries.get("before"), result.cuts),
         rerun=_rerun(result),
         firmware=Path(result.firmware.path).name if result.firmware else "",
         image=result.image.conversion if result.image else "",
@@ -220,9 +222,18 @@ def _timeline(folder: Path) -> list[dict[str, Any]]:
     return [s for s in data if isinstance(s, dict)]
 
 
-def _maps(folder: Path, booted: str | None,
-          timeline: list[dict[str, Any]]) -> list[tuple[str, list[partmap.FlashMap]]]:  # fmt: skip
-    out = []
+@dataclass(frozen=True)
+class _Summary:
+    """A cell's flash-before.json or flash-after.json, with its regions laid out."""
+
+    data: dict[str, Any]
+    size: int
+    regions: tuple[tuple[str, str, int, int], ...]
+
+
+def _summaries(folder: Path) -> dict[str, _Summary]:
+    """`before` and `after`, each where the cell left its file."""
+    out = {}
     for when in ("before", "after"):
         path = folder / f"flash-{when}.json"
         if not path.exists():
@@ -232,11 +243,20 @@ def _maps(folder: Path, booted: str | None,
         if not size:
             ends = [partmap.offset_of(p["offset"]) + int(p["size"]) for p in data["partitions"]]
             size = max(ends, default=0x400000)
+        found = partmap.regions(data["partitions"], data.get("filesystem"), size)
+        out[when] = _Summary(data, size, found)
+    return out
+
+
+def _maps(summaries: dict[str, _Summary], booted: str | None,
+          timeline: list[dict[str, Any]]) -> list[tuple[str, list[partmap.FlashMap]]]:  # fmt: skip
+    out = []
+    for when, summary in summaries.items():
+        data = summary.data
         written = _written(data, timeline) if when == "after" else ()
         selects = data.get("otadata_selects") or {}
-        found = partmap.regions(data["partitions"], data.get("filesystem"), size)
         layout = partmap.Layout(
-            f"{when} the run", size, found,
+            f"{when} the run", summary.size, summary.regions,
             booted=booted if when == "after" else None, written=written,
             otadata=partmap.records(data.get("otadata")), selects=selects.get("slot"),
             reason=str(selects.get("reason", "")),
@@ -245,19 +265,16 @@ def _maps(folder: Path, booted: str | None,
     return out
 
 
-def _cuts(folder: Path, outcomes: list[CutOutcome]) -> list[CutView]:
+def _cuts(before: _Summary | None, outcomes: list[CutOutcome]) -> list[CutView]:
     """Each cut point over the flash before the run, as the cell's table lays it out."""
-    path = folder / "flash-before.json"
-    data = json.loads(path.read_text()) if outcomes and path.exists() else {}
-    size = int(data.get("flash_size") or 0)
-    if not size:
+    if before is None:
         return [CutView(o, None, None) for o in outcomes]
-    found = partmap.regions(data["partitions"], data.get("filesystem"), size)
     views = []
     for o in outcomes:
         marks = tuple(("changed", offset, length) for offset, length in o.stretches)
-        fmap = partmap.draw(partmap.Layout(o.point.short(), size, found, written=marks))
-        x = o.point.offset * partmap.WIDTH / size if o.point.offset >= 0 else None
+        fmap = partmap.draw(partmap.Layout(o.point.short(), before.size, before.regions,
+                                           written=marks))  # fmt: skip
+        x = o.point.offset * partmap.WIDTH / before.size if o.point.offset >= 0 else None
         views.append(CutView(o, fmap, x))
     return views
 
