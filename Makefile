@@ -13,13 +13,12 @@ endif
 # One worker per core. Builds measured to stall when the host is shared (ESP-IDF before
 # v5.0.4: v1.20.0, v1.21.0 SPIRAM) take the host to themselves (harness/hostlock.py).
 WORKERS ?= $(shell $(PYTHON) -c "import os; print(os.cpu_count() or 1)")
-# A cell whose QEMU crashed itself (QEMU 8.0's MTTCG assertion) or whose guest watchdog
-# fired because the host starved QEMU is run once more; every retry is listed in the
-# summary and in the JUnit properties. RETRIES=0 turns it off. Scenario cells retry in
-# the harness (--retries); the project's own emulation tests through pytest-rerunfailures,
-# on the same errors only.
+# Retries: a scenario cell, or a test that boots QEMU, is run again when the emulator failed
+# it (QEMU crashed itself, a watchdog fired because the host starved QEMU, QEMU shows the
+# guest stuck); which errors, and how often for builds that stall, is the run policy's
+# (harness/emulator/policy.py). Every retry is listed in the summary and in JUnit.
+# RETRIES=0 turns every retry off.
 RETRIES ?= 1
-RERUN := --reruns $(RETRIES) --only-rerun '^(QemuCrashed|WatchdogBootLoop|WatchdogReset|GuestStalled):'
 RUN = $(PYTEST) -q -n $(WORKERS) --retries $(RETRIES)
 # The main job gets what it needs first, or stops with one line saying what is missing.
 PROVISION := $(BIN)/harness provision scenarios
@@ -27,7 +26,7 @@ PROVISION := $(BIN)/harness provision scenarios
 .PHONY: venv test test-4mb test-16mb test-matrix test-reliability test-docker test-powerloss lint \
 	docs bench-boot \
 	bench-ota \
-	bench-suite bench-memory bench-reset bench-powercut clean docker-build docker-test-4mb docker-test-16mb
+	bench-suite bench-memory bench-reset bench-powercut bench-stalls clean docker-build docker-test-4mb docker-test-16mb
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,7 +38,7 @@ venv: $(STAMP)
 
 ## the project's tests and the scenario library (emulation skips with a reason without QEMU)
 test: venv
-	$(RUN) $(RERUN) --timeout 600 -m "not slow and not docker" --ignore=scenarios/power-loss
+	$(RUN) --timeout 600 -m "not slow and not docker" --ignore=scenarios/power-loss
 
 ## the main job: the scenario library on 16MB images (-f 16M --resize vfs=0 where there is a vfs line)
 test-16mb: venv
@@ -52,9 +51,8 @@ test-4mb: venv
 
 ## every scenario x every size x every firmware file in FIRMWARE_DIR (else every pinned release);
 ## cells that cannot apply skip with the reason. Builds before ESP-IDF 5.0.4 (v1.20.0, v1.21.0)
-## deadlock in QEMU 8.0 now and then around device-side flash writes, even on a quiet host
-## (README: Known behaviour), so the matrix gives such a cell three more attempts.
-test-matrix: RETRIES = 3
+## deadlock in QEMU 8.0 now and then, even on a quiet host (docs/known-behaviour.md): the run
+## policy gives them more attempts wherever retries are on.
 test-matrix: venv
 	fw="$$(if [ -n "$(HARNESS_FIRMWARE_DIR)" ]; then \
 	    for f in $(HARNESS_FIRMWARE_DIR)/*.bin; do echo "--firmware $$f"; done; \
@@ -122,6 +120,10 @@ bench-reset: venv
 
 bench-powercut: venv
 	$(BIN)/python bench/powercut.py
+
+## the old builds booted 30 times each through make test's waits: every stall named?
+bench-stalls: venv
+	$(BIN)/python bench/stalls.py --repeat 30
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info artifacts

@@ -92,14 +92,6 @@ class GuestStalled(DeviceTimeout):
     with old ESP-IDF builds when the host is shared (harness.emulator.policy.STALLS_BEFORE)."""
 
 
-# What a retry policy may rerun: QEMU's own crash, watchdog resets and stalled start-ups
-# (the guest's clock runs on while the host starves QEMU). A firmware result is never
-# among them. Names are stable: `pytest --only-rerun` matches "QemuCrashed: ...".
-RETRYABLE: tuple[type[HarnessError], ...] = (
-    QemuCrashed, WatchdogBootLoop, WatchdogReset, GuestStalled,
-)  # fmt: skip
-
-
 class UnexpectedOutput(HarnessError):
     """The guest printed something a scenario said must not appear."""
 

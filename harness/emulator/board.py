@@ -76,6 +76,9 @@ class Board(Protocol):
     def cpu_states(self) -> list[CpuState]:
         """Each emulated CPU's PC and interrupt level; empty when QEMU cannot say."""
 
+    def vm_status(self) -> str | None:
+        """QEMU's run state ("running", "paused", ...); None when QEMU cannot say."""
+
     @property
     def data(self) -> socket.socket:
         """UART1: a byte pipe for payloads."""
@@ -145,6 +148,9 @@ class QemuBoard:
 
     def cpu_states(self) -> list[CpuState]:
         return self.machine.cpu_states() if self.machine is not None else []
+
+    def vm_status(self) -> str | None:
+        return self.machine.vm_status() if self.machine is not None else None
 
     @property
     def data(self) -> socket.socket:
@@ -302,6 +308,11 @@ class ServedBoard:
         with self._lock:
             machine = self.machine
         return machine.cpu_states() if machine is not None else []
+
+    def vm_status(self) -> str | None:
+        with self._lock:
+            machine = self.machine
+        return machine.vm_status() if machine is not None else None
 
     @property
     def data(self) -> socket.socket:

@@ -6,7 +6,9 @@ power-on and keeps every line (colour codes removed) for steps and error message
 `Console.expect` waits for a pattern but stops at once, with a diagnosis, when the
 guest crashes (Guru Meditation, abort()), sits in a boot loop (the ROM's `rst:` banner
 repeating without MicroPython starting), resets when nothing asked it to, or prints a
-line a scenario forbade (`forbid`), instead of waiting out its timeout.
+line a scenario forbade (`forbid`), instead of waiting out its timeout. A wait that does
+run out asks QEMU whether the guest is stuck (harness.emulator.stall) before it raises:
+`GuestStalled` when it is, `DeviceTimeout` when the guest ran and never said it.
 """
 
 from __future__ import annotations
@@ -28,10 +30,12 @@ from ..errors import (
     BootLoop,
     DeviceTimeout,
     FirmwareCrash,
+    GuestStalled,
     QemuExited,
     UnexpectedOutput,
     UnexpectedReset,
 )
+from .stall import Diagnosis
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 RESET_BANNER = re.compile(rb"rst:(0x[0-9a-f]+) \((\w+)\)")
@@ -41,11 +45,16 @@ CRASHES = [
 ]
 MICROPYTHON_UP = re.compile(rb"MicroPython v\d|>>> ")
 BOOT_LOOP_RESETS = 3  # ROM banners in a row without MicroPython starting
+# A wait that has heard nothing for this long asks QEMU whether the guest is stuck, and
+# fails at once if it is, instead of waiting out the rest of its timeout (a stalled old
+# build would otherwise cost every wait's full 30-60 s, and each retry as much again).
+STALL_LOOK_AFTER = 8.0
 # ESP-IDF log lines from the bootloader and the app: `E (123) tag: message`
 LOG_LINE = re.compile(r"^([EW]) \((\d+)\) ([\w.]+): (.*)$")
 
 Pattern = str | bytes | re.Pattern[bytes]
 ExitCheck = Callable[[str, float], None]
+Probe = Callable[[], Diagnosis]  # harness.emulator.stall.diagnose on this console's board
 
 
 def strip_ansi(text: str) -> str:
@@ -57,6 +66,12 @@ def _compile(pattern: Pattern) -> re.Pattern[bytes]:
     if isinstance(pattern, re.Pattern):
         return pattern
     return re.compile(pattern.encode() if isinstance(pattern, str) else pattern)
+
+
+def _compiled(patterns: Pattern | Sequence[Pattern]) -> list[re.Pattern[bytes]]:
+    if isinstance(patterns, str | bytes | re.Pattern):
+        return [_compile(patterns)]
+    return [_compile(p) for p in patterns]
 
 
 @dataclass(frozen=True)
@@ -156,19 +171,43 @@ def log_lines(lines: list[str]) -> list[str]:
     return [line.strip() for line in lines if LOG_LINE.match(line.strip())]
 
 
+class _Quiet:
+    """How long the board has said nothing during one wait: when a stall look is due."""
+
+    def __init__(self, log: SerialLog) -> None:
+        self.log, self.heard, self.since = log, log.received, time.monotonic()
+
+    def due(self) -> bool:
+        """True once per STALL_LOOK_AFTER seconds of silence."""
+        now = time.monotonic()
+        if self.log.received != self.heard:
+            self.heard, self.since = self.log.received, now
+        elif now - self.since >= STALL_LOOK_AFTER:
+            self.since = now
+            return True
+        return False
+
+
 class Console:
     """Read and write the guest's UART0 through pexpect (bytes mode)."""
 
     SLICE = 0.25  # longest wait between fail-fast checks
 
     def __init__(
-        self, sock: socket.socket, log: SerialLog, exit_check: ExitCheck, *, feed_log: bool
+        self,
+        sock: socket.socket,
+        log: SerialLog,
+        exit_check: ExitCheck,
+        probe: Probe,
+        *,
+        feed_log: bool,
     ) -> None:
         """`feed_log`: this console writes what it reads into `log`; False when something
         else does (a relay, which also sees the bytes a client of the port gets)."""
         self.sock = sock
         self.log = log
         self.exit_check = exit_check  # raises QemuExited when QEMU is gone
+        self.probe = probe  # is the guest stuck? asked by every wait that runs out
         self._child = fdpexpect.fdspawn(sock.fileno(), timeout=30, maxread=65536)
         if feed_log:
             self._child.logfile_read = self.log
@@ -211,31 +250,49 @@ class Console:
     ) -> re.Match[bytes]:
         """Wait for the first of `patterns`; return its match (`.re` says which).
 
-        Raises DeviceTimeout (with the last serial lines and the log path),
-        FirmwareCrash, BootLoop, UnexpectedOutput or QemuExited instead of returning.
-        With `resets` (booting) a ROM reset banner only counts towards a boot loop;
-        without (the REPL at work) it stops the wait at once as UnexpectedReset.
+        Raises DeviceTimeout or GuestStalled (with QEMU's view of the CPUs, the last serial
+        lines and the log path), FirmwareCrash, BootLoop, UnexpectedOutput or QemuExited
+        instead of returning. With `resets` (booting) a ROM reset banner only counts
+        towards a boot loop; without (the REPL at work) it stops the wait at once as
+        UnexpectedReset.
         """
-        if isinstance(patterns, str | bytes | re.Pattern):
-            wanted = [_compile(patterns)]
-        else:
-            wanted = [_compile(p) for p in patterns]
+        wanted = _compiled(patterns)
+        found = self._wait(wanted, timeout, during, fail_fast=fail_fast, resets=resets)
+        if found is None:
+            raise self.gave_up(wanted, timeout, during)
+        return found
+
+    def poll(self, patterns: Pattern | Sequence[Pattern], wait: float, during: str) -> bool:
+        """Did one of `patterns` come within `wait` s? A short look whose "no" is an answer
+        (is the board quiet? up yet?), not a failure, so it asks QEMU nothing; a caller whose
+        looks all fail raises `timed_out(...)` itself. Fails fast as `expect` does."""
+        return (
+            self._wait(_compiled(patterns), wait, during, fail_fast=True, resets=True) is not None
+        )
+
+    def _wait(
+        self, wanted: list[re.Pattern[bytes]], timeout: float, during: str, *,
+        fail_fast: bool, resets: bool,
+    ) -> re.Match[bytes] | None:  # fmt: skip
+        """`expect`'s loop: the match, or None when `timeout` ran out."""
         watch = [*CRASHES, RESET_BANNER] if fail_fast else []
         deadline = time.monotonic() + timeout
+        quiet = _Quiet(self.log)
         while True:
             self.check(during)
+            if quiet.due():
+                self._look_for_a_stall(timeout, during)
             remaining = deadline - time.monotonic()
             try:
                 index = self._child.expect(
                     [*wanted, *watch, pexpect.EOF], timeout=max(0.0, min(remaining, self.SLICE))
                 )
             except pexpect.TIMEOUT:
+                self.exit_check(during, 0.0)
                 if remaining > self.SLICE:
-                    self.exit_check(during, 0.0)
                     continue
                 self.check(during)
-                self.exit_check(during, 0.0)
-                raise DeviceTimeout(self._timeout_message(wanted, timeout, during)) from None
+                return None
             except OSError:  # the socket died under pexpect
                 index = len(wanted) + len(watch)
             if index < len(wanted):
@@ -290,10 +347,10 @@ class Console:
         deadline = time.monotonic() + timeout
         while len(child.buffer) < n:
             if time.monotonic() > deadline:
-                raise DeviceTimeout(
+                raise self.timed_out(DeviceTimeout(
                     f"timed out after {timeout:g}s in {during}\n"
                     f"{self.log.last_lines()}\n    serial log: {self.log.path}"
-                )
+                ))  # fmt: skip
             try:
                 child.buffer += child.read_nonblocking(n - len(child.buffer), timeout=0.5)
             except pexpect.TIMEOUT:
@@ -319,6 +376,37 @@ class Console:
         return bool(child.buffer)
 
     # -- diagnoses --------------------------------------------------------------------
+    def _look_for_a_stall(self, timeout: float, during: str) -> None:
+        """Raise GuestStalled now if QEMU shows the guest stuck (a long, silent wait)."""
+        found = self.probe()
+        if found.stalled:
+            self.log.note(f"silent for {STALL_LOOK_AFTER:g}s: {found.words}")
+            raise GuestStalled(
+                f"the guest stopped during {during} (silent for {STALL_LOOK_AFTER:g}s of a "
+                f"{timeout:.3g}s wait); {found.words}\n  last serial lines:\n"
+                f"{self.log.last_lines()}\n    serial log: {self.log.path}"
+            )
+
+    def gave_up(
+        self, patterns: Pattern | Sequence[Pattern], timeout: float, during: str
+    ) -> DeviceTimeout:
+        """The error for a wait for `patterns` that ran out after `timeout` s, diagnosed."""
+        message = self._timeout_message(_compiled(patterns), timeout, during)
+        return self.timed_out(DeviceTimeout(message))
+
+    def timed_out(self, error: DeviceTimeout) -> DeviceTimeout:
+        """A wait that ran out, named by what QEMU says of the guest: `GuestStalled` when
+        it is stuck (harness.emulator.stall), else `error`, with the CPUs in its words."""
+        if isinstance(error, GuestStalled):
+            return error
+        found = self.probe()
+        first, _, rest = str(error).partition("\n")
+        words = f"{first}; {found.words}" + (f"\n{rest}" if rest else "")
+        self.log.note(f"wait ran out: {found.words}")
+        if found.stalled:
+            return GuestStalled(words)
+        return DeviceTimeout(words)
+
     def check(self, during: str) -> None:
         """Raise UnexpectedOutput if a forbidden line has been seen."""
         if self.log.violation is None:
@@ -369,8 +457,8 @@ class Console:
     def _timeout_message(self, wanted: list[re.Pattern[bytes]], timeout: float, during: str) -> str:
         what = " or ".join(repr(p.pattern.decode("utf-8", "replace")) for p in wanted)
         return (
-            f"timed out after {timeout:.3g}s during {during} waiting for {what}; "
-            f"last serial lines:\n{self.log.last_lines()}\n    serial log: {self.log.path}"
+            f"timed out after {timeout:.3g}s during {during} waiting for {what}\n"
+            f"  last serial lines:\n{self.log.last_lines()}\n    serial log: {self.log.path}"
         )
 
     def close(self) -> None:

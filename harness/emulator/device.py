@@ -22,24 +22,22 @@ import os
 import shutil
 import socket
 import tempfile
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from ..errors import DeviceTimeout, GuestStalled, HarnessError, ImageError, UnexpectedReset
+from ..errors import HarnessError, ImageError, UnexpectedReset
 from ..flash import formats
-from . import hostlock, janitor
+from . import hostlock, janitor, stall
 from .board import Board, QemuBoard, ServedBoard
 from .console import RESET_BANNER, Console, log_lines
 from .policy import RunPolicy
-from .qemu import CpuState, MachineSetup, find_qemu
+from .qemu import MachineSetup, find_qemu
 from .repl import Repl
 
 ResetKind = Literal["soft", "hard"]
 RUNNING = "esp32.Partition(esp32.Partition.RUNNING)"
-STALL_AFTER = 10.0  # a start-up takes about 2 s: this long silent after `entry` is a stall
 
 
 @dataclass(frozen=True)
@@ -79,6 +77,7 @@ class Device:
 
         def attach(sock: socket.socket) -> None:
             self._console = Console(sock, self.board.log, self.board.check_alive,
+                                    lambda: stall.diagnose(self.board),
                                     feed_log=not self.board.relays_log)  # fmt: skip
             self._repl = Repl(self._console)
 
@@ -108,76 +107,36 @@ class Device:
         return self.board.data
 
     def wait_prompt(self, timeout: float = 30.0) -> None:
-        """Wait for `>>> ` after power-on or reset (fails fast on crash or boot loop).
+        """Wait for `>>> ` after power-on or reset (fails fast on crash or boot loop; a
+        guest stuck meanwhile is GuestStalled, as in every console wait)."""
+        self.repl.wait_prompt(timeout)
 
-        A wait that ends with the bootloader's `entry 0x...` as the last line is a
-        stalled start-up, and says so.
-        """
-        try:
-            self.repl.wait_prompt(timeout)
-        except DeviceTimeout as exc:
-            said = [line for line in self.console.log.lines[-8:] if line.strip()]
-            if timeout >= STALL_AFTER and said and said[-1].startswith("entry 0x"):
-                load = os.getloadavg()
-                cores = os.cpu_count() or 1
-                cause = "the host" if load[0] >= cores else "the emulator"
-                raise GuestStalled(
-                    f"MicroPython never started: the emulated CPUs stalled after the "
-                    f"bootloader's `{said[-1]}` for {timeout:g}s ({self.where_stuck()}; host "
-                    f"load average {', '.join(f'{x:.2f}' for x in load)} on {cores} cores: "
-                    f"likely {cause}, not the firmware); serial log {self.console.log.path}"
-                ) from exc
-            raise
-
-    def stuck_cpus(self, gap: float = 0.3) -> list[CpuState]:
-        """The CPUs at the same PC and interrupt level in two looks `gap` apart: spinning
-        in place or halted, not running. What a guest that stopped answering is doing."""
-        try:
-            first = self.board.cpu_states()
-            time.sleep(gap)
-            again = self.board.cpu_states()
-        except HarnessError:  # a served board between two QEMUs
-            return []
-        return [a for a, b in zip(first, again, strict=False) if a == b]
-
-    def where_stuck(self) -> str:
-        """A guest that stopped answering, as QEMU sees its CPUs: one spinning at interrupt
-        level 4-5 (a high-level handler) while the other waits is a cross-CPU deadlock."""
-        stuck = self.stuck_cpus()
-        if not stuck:
-            return "where its CPUs are is not known"
-        where = f"the emulated CPUs are stuck: {'; '.join(map(str, stuck))}"
-        spinning = [c for c in stuck if c.intlevel >= 4]
-        if spinning:
-            where += (f"; CPU{spinning[0].cpu} spins in a high-level interrupt handler, "
-                      "a cross-CPU deadlock")  # fmt: skip
-        return where
-
-    def running_partition(self) -> str:
+    def running_partition(self, timeout: float = 30.0) -> str:
         """The partition MicroPython runs from, as the device itself says."""
-        return self.repl.exec(f"import esp32; print({RUNNING}.info()[4])").strip()
+        return self.repl.exec(f"import esp32; print({RUNNING}.info()[4])", timeout).strip()
 
-    def next_update_partition(self) -> str:
+    def next_update_partition(self, timeout: float = 30.0) -> str:
         """The slot esp_ota_get_next_update_partition() names."""
-        return self.repl.exec(f"import esp32; print({RUNNING}.get_next_update().info()[4])").strip()
+        code = f"import esp32; print({RUNNING}.get_next_update().info()[4])"
+        return self.repl.exec(code, timeout).strip()
 
     def flash_state(self) -> formats.FlashState:
         """otadata and the bootloader's choice, read from the live flash file."""
         return formats.FlashState.of(self.flash.read_bytes())
 
-    def start_reset(self, kind: ResetKind) -> None:
+    def start_reset(self, kind: ResetKind, timeout: float = 30.0) -> None:
         """Reset without waiting: `soft` is machine.reset() as an app calls it, `hard` is
         QMP system_reset, like the EN pin; the ROM banner and the bootloader run again."""
         self.console.log.resets_since_up.clear()
         if kind == "hard":
             self.board.hard_reset()
         else:
-            self.repl.exec_start("import machine\nmachine.reset()")
+            self.repl.exec_start("import machine\nmachine.reset()", timeout)
 
     def reset(self, kind: ResetKind, *, until: str = "prompt", timeout: float = 60.0) -> Boot:
         """Reset, wait for the ROM banner and (until='prompt') the REPL; say what booted."""
         mark = self.console.mark()
-        self.start_reset(kind)
+        self.start_reset(kind, timeout)
         return self.await_boot(mark, until=until, timeout=timeout)
 
     def await_boot(self, mark: int, *, until: str = "prompt", timeout: float = 60.0) -> Boot:

@@ -44,7 +44,7 @@ from ..errors import DeviceError, DeviceTimeout, HarnessError
 from ..flash import formats
 from ..flash.formats import Select
 from ..flash.inputs import read_input
-from .console import log_lines
+from .console import Console, log_lines
 from .device import Device, reset_reasons
 
 CHUNK = 32 * 1024
@@ -120,15 +120,17 @@ class OtaReport:
 class Deadline:
     """One timeout for a whole step: each wait gets what is left of it."""
 
-    def __init__(self, seconds: float):
+    def __init__(self, seconds: float, console: Console):
         self.seconds = seconds
         self.end = time.monotonic() + seconds
         self.start = time.monotonic()
+        self.console = console  # names a stuck guest, as every console wait does
 
     def left(self, during: str) -> float:
         remaining = self.end - time.monotonic()
         if remaining <= 0:
-            raise DeviceTimeout(f"the step's timeout of {self.seconds:g}s ran out before {during}")
+            ran_out = f"the step's timeout of {self.seconds:g}s ran out before {during}"
+            raise self.console.timed_out(DeviceTimeout(ran_out))
         return remaining
 
     def elapsed(self) -> float:
@@ -164,8 +166,8 @@ def update(
 ) -> OtaReport:
     """The harness's own OTA: deliver over UART1, write, verify, then `after`."""
     sock = dev.data
-    deadline = Deadline(timeout)
-    write = _begin(dev, payload, "harness", target)
+    deadline = Deadline(timeout, dev.console)
+    write = _begin(dev, payload, "harness", target, deadline)
     report, data = write.report, write.data
     call = f"_harness_write({report.target!r}, {len(data)}, {CHUNK})\n"
     dev.repl.exec_start(WRITER + call, deadline.left("starting the on-device writer"))
@@ -187,16 +189,18 @@ def staged(
     dev: Device, payload: Path, target: str, after: After = After(), timeout: float = 300.0
 ) -> OtaReport:
     """`after` on a slot whose payload was staged before the boot."""
-    deadline = Deadline(timeout)
-    return _finish(dev, _begin(dev, payload, "staged", target), after, deadline)
+    deadline = Deadline(timeout, dev.console)
+    return _finish(dev, _begin(dev, payload, "staged", target, deadline), after, deadline)
 
 
-def _begin(dev: Device, payload: Path, method: str, target: str | None) -> _Write:
+def _begin(
+    dev: Device, payload: Path, method: str, target: str | None, deadline: Deadline
+) -> _Write:
     """The report, the target slot and the bytes that go into it (cut to the slot)."""
     data = read_input(payload)
     report = OtaReport(str(payload), formats.classify(data), method)
     report.before = dev.flash_state()
-    report.target = target or dev.next_update_partition()
+    report.target = target or dev.next_update_partition(deadline.left("asking for the OTA slot"))
     slot = _slot(dev, report.target)
     if len(data) > slot.size:
         data, report.truncated_to_slot = data[: slot.size], True
@@ -237,7 +241,7 @@ class Library:
 def run_library(dev: Device, payload: Path, library: Library, timeout: float = 900.0) -> OtaReport:
     """Run a user's OTA library (payload already in the filesystem), follow the reboot."""
     command, confirm = library.command, library.confirm
-    deadline = Deadline(timeout)
+    deadline = Deadline(timeout, dev.console)
     report = OtaReport(str(payload), formats.classify(read_input(payload)), "library")
     report.before = dev.flash_state()
     report.target = dev.next_update_partition()
@@ -258,7 +262,7 @@ def run_library(dev: Device, payload: Path, library: Library, timeout: float = 9
         if end.err:
             raise DeviceError(end.err, report.output)
     report.timings.library_s = deadline.elapsed()
-    _after_boot(dev, report, mark, confirm)
+    _after_boot(dev, report, mark, confirm, deadline)
     report.timings.total_s = deadline.elapsed()
     return report
 
@@ -285,24 +289,27 @@ def _select_and_reboot(dev: Device, report: OtaReport, after: After, deadline: D
     elif select != "none":
         raise HarnessError(f"unknown select {select!r}: use set_boot, otadata or none")
     if report.set_boot_error or not after.reboot:
-        report.booted = dev.running_partition()
+        report.booted = dev.running_partition(deadline.left("asking what runs"))
         report.after = dev.flash_state()
         return
     mark = dev.console.mark()
     start = time.monotonic()
-    dev.start_reset("soft")
+    dev.start_reset("soft", deadline.left("the reboot"))
     dev.await_boot(mark, until="banner", timeout=min(30, deadline.left("the reboot")))
     dev.wait_prompt(min(60, deadline.left("the prompt after the reboot")))
     report.rebooted = True
     report.timings.reboot_s = round(time.monotonic() - start, 3)
-    _after_boot(dev, report, mark, after.confirm)
+    _after_boot(dev, report, mark, after.confirm, deadline)
 
 
-def _after_boot(dev: Device, report: OtaReport, mark: int, confirm: bool) -> None:
+def _after_boot(
+    dev: Device, report: OtaReport, mark: int, confirm: bool, deadline: Deadline
+) -> None:
     report.bootloader_lines = log_lines(dev.console.lines_since(mark))
-    report.booted = dev.running_partition()
+    report.booted = dev.running_partition(deadline.left("asking what booted"))
     if confirm and report.booted == report.target:
-        dev.repl.exec("import esp32; esp32.Partition.mark_app_valid_cancel_rollback()")
+        dev.repl.exec("import esp32; esp32.Partition.mark_app_valid_cancel_rollback()",
+                      deadline.left("confirming the app"))  # fmt: skip
         report.confirmed = True
     report.after = dev.flash_state()
 

@@ -12,7 +12,9 @@ below (`Machine`, `boot()`) have no defaults of their own for any of it.
 - The host alone: when a step needs it (device-side writes, the user's own tools), or
   when the firmware is a build measured to stall on a shared host (ESP-IDF before v5.0.4).
 - Retries: none unless asked; only errors that are the emulator's, never a firmware's
-  result (harness.errors.RETRYABLE).
+  result (`RETRYABLE`), for scenario cells (the runner), `harness run --retries` and the
+  pytest plugin's tests that boot QEMU alike; builds that stall get at least
+  `STALLING_BUILD_RETRIES` where retries are on, and none where they are off.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from ..errors import GuestStalled, QemuCrashed, WatchdogBootLoop, WatchdogReset
 from ..flash.firmware import FirmwareFacts
 
 WATCHDOGS = False
@@ -32,6 +35,12 @@ STALLS_BEFORE = (5, 0, 4)
 # They also deadlock now and then on a quiet host (docs/known-behaviour.md): where retries
 # are on at all, such a build gets at least this many, as `make test-matrix` gives them.
 STALLING_BUILD_RETRIES = 3
+# What a retry may rerun: QEMU's own crash, watchdog resets (the guest's clock runs on while
+# the host starves QEMU) and a guest QEMU shows stuck (harness.emulator.stall). A firmware's
+# result, and a plain DeviceTimeout (the guest ran and never said it), never are.
+RETRYABLE: tuple[type[Exception], ...] = (
+    QemuCrashed, WatchdogBootLoop, WatchdogReset, GuestStalled,
+)  # fmt: skip
 OnOff = Literal["on", "off"]
 Auto = Literal["auto", "on", "off"]
 
@@ -43,13 +52,26 @@ class RunPolicy:
     watchdogs: bool  # the emulated timer-group watchdogs run
     psram: bool  # the machine has 4 MB of PSRAM (-m 4M)
     alone: bool  # no other emulation shares the host meanwhile (harness.emulator.hostlock)
-    retries: int = 0  # more attempts after an emulator failure (errors.RETRYABLE)
+    retries: int = 0  # more attempts after an emulator failure (RETRYABLE)
 
 
 def stalls_under_load(idf_version: str | None) -> bool:
     """A build measured to stall when another emulation shares the host."""
     numbers = tuple(int(n) for n in re.findall(r"\d+", idf_version or "")[:3])
     return bool(numbers) and numbers < STALLS_BEFORE
+
+
+def retryable(error: BaseException | None) -> bool:
+    """An error a retry may rerun: the emulator's, never the firmware's (`RETRYABLE`)."""
+    return isinstance(error, RETRYABLE)
+
+
+def retry_count(requested: int, *, stalls: bool) -> int:
+    """Attempts after the first: as requested, at least STALLING_BUILD_RETRIES for a build
+    that stalls, and none at all when none were requested (RETRIES=0 means none)."""
+    if requested <= 0:
+        return 0
+    return max(requested, STALLING_BUILD_RETRIES) if stalls else requested
 
 
 def on_off(word: OnOff | None) -> bool | None:
@@ -76,7 +98,7 @@ def decide(
         watchdogs=WATCHDOGS if watchdogs is None else watchdogs,
         psram=facts.spiram if psram is None else psram,
         alone=alone or stalls,
-        retries=max(retries, STALLING_BUILD_RETRIES) if stalls and retries > 0 else retries,
+        retries=retry_count(retries, stalls=stalls),
     )
 
 

@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from qemu.qmp import QMPError
 from qemu.qmp.legacy import QEMUMonitorProtocol
@@ -109,11 +110,14 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
 @dataclass(frozen=True)
 class CpuState:
     """Where one emulated CPU is: its PC and PS.INTLEVEL (0: tasks, 3: a FreeRTOS critical
-    section, 4-5: a high-level interrupt handler)."""
+    section, 4-5: a high-level interrupt handler), and how much host CPU time the QEMU
+    thread that runs it has had so far (None: not known): a CPU that keeps its PC while its
+    thread runs is spinning; one whose thread got no time was only not scheduled."""
 
     cpu: int
     pc: int
     intlevel: int
+    host_time: float | None = None  # seconds of host CPU its vCPU thread has used
 
     def __str__(self) -> str:
         return f"CPU{self.cpu} at 0x{self.pc:08x}, interrupt level {self.intlevel}"
@@ -146,6 +150,7 @@ class Machine:
         self.proc: subprocess.Popen[bytes] | None = None
         self.serial: socket.socket | None = None
         self.qmp: QEMUMonitorProtocol | None = None
+        self._vcpu_threads: dict[int, int] | None = None  # cpu index -> host thread id
 
     def command(self, sockets: Path) -> list[str]:
         cmd = [
@@ -281,10 +286,48 @@ class Machine:
             return []
         finally:
             self.qmp.settimeout(None)
+        times = self._thread_times()
         return [
-            CpuState(int(cpu), int(pc, 16), int(ps, 16) & 0xF)
+            CpuState(int(cpu), int(pc, 16), int(ps, 16) & 0xF, times.get(int(cpu)))
             for cpu, pc, ps in _CPU_REGS.findall(str(text))
         ]
+
+    def _thread_times(self) -> dict[int, float]:
+        """Host CPU seconds each vCPU thread has used (QMP `query-cpus-fast` names the
+        threads, /proc counts their time); empty where either cannot say."""
+        if self._vcpu_threads is None:
+            try:
+                assert self.qmp is not None
+                reply: Any = self.qmp.cmd("query-cpus-fast")
+                self._vcpu_threads = {int(c["cpu-index"]): int(c["thread-id"]) for c in reply}
+            except Exception:  # a diagnosis only
+                return {}
+        assert self.proc is not None
+        tick = os.sysconf("SC_CLK_TCK")
+        times = {}
+        for cpu, tid in self._vcpu_threads.items():
+            try:
+                stat = Path(f"/proc/{self.proc.pid}/task/{tid}/stat").read_text()
+            except OSError:
+                continue
+            fields = stat.rsplit(")", 1)[1].split()  # after the thread's name
+            times[cpu] = (int(fields[11]) + int(fields[12])) / tick  # utime + stime
+        return times
+
+    def vm_status(self, timeout: float = 3.0) -> str | None:
+        """QMP `query-status`: "running", "paused" (stopped over QMP), "internal-error", ...;
+        None when QEMU cannot say within `timeout` or is gone."""
+        if self.qmp is None or self.exit_status() is not None:
+            return None
+        self.qmp.settimeout(timeout)
+        try:
+            reply = self.qmp.cmd("query-status")
+        except Exception:  # a diagnosis only, as cpu_states
+            return None
+        finally:
+            self.qmp.settimeout(None)
+        status = reply.get("status") if isinstance(reply, dict) else None
+        return status if isinstance(status, str) else None
 
     @property
     def trace_path(self) -> Path:

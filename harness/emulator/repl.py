@@ -18,7 +18,7 @@ import struct
 import time
 from dataclasses import dataclass
 
-from ..errors import DeviceError, DeviceTimeout, HarnessError
+from ..errors import DeviceError, HarnessError
 from .console import RESET_BANNER, Console
 
 CTRL_A, CTRL_B, CTRL_C, CTRL_D, CTRL_E = b"\x01", b"\x02", b"\x03", b"\x04", b"\x05"
@@ -71,16 +71,13 @@ class Repl:
         deadline = time.monotonic() + timeout
         if self._settle(deadline, every):
             return
-        while True:
+        while time.monotonic() < deadline:
             self.console.send(CTRL_C + CTRL_B)  # stop a program; leave raw mode, or reprint
-            try:
-                wait = max(0.1, min(every, deadline - time.monotonic()))
-                self.console.expect(PROMPT, wait, during="waking the REPL")
+            wait = max(0.1, min(every, deadline - time.monotonic()))
+            if self.console.poll(PROMPT, wait, during="waking the REPL"):
                 self.raw, self.known = False, True
                 return
-            except DeviceTimeout:
-                if time.monotonic() >= deadline:
-                    raise
+        raise self.console.gave_up(PROMPT, timeout, "waking the REPL (Ctrl-C, Ctrl-B)")
 
     def _settle(self, deadline: float, quiet: float) -> bool:
         """Wait until the board prints its prompt (True) or says nothing for a while (False:
@@ -91,13 +88,11 @@ class Repl:
             before = self.console.log.received
             starting = bool(self.console.log.resets_since_up)
             wait = min(BOOT_QUIET if starting else quiet, max(0.0, deadline - time.monotonic()))
-            try:
-                self.console.expect(PROMPT, wait, during="waiting for the board to start")
+            if self.console.poll(PROMPT, wait, during="waiting for the board to start"):
                 self.raw, self.known = False, True
                 return True
-            except DeviceTimeout:
-                if self.console.log.received == before:
-                    return False
+            if self.console.log.received == before:
+                return False
         return False
 
     def line(self, code: str, timeout: float = 10.0) -> str:

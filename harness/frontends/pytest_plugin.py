@@ -36,6 +36,8 @@ from ..sources import manifest
 
 MARKERS = {
     "emulation": "boots Espressif's QEMU (skipped with a reason when it cannot be found)",
+    "stalling_build": "boots a build measured to stall in QEMU (harness.emulator.policy): "
+    "where --retries is on, it gets at least policy.STALLING_BUILD_RETRIES",
     "2mb": "runs on a 2MB flash image",
     "4mb": "runs on a 4MB flash image",
     "8mb": "runs on an 8MB flash image",
@@ -83,8 +85,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--retries",
         type=int,
         default=0,
-        help="rerun a scenario cell whose QEMU crashed itself or whose guest watchdog fired, "
-        "up to N times (each attempt reported)",
+        help="rerun a scenario cell, or a test that boots QEMU, up to N times when the "
+        "emulator failed it (QEMU crashed, a guest watchdog fired, the guest stalled); each "
+        "attempt is reported; 0: no retry at all",
     )
 
 
@@ -231,10 +234,11 @@ class _RetryLog:
                     terminalreporter.line(f"    {attempt}")
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         if "qemu" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.emulation)
+            _retry_as_the_policy_says(config, item)
     # Scenario cells longest first, so parallel workers finish together instead of one
     # waiting on the other's last long cell; those that need the host to themselves
     # (harness.emulator.hostlock) last, when the other workers are done and the host is quiet
@@ -243,6 +247,18 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     cells = sorted((items[i] for i in slots), key=_scheduling_key)
     for i, item in zip(slots, cells, strict=True):
         items[i] = item
+
+
+def _retry_as_the_policy_says(config: pytest.Config, item: pytest.Item) -> None:
+    """A test that boots QEMU is retried like a scenario cell: on the policy's errors only
+    (policy.RETRYABLE, matched by class), as often as --retries and the policy say, through
+    pytest-rerunfailures' `flaky` mark; with --retries 0, never."""
+    requested = config.getoption("retries")
+    if requested <= 0 or not config.pluginmanager.hasplugin("rerunfailures"):
+        return
+    stalls = item.get_closest_marker("stalling_build") is not None
+    count = policy.retry_count(requested, stalls=stalls)
+    item.add_marker(pytest.mark.flaky(reruns=count, only_rerun=list(policy.RETRYABLE)))
 
 
 def _scheduling_key(item: pytest.Item) -> tuple[bool, int]:

@@ -32,8 +32,8 @@ from pathlib import Path
 
 from ..emulator.console import log_lines
 from ..emulator.device import BootOptions, Device, boot
-from ..emulator.policy import stalls_under_load
-from ..errors import RETRYABLE, DeviceTimeout, GuestStalled, HarnessError, StepFailed
+from ..emulator.policy import retryable
+from ..errors import HarnessError, StepFailed
 from ..flash import formats, images, ops
 from ..flash.firmware import sha256_of
 from ..flash.images import BuiltImage
@@ -187,17 +187,6 @@ def _attempts(run: CellRun, folder: Path, result: CellResult) -> None:
             return
 
 
-def retryable(error: BaseException | None) -> bool:
-    """Only what is likely not the firmware's doing: QEMU's own crash, or watchdog resets.
-
-    Under emulation the guest's clock keeps running while the host starves QEMU, so a
-    watchdog reset (in a boot loop, or in the middle of a REPL or OTA step) is most often
-    the host's doing. A firmware that truly trips its watchdog does so again on the
-    retry, and fails; the retry only costs time, and is reported.
-    """
-    return isinstance(error, RETRYABLE)
-
-
 def _safe(name: str) -> str:
     return re.sub(r"[^\w.\[\]-]+", "_", name)
 
@@ -239,8 +228,7 @@ class CellAttempt:
                 self.progress(self.plan, step.index, step.kind)
             try:
                 record.detail = self._step(step)
-            except HarnessError as raised:
-                error = self._stall_named(raised)
+            except HarnessError as error:
                 record.status, record.elapsed_s = "failed", self._since(record)
                 failure = StepFailed(self._failure(record, error))
                 failure.__cause__ = error
@@ -314,20 +302,6 @@ class CellAttempt:
 
     def _since(self, record: StepRecord) -> float:
         return round(self.now() - record.start_s, 3)
-
-    def _stall_named(self, exc: HarnessError) -> HarnessError:
-        """A device that stopped answering, on a build before ESP-IDF 5.0.4, is that build's
-        known stall under QEMU 8.0 (it passes on the next run), so say so, and let the
-        retry policy have it."""
-        if type(exc) is not DeviceTimeout or not stalls_under_load(self.plan.facts.idf_version):
-            return exc
-        where = self.dev.where_stuck() if self.dev is not None else "the device stopped answering"
-        stalled = GuestStalled(
-            f"{exc}\n  {where}; builds before ESP-IDF 5.0.4 stall like this under QEMU 8.0 "
-            "even on a quiet host (docs/known-behaviour.md), the emulator, not the firmware"
-        )
-        stalled.__cause__ = exc
-        return stalled
 
     def runtime_vars(self) -> dict[str, str]:
         """${port}, ${rfc2217} (once the board is served), the run's files and offsets."""
