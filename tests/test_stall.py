@@ -68,8 +68,10 @@ def test_a_cpu_whose_thread_did_not_run_is_starved_not_stuck() -> None:
     the thread to have burnt host time meanwhile, as a spin does."""
 
     def looks(ran: float) -> list[list[CpuState]]:
-        return [[CpuState(0, 0x4009_5A07, 3, 7.0 + ran * i), CpuState(1, 0x4008_1DA0, 5, 3.0 + 0.2 * i)]
-                for i in range(5)]  # fmt: skip
+        return [
+            [CpuState(0, 0x4009_5A07, 3, 7.0 + ran * i), CpuState(1, 0x4008_1DA0, 5, 3 + 0.2 * i)]
+            for i in range(5)
+        ]
 
     assert not Diagnosis.of("running", looks(0.01), 1.0).stalled
     assert Diagnosis.of("running", looks(0.2), 1.0).stalled
