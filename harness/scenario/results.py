@@ -19,7 +19,7 @@ from __future__ import annotations
 import functools
 import json
 import typing
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Generic, Literal, TypeVar, Union
@@ -226,29 +226,39 @@ class StepRecord(BaseModel, Generic[D]):
         return value if isinstance(value, dict) else {} if value is None else {"": value}
 
 
-def _detail_types() -> dict[str, Any]:
-    """Step kind -> the type its handler returns (the handlers register on import)."""
+def _handlers() -> Mapping[str, Callable[..., object]]:
+    """Step kind -> its handler, whose return annotation is the detail's type."""
     from .steps import HANDLERS  # steps imports this module: read when first asked
 
-    return {kind: typing.get_type_hints(h).get("return", Any) for kind, h in HANDLERS.items()}
+    return HANDLERS
+
+
+@functools.cache
+def _detail_type(handler: Callable[..., object]) -> Any:
+    return typing.get_type_hints(handler).get("return", Any)
 
 
 @functools.cache
 def _record_type(kind: str) -> type[StepRecord[Any]]:
-    detail = _detail_types().get(kind, Any)
+    handler = _handlers().get(kind)
+    detail = _detail_type(handler) if handler is not None else Any
     return typing.cast("type[StepRecord[Any]]", StepRecord[detail])  # type: ignore[valid-type]
 
 
 def _kind(value: Any) -> str:
     kind = value.get("step") if isinstance(value, dict) else getattr(value, "step", None)
-    return kind if isinstance(kind, str) and kind in _detail_types() else "*"
+    return kind if isinstance(kind, str) and kind in _handlers() else "*"
+
+
+def _steps_adapter() -> TypeAdapter[list[StepRecord[Any]]]:
+    return _adapter(tuple(_handlers()))
 
 
 @functools.cache
-def _steps_adapter() -> TypeAdapter[list[StepRecord[Any]]]:
+def _adapter(kinds: tuple[str, ...]) -> TypeAdapter[list[StepRecord[Any]]]:
     """The timeline as a discriminated union tagged by step kind (`*`: a kind this
     harness does not know, read with its detail as plain JSON)."""
-    variants = [Annotated[_record_type(k), Tag(k)] for k in _detail_types()]
+    variants = [Annotated[_record_type(k), Tag(k)] for k in kinds]
     union: Any = Union.__getitem__((*variants, Annotated[StepRecord[Any], Tag("*")]))
     return TypeAdapter(list[Annotated[union, Discriminator(_kind)]])
 
