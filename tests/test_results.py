@@ -27,8 +27,10 @@ from harness.scenario import steps
 from harness.scenario.results import (
     SCHEMA,
     ArtifactsError,
+    Attempt,
     CellId,
     CellResult,
+    attempt_folder,
     iter_cells,
     load_cell,
     load_timeline,
@@ -162,3 +164,23 @@ def test_the_report_marks_the_lines_from_the_result_not_from_the_message(tmp_pat
     assert [m.label for m in after.marks] == ["firmware written into ota_1 (staged), 1.3 MB"]
     assert [b.name for b in after.boxes if b.booted] == ["ota_0"]
     assert (passed.column, passed.release, passed.size) == ("16mb-v1.25.0", "v1.25.0", "16MB")
+
+
+def test_a_retried_cell_shows_the_attempt_its_verdict_is_from(tmp_path: Path) -> None:
+    """The first attempt's files stay in the cell's folder, the second's in attempt-2/:
+    the report draws the serial log and flash of the attempt that decided the cell."""
+    result = ran(tmp_path, CELL)
+    first, second = result.folder, attempt_folder(result.folder, 2)
+    second.mkdir()
+    for name in ("serial.log", "timeline.json", "flash-before.json", "flash-after.json"):
+        shutil.copy(first / name, second / name)
+        (first / name).unlink()
+    (first / "serial.log").write_text("[    0.000] rst:0x7 (TG0WDT_SYS_RESET)\n")
+    result.attempts = [Attempt(1, "failed", "WatchdogReset: ...", str(first)),
+                       Attempt(2, "passed", "", str(second))]  # fmt: skip
+    result.write(first)
+    (view,) = views.load(tmp_path, tmp_path / "report.html").cells
+    assert view.status == "retried" and view.serial is not None
+    assert [line.text for line in view.serial.lines if line.kind == "match"] == REFUSED
+    assert [when for when, _ in view.maps] == ["before", "after"]
+    assert load_cell(first).last_run == second

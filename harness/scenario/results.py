@@ -342,6 +342,11 @@ class CellResult(_File):
         return self._folder or Path(self.artifacts)
 
     @property
+    def last_run(self) -> Path:
+        """The folder of the attempt the verdict is from: its serial log, its flash."""
+        return attempt_folder(self.folder, len(self.attempts) or 1)
+
+    @property
     def serial_logs(self) -> list[Path]:
         root = self.folder
         return sorted(root.glob("serial.log")) + sorted(root.glob("attempt-*/serial.log"))
@@ -360,8 +365,8 @@ class CellResult(_File):
         return None
 
     def flash(self, when: When) -> FlashSummary | None:
-        """The flash before or after the run, as the cell's flash summary says."""
-        path = self.folder / FLASH_FILES[when]
+        """The flash before or after the last attempt, as its flash summary says."""
+        path = self.last_run / FLASH_FILES[when]
         return _read(path, FlashSummary) if path.exists() else None
 
     def write(self, folder: Path) -> None:
@@ -373,6 +378,11 @@ class CellResult(_File):
         result = _read(path, cls)
         result._folder = path.parent
         return result
+
+
+def attempt_folder(cell: Path, number: int) -> Path:
+    """Where attempt `number` of a cell keeps its files: the cell's folder, then attempt-N."""
+    return cell if number == 1 else cell / f"attempt-{number}"
 
 
 def load_cell(folder: Path) -> CellResult:

@@ -60,6 +60,7 @@ from .results import (
     StepRecord,
     Violation,
     When,
+    attempt_folder,
     write_timeline,
 )
 from .steps import HANDLERS, Matched
@@ -181,7 +182,7 @@ class CellRun:
 
 def _attempts(run: CellRun, folder: Path, result: CellResult) -> None:
     for number in range(1, run.plan.policy.retries + 2):
-        run_dir = folder if number == 1 else folder / f"attempt-{number}"
+        run_dir = attempt_folder(folder, number)
         attempt = CellAttempt(run, run_dir)
         error = attempt.run()
         result.timeline, result.booted = attempt.timeline, attempt.booted

@@ -311,7 +311,8 @@ def _detail(step: StepRecord[Any]) -> str:
 
 
 def _serial(result: CellResult, page_dir: Path) -> SerialView | None:
-    path = result.folder / "serial.log"
+    """The serial log of the attempt the verdict is from, the lines that decided it marked."""
+    path = result.last_run / "serial.log"
     if not path.exists():
         return None
     raw = path.read_text("utf-8", "replace").splitlines()
