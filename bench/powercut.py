@@ -11,7 +11,6 @@ finds it), one after the other, retries off. Prints a table and a key=value line
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import statistics
 import subprocess
@@ -19,6 +18,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from harness.scenario.results import iter_cells
 
 HEAD = """title: bench
 source: bench/powercut.py
@@ -49,8 +50,8 @@ def run(scenario: Path, artifacts: Path) -> tuple[float, str]:
 
 def _step_seconds(artifacts: Path, kind: str) -> list[float]:
     """How long each `kind` step took in the one cell under `artifacts` (its timeline)."""
-    (timeline,) = artifacts.glob("*/timeline.json")
-    return [s["elapsed_s"] for s in json.loads(timeline.read_text()) if s["step"] == kind]
+    (cell,) = iter_cells(artifacts)
+    return [s.elapsed_s for s in cell.timeline if s.step == kind]
 
 
 def main() -> int:

@@ -97,6 +97,11 @@ class UnexpectedOutput(HarnessError):
 
     exit_code = 1
 
+    def __init__(self, message: str, rule: str = "", line: str = ""):
+        super().__init__(message)
+        self.rule = rule  # the `not_expect` pattern, as the scenario wrote it
+        self.line = line  # the serial line that matched it
+
 
 class StepFailed(HarnessError):
     """A scenario step's expectation was not met (the message names step and evidence)."""

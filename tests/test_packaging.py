@@ -99,13 +99,77 @@ def test_nightly_matrix_runs_the_library_per_size_and_release() -> None:
         assert word in text
 
 
-def test_nightly_merges_every_jobs_artifacts_into_one_uploaded_report() -> None:
-    job = yaml.safe_load((ROOT / ".github/workflows/nightly.yml").read_text())["jobs"]["report"]
+def _summary_cells(markdown: str) -> list[str]:
+    """The cells a summary's table lists, as `scenario[cell]`."""
+    rows = [line.split("|")[1:3] for line in markdown.splitlines() if line.startswith("| ")]
+    return sorted(f"{s.strip()}[{c.strip()}]" for s, c in rows if s.strip() != "scenario")
+
+
+def _report_cells(html: str) -> list[str]:
+    return sorted(re.findall(r'<section class="cellpage [^"]*" id="[^"]*" data-name="([^"]*)"',
+                             html))  # fmt: skip
+
+
+def _run_steps(steps: list[dict[str, object]], cwd: Path, summary: Path) -> None:
+    """The `run:` steps that call the harness, as the runner's bash would, with the
+    harness of this environment on PATH and expressions (`${{ ... }}`) made placeholders."""
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}",
+           "GITHUB_STEP_SUMMARY": str(summary)}  # fmt: skip
+    for step in steps:
+        script = str(step.get("run", ""))
+        if "harness " not in script or "pip install" in script:
+            continue
+        script = re.sub(r"\$\{\{[^}]*\}\}", "https://example.invalid/artifact", script)
+        done = subprocess.run(["bash", "-e", "-c", script], cwd=cwd, env=env,
+                              capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert done.returncode == 0, f"{step.get('name')}: {done.stderr}"
+
+
+def test_the_nightly_summary_and_report_list_the_same_cells_of_merged_jobs(
+    tmp_path: Path,
+) -> None:
+    """The report job's own steps, run on the folder its download step makes (each
+    matrix job's artifacts one level deeper, in a folder named for the artifact): the
+    summary's table and report.html list every cell the jobs wrote; so does each job's
+    own summary (`harness report` in the image, here on this machine)."""
+    from cells import ran, skipped
+
+    from harness.scenario.results import CellId
+
+    flow = yaml.safe_load((ROOT / ".github/workflows/nightly.yml").read_text())
+    job = flow["jobs"]["report"]
     assert job["needs"] == "scenarios" and job["if"] == "always()"
-    text = yaml.safe_dump(job)
-    for word in ("pattern: scenarios-*", "harness report merged --html report.html",
-                 "path: report.html", "artifact-url", "GITHUB_STEP_SUMMARY"):  # fmt: skip
-        assert word in text, word
+    download = next(s for s in job["steps"] if "download-artifact" in str(s.get("uses")))
+    merged = tmp_path / download["with"]["path"]
+    jobs: dict[Path, list[str]] = {}
+    for index, size in enumerate(("4MB", "16MB")):  # artifact names as the matrix makes them
+        folder = merged / download["with"]["pattern"].replace("*", f"{size}-{index}")
+        cells = [ran(folder, CellId(scenario="ota-full-image-into-slot", flash_size=size,
+                                    firmware="v1.25.0")),
+                 ran(folder, CellId(scenario="guarded", flash_size=size, firmware="v1.25.0"),
+                     guarded=True),
+                 *skipped(folder, size, tmp_path)]  # fmt: skip
+        (folder / "junit.xml").write_text("<testsuite/>")  # what else a job leaves
+        jobs[folder] = sorted(c.name for c in cells)
+    every = sorted(name for names in jobs.values() for name in names)
+    assert len(set(every)) == len(every) == 6
+
+    summary = tmp_path / "summary.md"
+    _run_steps(job["steps"], tmp_path, summary)
+    pages = [tmp_path / p for p in re.findall(r"--html (\S+)", yaml.safe_dump(job["steps"]))]
+    assert pages and all(page.exists() for page in pages)
+    assert _summary_cells(summary.read_text()) == every
+    assert all(_report_cells(page.read_text()) == every for page in pages)
+
+    runs = [str(s.get("run")) for s in flow["jobs"]["scenarios"]["steps"]]
+    each = next(r for r in runs if "GITHUB_STEP_SUMMARY" in r and " report " in r)
+    called = re.search(r'"\$IMAGE" (report \S+)', each)
+    assert called is not None, each
+    for folder, names in jobs.items():
+        args = called.group(1).replace("/artifacts", str(folder)).split()
+        done = subprocess.run([str(BIN / "harness"), *args], capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        assert _summary_cells(done.stdout) == names
 
 
 def test_ci_runs_on_push_and_pull_request_with_a_16mb_smoke_scenario() -> None:
@@ -120,21 +184,6 @@ def test_no_workflow_or_recipe_builds_qemu() -> None:
     for path in [DOCKERFILE, *WORKFLOWS, ROOT / "Makefile"]:
         text = path.read_text()
         assert "configure --target-list" not in text and "ninja" not in text, path
-
-
-def test_markdown_report_of_an_artifacts_folder(tmp_path: Path) -> None:
-    import json
-
-    cell = tmp_path / "ota-full-image-into-slot[16mb-v1.25.0]"
-    cell.mkdir()
-    cell.joinpath("result.json").write_text(json.dumps({
-        "name": cell.name, "status": "passed", "booted": "ota_0", "elapsed_s": 21.5,
-        "attempts": [{"attempt": "1", "status": "passed"}],
-    }))  # fmt: skip
-    run = subprocess.run([sys.executable, "-m", "harness", "report", str(tmp_path)],
-                         capture_output=True, text=True, env={**os.environ})  # fmt: skip
-    assert run.returncode == 0
-    assert "| ota-full-image-into-slot | 16mb-v1.25.0 | pass | ota_0 | 21.5 s |" in run.stdout
 
 
 def test_nightly_releases_come_from_the_firmware_manifest() -> None:

@@ -24,6 +24,7 @@ from harness.flash import formats
 from harness.frontends.html import write_inspect, write_report
 from harness.scenario import format as scenario_format
 from harness.scenario import plan, runner
+from harness.scenario.results import load_cell
 
 ROOT = Path(__file__).resolve().parent.parent
 GUARDED = """title: the starting report, guarded against
@@ -202,3 +203,20 @@ def test_harness_report_html_merges_the_artifacts_of_several_jobs(run: Any, tmp_
     html = out.read_text()
     assert html.count('<td class="cell ') == 3
     assert all(f'data-name="{r.name}"' in html for r in run["results"])
+
+
+def test_the_cells_record_the_lines_expect_matched_and_the_one_not_expect_failed_on(
+    run: Any,
+) -> None:
+    """Recorded by the console and the runner as they happen, read back from the files."""
+    starting, failed = run["results"][0], next(r for r in run["results"] if r.status == "failed")
+    first, second = starting.matched  # one line per pattern of its `expect`
+    assert first.startswith("E (") and first.endswith("invalid: overlaps bootloader data")
+    assert second.startswith("E (") and second.endswith("OTA app partition slot 1 is not bootable")
+    violation = failed.violation
+    assert violation is not None and violation.rule == "overlaps bootloader data"
+    assert violation.rule in violation.line and violation.line in failed.message
+    assert [r.step for r in failed.timeline if r.status == "failed"] == ["ota"]
+    for result in (starting, failed):
+        loaded = load_cell(Path(result.artifacts))
+        assert (loaded.matched, loaded.violation) == (result.matched, result.violation)

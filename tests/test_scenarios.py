@@ -19,6 +19,7 @@ from harness.sources.manifest import FirmwareSelector
 
 ROOT = Path(__file__).parent.parent
 LIBRARY = sorted((ROOT / "scenarios").glob("*.yaml"))
+EVERY_LIBRARY_FILE = sorted((ROOT / "scenarios").rglob("*.yaml"))  # power-loss/ too
 
 GOOD = """\
 title: t
@@ -64,10 +65,12 @@ def error_of(tmp_path: Path, text: str) -> str:
     return message.removeprefix(f"{path}:")
 
 
-@pytest.mark.parametrize("path", LIBRARY, ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", EVERY_LIBRARY_FILE, ids=lambda p: p.stem)
 def test_every_library_scenario_loads_and_names_its_source(path: Path) -> None:
+    """The library's convention, not the format's: each of its files says where the
+    failure was reported (a user's own scenario need not)."""
     loaded = scenario.load(path)
-    assert loaded.title and loaded.source
+    assert loaded.title and loaded.source, f"{path}: the library's scenarios name a source:"
     assert loaded.matrix.flash_size
 
 
@@ -136,8 +139,14 @@ def test_unknown_step(tmp_path: Path) -> None:
 
 
 def test_missing_field(tmp_path: Path) -> None:
-    message = error_of(tmp_path, GOOD.replace("source: s\n", ""))
-    assert message == "1: scenario: missing required field 'source'"
+    message = error_of(tmp_path, GOOD.replace("title: t\n", ""))
+    assert message == "1: scenario: missing required field 'title'"
+
+
+def test_a_users_scenario_needs_no_source(tmp_path: Path) -> None:
+    """Copied from the docs without the `source:` line, as a new user would write it."""
+    loaded = scenario.load(write(tmp_path, GOOD.replace("source: s\n", "")))
+    assert loaded.source is None and loaded.title == "t"
 
 
 def test_missing_step_argument(tmp_path: Path) -> None:
@@ -200,9 +209,20 @@ def test_not_a_mapping(tmp_path: Path) -> None:
 
 
 def test_json_schema_names_every_step() -> None:
-    text = str(scenario.json_schema())
-    for step in scenario.STEP_FORMATS:
-        assert step in text
+    """Each member of the schema's step union is a mapping with one key, the step's name,
+    whose value is that step's format: the keys are exactly the registered steps."""
+    schema = scenario.json_schema()
+    defs = schema["$defs"]
+    keys = []
+    for member in schema["properties"]["steps"]["items"]["oneOf"]:
+        step = defs[member["$ref"].removeprefix("#/$defs/")]
+        assert step["additionalProperties"] is False and len(step["properties"]) == 1, step
+        (key,) = step["properties"]
+        assert step["required"] == [key]
+        args = defs[step["properties"][key]["$ref"].removeprefix("#/$defs/")]
+        assert args["title"] == scenario.STEP_FORMATS[key].__name__
+        keys.append(key)
+    assert sorted(keys) == sorted(scenario.STEP_FORMATS)
 
 
 def test_every_step_format_has_a_handler_and_nothing_else_does() -> None:

@@ -1,8 +1,9 @@
 """A user's own scenario, run from the user's own folder, as a new user writes one.
 
-Named by a relative path, it uses a file beside it through `${scenario_dir}`, esptool with
-its defaults (no stub setting of its own), and an `expect` after a `run` step that leaves
-the board unable to boot: a 16MB partition table written onto a 4MB board.
+Named by a relative path, with no `source:` (the library's convention, not the format's),
+it uses a file beside it through `${scenario_dir}`, esptool with its defaults (no stub
+setting of its own), and an `expect` after a `run` step that leaves the board unable to
+boot: a 16MB partition table written onto a 4MB board.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from harness.flash import images
 
 SCENARIO = """\
 title: My 4MB board after writing the 16MB table from the guide
-source: my bench, 2026-12-02
 matrix: {flash_size: [4MB], firmware: [ESP32_GENERIC-OTA@v1.25.0]}
 steps:
   - boot: prompt

@@ -414,8 +414,9 @@ class Console:
         rule, line = self.log.violation
         raise UnexpectedOutput(
             f"serial output showed {rule.text!r} (not_expect) during {during}: {line!r}\n"
-            f"{self.log.last_lines()}\n    serial log: {self.log.path}"
-        )
+            f"{self.log.last_lines()}\n    serial log: {self.log.path}",
+            rule=rule.text, line=line,
+        )  # fmt: skip
 
     def _check_boot_loop(self, during: str) -> None:
         reasons = self.log.resets_since_up

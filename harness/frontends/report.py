@@ -18,7 +18,7 @@ from typing import TextIO
 
 from ..emulator.console import strip_ansi
 from ..scenario.plan import CellPlan
-from ..scenario.results import CellResult, cut_property, cut_table
+from ..scenario.results import CellResult, cut_property, cut_table, iter_cells
 
 MAX_LOG = 2_000_000  # characters of serial log per test case in the XML
 NOT_XML = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")  # XML 1.0 forbids these
@@ -51,20 +51,20 @@ def summary(results: list[CellResult], elapsed: float) -> str:
 
 
 def markdown(artifacts: Path) -> str:
-    """A table of every cell under `artifacts` (its result.json files), for CI summaries.
+    """A table of every cell under `artifacts` (at any depth: several CI jobs' artifacts
+    merged), for CI summaries; the same cells the HTML report shows.
 
     Firmware that is not pinned by sha256 in the manifest is listed under the table,
     with the sha256 it ran with, so an unpinned release never goes unnoticed.
     """
-    results = [CellResult.load(p) for p in sorted(artifacts.glob("*/result.json"))]
+    results = list(iter_cells(artifacts))
     if not results:
         return f"no results under {artifacts}"
     rows = ["| scenario | cell | result | booted | time |", "|---|---|---|---|---|"]
     for result in results:
-        scenario, _, cell = result.name.partition("[")
         mark = {"passed": "pass", "failed": "**FAIL**", "skipped": "skip"}.get(result.status, "?")
         tries = f" ({len(result.attempts)} attempts)" if len(result.attempts) > 1 else ""
-        rows.append(f"| {scenario} | {cell.rstrip(']')} | {mark}{tries} | "
+        rows.append(f"| {result.cell.scenario} | {result.cell.id} | {mark}{tries} | "
                     f"{result.booted or ''} | {result.elapsed_s:.1f} s |")  # fmt: skip
     notes = unpinned_lines(results)
     return "\n".join([*rows, *(["", *notes] if notes else [])])
@@ -95,9 +95,8 @@ def junit(results: list[CellResult], path: Path) -> None:
         time=f"{sum(r.elapsed_s for r in results):.3f}",
     )
     for result in results:
-        scenario, _, cell = result.name.partition("[")
         case = ET.SubElement(
-            suite, "testcase", classname=scenario, name=f"{scenario}[{cell}",
+            suite, "testcase", classname=result.cell.scenario, name=result.name,
             time=f"{result.elapsed_s:.3f}",
         )  # fmt: skip
         if result.status == "failed":

@@ -29,7 +29,7 @@ from ..flash.inputs import read_firmware, read_input
 from ..flash.inspect import FileReport, examine
 from ..flash.size import FlashSize
 from ..scenario import format, plan, runner
-from ..scenario.results import CellResult, StepRecord, cut_table
+from ..scenario.results import CellResult, StepRecord, cut_table, load_cell
 from ..sources.manifest import FirmwareSelector
 from .html import write_report
 
@@ -118,7 +118,8 @@ def run(req: Request, save: Path | None, artifacts: Path, qemu: str | None) -> V
     cell = plan.cells(scenario, FirmwareSelector(download=False), plan.RunOptions())[0]
     if isinstance(cell, plan.CellPlan):
         runner.build(cell)  # an image that cannot be made: one line, before any boot
-    result = runner.run_cell(cell, runner.Setup(artifacts, qemu))
+    ran = runner.run_cell(cell, runner.Setup(artifacts, qemu))
+    result = load_cell(Path(ran.artifacts))  # judged from what the cell left, as reports are
     judged = _judge(req, result, data, save)
     page = write_report(artifacts, cells=[Path(result.artifacts)], title=f"harness repro: "
                         f"{req.update.name} -> {req.firmware.name}")  # fmt: skip
@@ -170,14 +171,14 @@ def _cut_verdict(
 def _outcome(result: CellResult, expecting: bool) -> Outcome:
     ota = result.detail("ota", OtaReport)
     lines = [TIMESTAMP.sub("", line) for line in (ota.bootloader_lines if ota else [])]
-    last: StepRecord | None = result.timeline[-1] if result.timeline else None
+    last: StepRecord[Any] | None = result.timeline[-1] if result.timeline else None
     missed = expecting and last is not None and last.step == "expect" and last.status == "failed"
     ran = result.status == "passed" or (missed and _only_failure_is(result, last))
     booted = (ota.booted if ota else None) or result.booted
     return Outcome(result, ota, lines, booted, ran, missed)
 
 
-def _only_failure_is(result: CellResult, record: StepRecord | None) -> bool:
+def _only_failure_is(result: CellResult, record: StepRecord[Any] | None) -> bool:
     return record is not None and all(r.status == "passed" for r in result.timeline[:-1])
 
 

@@ -1,8 +1,8 @@
 """The scenario file format, and nothing else: pydantic models, their checks, their JSON Schema.
 
-A scenario names the failure it reproduces and where it was reported, the images it runs
-on (a matrix of flash sizes x firmware, optionally x PSRAM), and ordered steps, each in
-the format of harness.scenario.stepformats. `load()` validates a file and turns any
+A scenario names the failure it reproduces (and, optionally, where it was reported), the
+images it runs on (a matrix of flash sizes x firmware, optionally x PSRAM), and ordered
+steps, each in the format of harness.scenario.stepformats. `load()` validates a file and turns any
 problem into one line, `file:line: what is wrong`.
 
 Importing this module loads no emulator code (QEMU, pexpect, pyserial); `harness schema`
@@ -116,7 +116,9 @@ class Scenario(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     title: str  # what it reproduces, in a line
-    source: str  # link to the report, or where the case comes from
+    # link to the report, or where the case comes from: optional for a user's own
+    # scenario; the library's convention (tests/test_scenarios.py requires it of scenarios/)
+    source: str | None = None
     notes: str | None = None  # where the real bootloader's wording differs from the report
     requires: list[Need] = Field(default_factory=list)
     vars: dict[str, str] = Field(default_factory=dict)

@@ -27,6 +27,7 @@ from ..flash.firmware import FirmwareFacts
 from ..flash.size import FlashSize
 from ..sources.manifest import ENTRY_ID, Firmware, FirmwareSelector, FirmwareUnavailable
 from .format import PARTITION_VAR, RUNTIME_VARS, VARIABLE, Scenario, ScenarioError, payload_var
+from .results import CellId
 from .stepformats import Args, ImageFile, Staged
 
 A = TypeVar("A", bound=Args)
@@ -74,7 +75,7 @@ class CellPlan:
     """One matrix combination of one scenario that can run here: one test item."""
 
     scenario: Scenario
-    id: str  # 16mb-v1.25.0
+    cell_id: CellId  # its parts: scenario, size, firmware, PSRAM
     flash_size: FlashSize
     firmware: Firmware
     facts: FirmwareFacts
@@ -88,8 +89,12 @@ class CellPlan:
     variables: Mapping[str, str] = field(default_factory=dict)  # the scenario's, expanded
 
     @property
+    def id(self) -> str:
+        return self.cell_id.id  # 16mb-v1.25.0
+
+    @property
     def name(self) -> str:
-        return f"{self.scenario.name}[{self.id}]"
+        return self.cell_id.name
 
     @property
     def payload_vars(self) -> frozenset[str]:
@@ -118,15 +123,19 @@ class Skipped:
     """A matrix combination that cannot run here, and why."""
 
     scenario: Scenario
-    id: str
+    cell_id: CellId
     flash_size: FlashSize
     reason: str
     firmware: Firmware | None = None
     unavailable: bool = False  # a named firmware that cannot be had (not a glob without files)
 
     @property
+    def id(self) -> str:
+        return self.cell_id.id
+
+    @property
     def name(self) -> str:
-        return f"{self.scenario.name}[{self.id}]"
+        return self.cell_id.name
 
 
 Cell = CellPlan | Skipped
@@ -191,16 +200,15 @@ class _Combination:
     choice: _Choice
     psram: bool | None  # None: the matrix has no PSRAM axis
 
-    @property
-    def id(self) -> str:
-        axis = [] if self.psram is None else ["psram" if self.psram else "no-psram"]
-        return "-".join([str(self.size).lower(), self.choice.id, *axis])
+    def cell_id(self, scenario: Scenario) -> CellId:
+        return CellId(scenario=scenario.name, flash_size=str(self.size),
+                      firmware=self.choice.id, psram=self.psram)  # fmt: skip
 
 
 def _cell(
     scenario: Scenario, combo: _Combination, context: dict[str, str], options: RunOptions
 ) -> Cell:
-    size, choice, psram, cell_id = combo.size, combo.choice, combo.psram, combo.id
+    size, choice, psram, cell_id = combo.size, combo.choice, combo.psram, combo.cell_id(scenario)
     fw = choice.firmware
     if fw is None:
         return Skipped(scenario, cell_id, size, choice.why_not, unavailable=choice.unavailable)

@@ -16,6 +16,9 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Annotated
+
+from pydantic import Field
 
 from ..emulator.device import Device
 from ..errors import FlashTraceUnavailable, StepFailed
@@ -35,11 +38,13 @@ class Recorded:
     operations: int
     points: list[CutPoint]
     interrupted: object  # the interrupted step's own detail (None: cut between steps)
-    before: bytes = field(repr=False, metadata={"json": False})  # kept out of timeline.json
-    ops: list[FlashOp] = field(repr=False, metadata={"json": False})
+    # the flash before the step and its operations: for the run, kept out of timeline.json
+    before: Annotated[bytes, Field(exclude=True)] = field(default=b"", repr=False)
+    ops: Annotated[list[FlashOp], Field(exclude=True)] = field(default_factory=list, repr=False)
     outcomes: list[CutOutcome] = field(default_factory=list)
     # cut by time: the flash each live cut left, by point (`after`, in ms)
-    flashes: dict[int, bytes] = field(default_factory=dict, repr=False, metadata={"json": False})
+    flashes: Annotated[dict[int, bytes], Field(exclude=True)] = field(default_factory=dict,
+                                                                        repr=False)  # fmt: skip
 
     def states(self) -> Iterator[tuple[int, bytes]]:
         """(point, the flash as the cut left it), in order."""

@@ -1,50 +1,90 @@
-"""What a scenario cell came to, as typed values: the timeline, the attempts, the outcome.
+"""The artifacts of a cell, typed and versioned: the one module that writes and reads them.
 
-The runner fills these in; `timeline.json` and `result.json` are written from them
-(`to_json`), and `CellResult.load` reads a `result.json` back (for `harness report`,
-which may run on another machine than the one that ran the cells).
+A cell's folder holds `result.json` (`CellResult`), `timeline.json` (`Timeline`: each
+step as it ran, rewritten after every step so a killed run keeps it) and
+`flash-before.json` / `flash-after.json` (`FlashSummary`), each with `schema: 2`. The
+runner writes them through these models; every reader (the HTML and markdown reports,
+JUnit, `harness repro`, the nightly's summary) gets cells from `iter_cells(folder)` or
+`load_cell`, never from the JSON text, so a report can be made on another machine than
+the one that ran the cells.
+
+A step's detail is typed by its step kind: it is read back as the type the step's
+handler returns (harness.scenario.steps), an `ota` step's as an `OtaReport`. A file of
+another schema (before schema 2 there was no `schema` field) is refused in one line
+that names its version.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import functools
 import json
+import typing
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Generic, Literal, TypeVar, Union
 
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    PlainSerializer,
+    PlainValidator,
+    PrivateAttr,
+    Tag,
+    TypeAdapter,
+    ValidationError,
+    computed_field,
+)
+
+from ..errors import HarnessError
+from ..flash import formats, ops
+
+SCHEMA = 2  # of result.json, timeline.json, flash-before.json and flash-after.json
+RESULT, TIMELINE = "result.json", "timeline.json"
+FLASH_FILES = {"before": "flash-before.json", "after": "flash-after.json"}
+When = Literal["before", "after"]
 Status = Literal["passed", "failed", "skipped", "running"]
 T = TypeVar("T")
+D = TypeVar("D")
+M = TypeVar("M", bound=BaseModel)
 
 
-def to_jsonable(value: object) -> Any:
-    """Dataclasses (nested), paths and tuples as JSON values."""
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: to_jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)
-                if f.metadata.get("json", True)}  # fmt: skip
-    if isinstance(value, dict):
-        return {str(k): to_jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [to_jsonable(v) for v in value]
-    if isinstance(value, Path):
-        return str(value)
-    return value
+class ArtifactsError(HarnessError):
+    """An artifacts file this harness cannot read: another schema, or damaged."""
 
 
-def write_json(path: Path, value: object) -> None:
-    path.write_text(json.dumps(to_jsonable(value), indent=2, default=str) + "\n")
+# -- a cell's name, in parts -------------------------------------------------------------
 
 
-@dataclass
-class StepRecord:
-    index: int
-    step: str
-    line: int
-    start_s: float
-    elapsed_s: float = 0.0
-    status: Status = "running"
-    detail: object | None = None  # the step's own result (an OtaReport, a Boot, ...)
-    cut: int | None = None  # ran after a power cut at this many flash operations
+class CellId(BaseModel):
+    """Which cell: `ota-full-image-into-slot[16mb-v1.25.0]` is scenario, size, firmware."""
+
+    model_config = ConfigDict(frozen=True)
+
+    scenario: str  # the scenario file's stem
+    flash_size: str  # 16MB
+    firmware: str  # the release (v1.25.0), or the file's name where a matrix has one twice
+    psram: bool | None = None  # None: the matrix has no PSRAM axis
+
+    @property
+    def release(self) -> str:
+        """The firmware part of the id, with the PSRAM setting: the report's release."""
+        axis = [] if self.psram is None else ["psram" if self.psram else "no-psram"]
+        return "-".join([self.firmware, *axis])
+
+    @property
+    def id(self) -> str:
+        return f"{self.flash_size.lower()}-{self.release}"
+
+    @property
+    def name(self) -> str:
+        return f"{self.scenario}[{self.id}]"
+
+
+# -- what a cell came to ---------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -149,28 +189,173 @@ class ImageUsed:
     filesystem: str | None = None  # "vfs at 0x310000, 0xf0000 bytes (made at boot)"
 
 
-@dataclass
-class CellResult:
-    name: str
+@dataclass(frozen=True)
+class Violation:
+    """A `not_expect` that failed: the rule as the scenario wrote it, the serial line that
+    broke it, and the step it showed during (the console records it as it happens)."""
+
+    rule: str
+    line: str
+    step: int
+
+
+# -- the timeline: each step, its detail typed by its kind ----------------------------
+
+
+class StepRecord(BaseModel, Generic[D]):
+    """One step as it ran; `detail` is what its handler returned (None while it runs, or
+    when it failed). Make one with `StepRecord.of(kind)`, so the detail has its type."""
+
+    index: int
+    step: str  # the step's kind: decides the type of `detail`
+    line: int
+    start_s: float
+    elapsed_s: float = 0.0
+    status: Status = "running"
+    detail: D | None = None
+    cut: int | None = None  # ran after a power cut at this many flash operations
+
+    @staticmethod
+    def of(kind: str) -> type[StepRecord[Any]]:
+        """The record of a `kind` step: its detail is the type the step's handler returns."""
+        return _record_type(kind)
+
+    def detail_fields(self) -> dict[str, Any]:
+        """The detail as JSON values, field by field (for people: the report's step line)."""
+        value = self.model_dump(mode="json", include={"detail"}).get("detail")
+        return value if isinstance(value, dict) else {} if value is None else {"": value}
+
+
+def _handlers() -> Mapping[str, Callable[..., object]]:
+    """Step kind -> its handler, whose return annotation is the detail's type."""
+    from .steps import HANDLERS  # steps imports this module: read when first asked
+
+    return HANDLERS
+
+
+@functools.cache
+def _detail_type(handler: Callable[..., object]) -> Any:
+    return typing.get_type_hints(handler).get("return", Any)
+
+
+@functools.cache
+def _record_type(kind: str) -> type[StepRecord[Any]]:
+    handler = _handlers().get(kind)
+    detail = _detail_type(handler) if handler is not None else Any
+    return typing.cast("type[StepRecord[Any]]", StepRecord[detail])  # type: ignore[valid-type]
+
+
+def _kind(value: Any) -> str:
+    kind = value.get("step") if isinstance(value, dict) else getattr(value, "step", None)
+    return kind if isinstance(kind, str) and kind in _handlers() else "*"
+
+
+def _steps_adapter() -> TypeAdapter[list[StepRecord[Any]]]:
+    return _adapter(tuple(_handlers()))
+
+
+@functools.cache
+def _adapter(kinds: tuple[str, ...]) -> TypeAdapter[list[StepRecord[Any]]]:
+    """The timeline as a discriminated union tagged by step kind (`*`: a kind this
+    harness does not know, read with its detail as plain JSON)."""
+    variants = [Annotated[_record_type(k), Tag(k)] for k in kinds]
+    union: Any = Union.__getitem__((*variants, Annotated[StepRecord[Any], Tag("*")]))
+    return TypeAdapter(list[Annotated[union, Discriminator(_kind)]])
+
+
+def _typed_steps(value: Any) -> list[StepRecord[Any]]:
+    if isinstance(value, list) and all(isinstance(r, StepRecord) for r in value):
+        return value
+    return _steps_adapter().validate_python(value)
+
+
+def _dump_steps(steps: list[StepRecord[Any]]) -> list[dict[str, Any]]:
+    return [r.model_dump(mode="json") for r in steps]
+
+
+Steps = Annotated[
+    list[StepRecord[Any]],
+    PlainValidator(_typed_steps, json_schema_input_type=list[StepRecord[Any]]),
+    PlainSerializer(_dump_steps),
+]
+
+
+class _File(BaseModel):
+    """A versioned artifacts file."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    schema_version: int = Field(default=SCHEMA, alias="schema")
+
+    def _write(self, path: Path) -> None:
+        path.write_text(self.model_dump_json(by_alias=True, indent=2) + "\n")
+
+
+class Timeline(_File):
+    """timeline.json: the steps of one attempt, as far as they ran."""
+
+    steps: Steps = Field(default_factory=list)
+
+
+def write_timeline(folder: Path, steps: list[StepRecord[Any]]) -> None:
+    Timeline(steps=steps)._write(folder / TIMELINE)
+
+
+def load_timeline(folder: Path) -> list[StepRecord[Any]]:
+    """The steps of the attempt whose folder this is ([] before the first step)."""
+    path = folder / TIMELINE
+    return _read(path, Timeline).steps if path.exists() else []
+
+
+# -- the cell ---------------------------------------------------------------------------
+
+
+class CellResult(_File):
+    """result.json: what a cell came to, with the steps of its last attempt."""
+
+    cell: CellId
     status: Status
     message: str = ""
     elapsed_s: float = 0.0
-    artifacts: str = ""
+    artifacts: str = ""  # the folder it was written in (see `folder` for where it is now)
     booted: str | None = None
-    attempts: list[Attempt] = field(default_factory=list)
-    timeline: list[StepRecord] = field(default_factory=list)
+    attempts: list[Attempt] = Field(default_factory=list)
+    timeline: Steps = Field(default_factory=list)
+    matched: list[str] = Field(default_factory=list)  # serial lines `expect` matched, in order
+    violation: Violation | None = None  # the `not_expect` that failed, and on which line
     firmware: FirmwareUsed | None = None
     image: ImageUsed | None = None
     watchdogs: bool | None = None  # the emulated timer-group watchdogs ran (None: unknown)
-    cuts: list[CutOutcome] = field(default_factory=list)  # each power cut point's outcome
+    cuts: list[CutOutcome] = Field(default_factory=list)  # each power cut point's outcome
     scenario: str = ""  # the scenario file (for the command that reruns the cell)
     title: str = ""  # the scenario's title
-    flash_size: str = ""  # 16MB
+    _folder: Path | None = PrivateAttr(default=None)
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def name(self) -> str:
+        return self.cell.name
+
+    @property
+    def folder(self) -> Path:
+        """Where the cell's files are: where it was read from, else where it was written."""
+        return self._folder or Path(self.artifacts)
+
+    @property
+    def last_run(self) -> Path:
+        """The folder of the attempt the verdict is from: its serial log, its flash."""
+        return attempt_folder(self.folder, len(self.attempts) or 1)
 
     @property
     def serial_logs(self) -> list[Path]:
-        root = Path(self.artifacts)
+        root = self.folder
         return sorted(root.glob("serial.log")) + sorted(root.glob("attempt-*/serial.log"))
+
+    @property
+    def qemu_command(self) -> list[str]:
+        """The first QEMU command line the cell ran ([] when none started)."""
+        path = self.folder / "qemu-cmdline.txt"
+        return path.read_text().split() if path.exists() else []
 
     def detail(self, kind: str, of: type[T]) -> T | None:
         """The first step `kind`'s detail, if it is an `of`."""
@@ -179,40 +364,118 @@ class CellResult:
                 return record.detail
         return None
 
+    def flash(self, when: When) -> FlashSummary | None:
+        """The flash before or after the last attempt, as its flash summary says."""
+        path = self.last_run / FLASH_FILES[when]
+        return _read(path, FlashSummary) if path.exists() else None
+
     def write(self, folder: Path) -> None:
-        write_json(folder / "result.json", self)
+        self._write(folder / RESULT)
 
     @classmethod
     def load(cls, path: Path) -> CellResult:
-        """A result.json (step details stay JSON: they are for people from here on)."""
-        data = json.loads(path.read_text())
-        fw, image = data.get("firmware"), data.get("image")
+        """A result.json, whole: its timeline's details typed by step kind."""
+        result = _read(path, cls)
+        result._folder = path.parent
+        return result
+
+
+def attempt_folder(cell: Path, number: int) -> Path:
+    """Where attempt `number` of a cell keeps its files: the cell's folder, then attempt-N."""
+    return cell if number == 1 else cell / f"attempt-{number}"
+
+
+def load_cell(folder: Path) -> CellResult:
+    return CellResult.load(folder / RESULT)
+
+
+def iter_cells(folder: Path) -> Iterator[CellResult]:
+    """Every cell under `folder`, at any depth (several CI jobs' artifacts merged), in
+    the order of their folders' paths."""
+    for path in sorted(folder.rglob(RESULT)):
+        if not path.parent.name.startswith("attempt-"):
+            yield CellResult.load(path)
+
+
+# -- the flash before and after ----------------------------------------------------------
+
+
+def _int_or_hex(value: Any) -> Any:
+    return int(value, 16) if isinstance(value, str) and value.startswith("0x") else value
+
+
+Hex = Annotated[int, BeforeValidator(_int_or_hex),
+                PlainSerializer(lambda v: f"0x{v:x}", return_type=str)]  # fmt: skip
+
+
+class PartitionEntry(BaseModel):
+    name: str
+    type: int
+    subtype: int
+    offset: Hex
+    size: int
+
+
+class WrittenStretch(BaseModel):
+    """A run of 4 KB sectors the run changed, within one partition."""
+
+    partition: str
+    offset: Hex
+    size: int
+
+
+class FlashSummary(_File):
+    """flash-before.json / flash-after.json: the table, otadata and the bootloader's choice."""
+
+    partitions: list[PartitionEntry]
+    otadata: tuple[formats.OtaRecord, ...] | None
+    otadata_selects: formats.BootChoice
+    flash_size: int
+    filesystem: formats.FsRegion | None  # where MicroPython's filesystem lives
+    written: list[WrittenStretch] = Field(default_factory=list)  # after: what differs
+
+    @classmethod
+    def of(cls, flash: bytes, since: bytes | None = None) -> FlashSummary:
+        """The summary of a flash image (`since`: the image it started as, to say what
+        the run wrote)."""
+        state = formats.FlashState.of(flash)
+        table = formats.parse_table(flash)
+        named = formats.with_fs_region(table, len(flash))
+        written = [WrittenStretch(partition=name, offset=offset, size=length)
+                   for name, offset, length in ops.changed_stretches(since, flash, named)
+                   ] if since is not None else []  # fmt: skip
         return cls(
-            name=str(data["name"]),
-            status=data["status"],
-            message=str(data.get("message", "")),
-            elapsed_s=float(data.get("elapsed_s", 0.0)),
-            artifacts=str(data.get("artifacts", path.parent)),
-            booted=data.get("booted"),
-            attempts=[
-                Attempt(
-                    int(a.get("attempt", i + 1)),
-                    a.get("status", "failed"),
-                    str(a.get("message", "")),
-                    str(a.get("artifacts", "")),
-                )
-                for i, a in enumerate(data.get("attempts", []))
-            ],
-            firmware=FirmwareUsed(**fw) if isinstance(fw, dict) else None,
-            image=ImageUsed(**image) if isinstance(image, dict) else None,
-            watchdogs=data.get("watchdogs"),
-            cuts=[_cut(c) for c in data.get("cuts", [])],
-            scenario=str(data.get("scenario", "")),
-            title=str(data.get("title", "")),
-            flash_size=str(data.get("flash_size", "")),
+            partitions=[PartitionEntry(name=p.name, type=p.type, subtype=p.subtype,
+                                       offset=p.offset, size=p.size) for p in table],
+            otadata=state.otadata, otadata_selects=state.boot, flash_size=len(flash),
+            filesystem=formats.fs_region(table, len(flash)), written=written,
+        )  # fmt: skip
+
+    def write(self, folder: Path, when: When) -> None:
+        self._write(folder / FLASH_FILES[when])
+
+
+# -- reading ----------------------------------------------------------------------------
+
+
+def _read(path: Path, model: type[M]) -> M:
+    """One artifacts file as `model`, or one line saying why it cannot be."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ArtifactsError(f"{path}: cannot be read: {exc}") from None
+    version = data.get("schema") if isinstance(data, dict) else None
+    if version != SCHEMA:
+        written = (f"schema {version}" if version is not None
+                   else "the format before schema 2 (no `schema` field)")  # fmt: skip
+        raise ArtifactsError(
+            f"{path}: written in {written}; this harness reads schema {SCHEMA}: run the "
+            "cells again, or report them with the harness that ran them"
         )
-
-
-def _cut(data: dict[str, Any]) -> CutOutcome:
-    stretches = [(int(o), int(n)) for o, n in data.get("stretches", [])]
-    return CutOutcome(**{**data, "point": CutPoint(**data["point"]), "stretches": stretches})
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        where = ".".join(str(p) for p in error["loc"])
+        raise ArtifactsError(f"{path}: not a schema {SCHEMA} {path.name}: {where}: "
+                             f"{error['msg']}") from None  # fmt: skip

@@ -21,7 +21,6 @@ its folder (`attempt-2/`, ...) and is listed in the result.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import re
 import shutil
 import sys
@@ -29,12 +28,13 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ..emulator.console import log_lines
 from ..emulator.device import BootOptions, Device, boot
 from ..emulator.policy import retryable
-from ..errors import HarnessError, StepFailed
-from ..flash import formats, images, ops
+from ..errors import HarnessError, StepFailed, UnexpectedOutput
+from ..flash import formats, images
 from ..flash.firmware import sha256_of
 from ..flash.images import BuiltImage
 from ..flash.inputs import read_input
@@ -47,12 +47,16 @@ from .results import (
     CutOutcome,
     CutPoint,
     FirmwareUsed,
+    FlashSummary,
     ImageUsed,
     Status,
     StepRecord,
-    write_json,
+    Violation,
+    When,
+    attempt_folder,
+    write_timeline,
 )
-from .steps import HANDLERS
+from .steps import HANDLERS, Matched
 
 Progress = Callable[[CellPlan, int, str], None]
 
@@ -128,19 +132,18 @@ def run_cell(cell: Cell, setup: Setup, progress: Progress | None = None) -> Cell
     folder = setup.artifacts / _safe(cell.name)
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
-    about = CellResult(cell.name, "skipped", artifacts=str(folder),
-                       scenario=str(cell.scenario.path), title=cell.scenario.title,
-                       flash_size=str(cell.flash_size))  # fmt: skip
+    about = CellResult(cell=cell.cell_id, status="skipped", artifacts=str(folder),
+                       scenario=str(cell.scenario.path), title=cell.scenario.title)  # fmt: skip
     if isinstance(cell, Skipped):
         about.message = cell.reason
         about.write(folder)  # the report's grid shows skips with their reason
         return about
     fw, start = cell.firmware, time.monotonic()
-    result = dataclasses.replace(
-        about, status="failed", watchdogs=cell.policy.watchdogs,
+    result = about.model_copy(update=dict(
+        status="failed", watchdogs=cell.policy.watchdogs,
         firmware=FirmwareUsed(str(fw.path), fw.id, fw.sha256, fw.entry.id if fw.entry else None,
                               fw.pinned, fw.origin),
-    )  # fmt: skip
+    ))  # fmt: skip
     try:
         built = build(cell, setup.cache)
     except HarnessError as exc:
@@ -172,11 +175,12 @@ class CellRun:
 
 def _attempts(run: CellRun, folder: Path, result: CellResult) -> None:
     for number in range(1, run.plan.policy.retries + 2):
-        run_dir = folder if number == 1 else folder / f"attempt-{number}"
+        run_dir = attempt_folder(folder, number)
         attempt = CellAttempt(run, run_dir)
         error = attempt.run()
         result.timeline, result.booted = attempt.timeline, attempt.booted
-        result.cuts = attempt.cuts
+        result.cuts, result.matched = attempt.cuts, attempt.matched
+        result.violation = attempt.violation
         status: Status = "passed" if error is None else "failed"
         result.attempts.append(Attempt(number, status, str(error or ""), str(run_dir)))
         if error is None:
@@ -204,9 +208,11 @@ class CellAttempt:
         self.run_dir = run_dir
         self.cursor = 0
         self.booted: str | None = None
-        self.timeline: list[StepRecord] = []
+        self.timeline: list[StepRecord[Any]] = []
         self.dev: Device | None = None
         self.cuts: list[CutOutcome] = []
+        self.matched: list[str] = []  # the serial lines `expect` steps matched, in order
+        self.violation: Violation | None = None  # the `not_expect` that failed, first
         self.stack = contextlib.ExitStack()
         self.clock = time.monotonic()
 
@@ -222,25 +228,29 @@ class CellAttempt:
         """Run `steps` in order up to the first failure; after a power cut, the rest once
         per cut point (`cut`: the point these run after)."""
         for pos, step in enumerate(steps):
-            record = StepRecord(step.number, step.kind, step.line, self.now(), cut=cut)
+            record = StepRecord.of(step.kind)(index=step.number, step=step.kind, line=step.line,
+                                              start_s=self.now(), cut=cut)  # fmt: skip
             self.timeline.append(record)
             if self.progress:
                 self.progress(self.plan, step.index, step.kind)
             try:
                 record.detail = self._step(step)
             except HarnessError as error:
+                self._note_violation(error, record)
                 record.status, record.elapsed_s = "failed", self._since(record)
                 failure = StepFailed(self._failure(record, error))
                 failure.__cause__ = error
                 return failure
             record.status, record.elapsed_s = "passed", self._since(record)
+            if isinstance(record.detail, Matched):
+                self.matched += record.detail.lines
             self._write_timeline()
             if isinstance(record.detail, powercut.Recorded):
                 return self._sweep(record, record.detail, steps[pos + 1 :])
         return None
 
     def _sweep(
-        self, record: StepRecord, recorded: powercut.Recorded, rest: Sequence[StepPlan]
+        self, record: StepRecord[Any], recorded: powercut.Recorded, rest: Sequence[StepPlan]
     ) -> StepFailed | None:
         """The steps after a power cut, once per cut point, each from a power-on of the
         flash as the cut left it; every point gets its outcome, the first failure is named."""
@@ -300,8 +310,18 @@ class CellAttempt:
             self.dev.console.check(f"step {step.number} `{step.kind}`")
         return detail
 
-    def _since(self, record: StepRecord) -> float:
+    def _since(self, record: StepRecord[Any]) -> float:
         return round(self.now() - record.start_s, 3)
+
+    def _note_violation(self, error: BaseException, record: StepRecord[Any]) -> None:
+        """A `not_expect` that failed: its rule and line, as the console recorded them."""
+        seen: list[BaseException] = []
+        cause: BaseException | None = error
+        while cause is not None and cause not in seen and not isinstance(cause, UnexpectedOutput):
+            seen.append(cause)
+            cause = cause.__cause__ or cause.__context__
+        if isinstance(cause, UnexpectedOutput) and self.violation is None:
+            self.violation = Violation(cause.rule, cause.line, record.index)
 
     def runtime_vars(self) -> dict[str, str]:
         """${port}, ${rfc2217} (once the board is served), the run's files and offsets."""
@@ -329,7 +349,7 @@ class CellAttempt:
             record_flash=self.plan.record_flash,
         )  # fmt: skip
         self.dev = self.stack.enter_context(boot(self.built.image.path, options))
-        _flash_summary(self.run_dir / "flash-before.json", self.dev.flash)
+        _flash_summary(self.run_dir, "before", self.dev.flash)
         return self.dev
 
     def device(self) -> Device:
@@ -361,7 +381,7 @@ class CellAttempt:
         return round(time.monotonic() - self.clock, 3)
 
     # -- evidence -----------------------------------------------------------------------
-    def _failure(self, record: StepRecord, exc: HarnessError) -> str:
+    def _failure(self, record: StepRecord[Any], exc: HarnessError) -> str:
         where = f"{self.plan.scenario.path}:{record.line}"
         tail = ""
         if self.dev is not None and "serial log" not in str(exc):
@@ -374,8 +394,7 @@ class CellAttempt:
     def _finish(self, failed: bool) -> None:
         if self.dev is not None:
             with contextlib.suppress(OSError, HarnessError):
-                _flash_summary(self.run_dir / "flash-after.json", self.dev.flash,
-                               since=self.built.image.path)  # fmt: skip
+                _flash_summary(self.run_dir, "after", self.dev.flash, since=self.built.image.path)
         self._write_timeline()
         self.stack.close()  # QEMU is reaped here, before the flash file is judged
         flash = self.run_dir / "flash.bin"
@@ -383,7 +402,7 @@ class CellAttempt:
             flash.unlink()  # 4-16 MB per cell; kept only as evidence of a failure
 
     def _write_timeline(self) -> None:
-        write_json(self.run_dir / "timeline.json", self.timeline)
+        write_timeline(self.run_dir, self.timeline)
 
 
 def _rerun_hint(point: CutPoint) -> str:
@@ -401,46 +420,8 @@ def _image_used(name: str, built: BuiltImage) -> ImageUsed:
     return ImageUsed(name, built.conversion, list(built.notes), where)
 
 
-@dataclass(frozen=True)
-class _PartitionSummary:
-    name: str
-    type: int
-    subtype: int
-    offset: str
-    size: int
-
-
-@dataclass(frozen=True)
-class _Written:
-    partition: str
-    offset: str
-    size: int
-
-
-@dataclass(frozen=True)
-class _FlashSummary:
-    partitions: list[_PartitionSummary]
-    otadata: tuple[formats.OtaRecord, ...] | None
-    otadata_selects: formats.BootChoice
-    flash_size: int
-    filesystem: formats.FsRegion | None  # where MicroPython's filesystem lives
-    written: list[_Written]  # after the run: what differs from the image it started from
-
-
-def _flash_summary(path: Path, flash: Path, since: Path | None = None) -> None:
-    data = flash.read_bytes()  # 16 MB: read once for the table, otadata and what changed
-    state = formats.FlashState.of(data)
-    table = formats.parse_table(data)
-    parts = [_PartitionSummary(p.name, p.type, p.subtype, f"0x{p.offset:x}", p.size)
-             for p in table]  # fmt: skip
-    written = _written(since.read_bytes(), data, table) if since is not None else []
-    summary = _FlashSummary(parts, state.otadata, state.boot, len(data),
-                            formats.fs_region(table, len(data)), written)  # fmt: skip
-    write_json(path, summary)
-
-
-def _written(before: bytes, after: bytes, table: formats.PartitionTable) -> list[_Written]:
-    """The runs of 4 KB sectors that differ, one per partition they lie in."""
-    named = formats.with_fs_region(table, len(after))
-    return [_Written(name, f"0x{offset:x}", length)
-            for name, offset, length in ops.changed_stretches(before, after, named)]  # fmt: skip
+def _flash_summary(folder: Path, when: When, flash: Path, since: Path | None = None) -> None:
+    """The flash's table, otadata and boot choice (after: and what the run wrote), read
+    once: 16 MB."""
+    before = since.read_bytes() if since is not None else None
+    FlashSummary.of(flash.read_bytes(), before).write(folder, when)

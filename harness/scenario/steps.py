@@ -3,9 +3,10 @@
 A handler takes the cell being run (`Run`, implemented by harness.scenario.runner) and
 its step's arguments (the `Args` model from harness.scenario.format, variables expanded),
 and returns the typed detail the timeline records, or raises `StepFailed` (or any other
-HarnessError) with the evidence. Adding a step is its `Args` model in format.py, its
-handler here, and a test; `HANDLERS` must have one handler per registered format
-(tests/test_scenarios.py checks it).
+HarnessError) with the evidence. The return annotation is the detail's type: the timeline
+reads a step's detail back as it (harness.scenario.results). Adding a step is its `Args`
+model in stepformats.py, its handler here, and a test; `HANDLERS` must have one handler
+per registered format (tests/test_scenarios.py checks it).
 """
 
 from __future__ import annotations
@@ -87,8 +88,15 @@ class BootDetail:
 
 
 @dataclass
+class Matched:
+    """The serial lines an `expect` matched, one per pattern (the report marks them)."""
+
+    lines: list[str] = field(default_factory=list)
+
+
+@dataclass
 class LinesDetail:
-    """The serial lines an `expect` matched, or the device paths `put` wrote."""
+    """The device paths `put` wrote."""
 
     lines: list[str] = field(default_factory=list)
 
@@ -129,7 +137,7 @@ def boot(run: Run, args: BootArgs) -> BootDetail:
 
 
 @handles(ExpectArgs)
-def expect(run: Run, args: ExpectArgs) -> LinesDetail:
+def expect(run: Run, args: ExpectArgs) -> Matched:
     console = run.device().console
     deadline = time.monotonic() + args.timeout
     start, found = run.cursor, []
@@ -151,7 +159,7 @@ def expect(run: Run, args: ExpectArgs) -> LinesDetail:
                 console.pump(min(0.2, remaining), during="expect")
         found.append(console.log.lines[at].strip())
         run.cursor = at + 1 if args.ordered else max(run.cursor, at + 1)
-    return LinesDetail(found)
+    return Matched(found)
 
 
 @handles(NotExpectArgs)

@@ -38,7 +38,7 @@ def write_report(artifacts: Path, out: Path | None = None, title: str = "",
 
 def write_inspect(file: Path, out: Path) -> Path:
     """The partition map and the verdict of one file (harness inspect --html)."""
-    view = inspect_view.of(file, examine(file).to_json())
+    view = inspect_view.of(file, examine(file))
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(_ENV.get_template("inspect.html.j2").render(v=view), encoding="utf-8")
     return out

@@ -15,6 +15,7 @@ from typing import Any
 
 from ...flash import formats
 from ...flash.inputs import read_input
+from ...flash.inspect import FileReport
 from ...flash.size import FlashSize
 from . import partmap
 
@@ -44,22 +45,21 @@ class InspectView:
     facts: dict[str, Any]
 
 
-def of(path: Path, report: dict[str, Any]) -> InspectView:
+def of(path: Path, report: FileReport) -> InspectView:
     maps: list[partmap.FlashMap] = []
-    parts = report.get("partitions") or []
-    size_name = report.get("flash_size")
-    if parts and size_name:
-        size = FlashSize.parse(str(size_name)).bytes
-        at = formats.BOOTLOADER_OFFSETS.get(str(report.get("chip")), 0x1000)
-        start = {"firmware": at, "flash": 0}.get(str(report["kind"]))
-        length = int(report["size"])
+    parts = list(report.table or ())
+    if parts and report.flash_size:
+        size = FlashSize.parse(report.flash_size).bytes
+        at = formats.BOOTLOADER_OFFSETS.get(str(report.chip), 0x1000)
+        start = {"firmware": at, "flash": 0}.get(report.kind)
+        length = report.size
         written = ((f"this file, {partmap.size_text(length)}, flashed at", start, length),) \
             if start is not None else ()  # fmt: skip
-        boot = report.get("boot") or {}
+        boot = report.boot
         layout = partmap.Layout(
-            path.name, size, partmap.regions(parts, report.get("filesystem"), size),
-            written=written, otadata=partmap.records(report.get("otadata")),
-            selects=boot.get("slot"), reason=str(boot.get("reason", "")),
+            path.name, size, partmap.regions(parts, report.filesystem, size),
+            written=written, otadata=partmap.records(report.otadata),
+            selects=boot.slot if boot else None, reason=boot.reason if boot else "",
         )  # fmt: skip
         maps = partmap.both(layout)
     as_app = formats.check_app(read_input(path))  # the file as an OTA would send it
@@ -74,10 +74,10 @@ def of(path: Path, report: dict[str, Any]) -> InspectView:
                                        seg.addr < high and end > low))  # fmt: skip
         else:
             others.append((seg.addr, seg.length))
-    payload = report.get("ota_payload") or {}
-    facts = {k: report[k] for k in ("chip", "flash_size", "size", "sha256") if report.get(k)}
+    facts = {k: v for k, v in (("chip", report.chip), ("flash_size", report.flash_size),
+                               ("size", report.size), ("sha256", report.sha256)) if v}  # fmt: skip
     return InspectView(
-        str(path), str(report["kind"]), str(report.get("summary", "")),
-        str(payload.get("verdict", "")), bool(payload.get("ok")), maps, segments, others,
+        str(path), report.kind, report.summary, report.ota_payload.verdict,
+        report.ota_payload.ok, maps, segments, others,
         (round((low - DRAM[0]) * scale, 2), round((high - low) * scale, 2)), facts,
     )  # fmt: skip

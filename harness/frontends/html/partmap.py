@@ -1,6 +1,6 @@
 """A flash drawn to scale: partitions as boxes on a line of `WIDTH` units, and what a run
-wrote over them, from the flash summaries a cell leaves (flash-before.json,
-flash-after.json) or from `harness inspect`'s JSON.
+wrote over them, from the flash summaries a cell leaves (results.FlashSummary) or from
+what `harness inspect` read of a file (inspect.FileReport).
 
 Offsets map linearly to x, so a box's x and width say where a partition is; the SVG
 carries them (and the offset and size in bytes) for people and for the browser tests.
@@ -10,15 +10,28 @@ second line for them.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Protocol
 
 from ...flash import formats
 
 WIDTH = 1000.0  # SVG user units across the flash
 ZOOM_END = 0x10000  # the small regions before the first app
 BOOTLOADER = 0x1000
+
+
+class Part(Protocol):
+    """A partition as a table names it (formats.Partition, a flash summary's entry)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def type(self) -> int: ...
+    @property
+    def offset(self) -> int: ...
+    @property
+    def size(self) -> int: ...
 
 
 @dataclass(frozen=True)
@@ -98,19 +111,18 @@ def size_text(n: int) -> str:
     return f"{n} bytes"
 
 
-def regions(partitions: Sequence[Mapping[str, Any]], fs: Mapping[str, Any] | None,
+def regions(partitions: Sequence[Part], fs: formats.FsRegion | None,
             flash_size: int) -> tuple[tuple[str, str, int, int], ...]:  # fmt: skip
     """(name, kind, offset, size) for every region of the flash, gaps as `free`."""
     found = [("bootloader", "bootloader", BOOTLOADER, formats.TABLE_OFFSET - BOOTLOADER),
              ("partition table", "table", formats.TABLE_OFFSET, formats.SECTOR)]  # fmt: skip
     for p in partitions:
-        kind = "app" if p["type"] == formats.APP_TYPE else "data"
-        if p["name"] in formats.FS_LABELS and kind == "data":
+        kind = "app" if p.type == formats.APP_TYPE else "data"
+        if p.name in formats.FS_LABELS and kind == "data":
             kind = "fs"
-        found.append((str(p["name"]), kind, offset_of(p["offset"]), int(p["size"])))
-    if fs and not fs.get("in_table"):
-        label = f"{fs['label']} (made at boot)"
-        found.append((label, "fs", offset_of(fs["offset"]), int(fs["size"])))
+        found.append((p.name, kind, p.offset, p.size))
+    if fs is not None and not fs.in_table:
+        found.append((f"{fs.label} (made at boot)", "fs", fs.offset, fs.size))
     found.sort(key=lambda r: r[2])
     out, at = [], 0
     for name, kind, offset, size in found:
@@ -121,10 +133,6 @@ def regions(partitions: Sequence[Mapping[str, Any]], fs: Mapping[str, Any] | Non
     if at < flash_size:
         out.append(("free", "free", at, flash_size - at))
     return tuple(out)
-
-
-def offset_of(value: Any) -> int:
-    return int(value, 16) if isinstance(value, str) else int(value)
 
 
 def draw(layout: Layout, span: tuple[int, int] | None = None) -> FlashMap:
@@ -150,10 +158,10 @@ def both(layout: Layout) -> list[FlashMap]:
     return [draw(layout), draw(layout, (0, min(ZOOM_END, layout.flash_size)))]
 
 
-def records(otadata: Sequence[Mapping[str, Any]] | None) -> tuple[Record, ...]:
-    """otadata records from a flash summary, seq `blank` where never written."""
+def records(otadata: Sequence[formats.OtaRecord] | None) -> tuple[Record, ...]:
+    """otadata records as drawn, seq `blank` where never written."""
     return tuple(
-        Record(int(r["sector"]), "blank" if r["seq"] == formats.BLANK_SEQ else str(r["seq"]),
-               str(r["state"]), bool(r["crc_ok"]), bool(r["valid"]))
+        Record(r.sector, "blank" if r.seq == formats.BLANK_SEQ else str(r.seq), r.state,
+               r.crc_ok, r.valid)
         for r in otadata or ()
     )  # fmt: skip

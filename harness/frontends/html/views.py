@@ -1,14 +1,14 @@
 """What the HTML report shows, as typed values read from an artifacts folder.
 
-Each cell folder holds `result.json` (harness.scenario.results.CellResult),
-`timeline.json` within it, `flash-before.json`/`flash-after.json` (partitions, otadata,
-the bootloader's choice, what the run wrote) and `serial.log`. The template only lays
-these values out; everything it shows is decided here.
+The cells come from harness.scenario.results (`iter_cells`): each `CellResult` with its
+timeline (step details typed by kind), the lines `expect` matched and the `not_expect`
+that failed, and its flash summaries before and after the run (partitions, otadata,
+the bootloader's choice, what the run wrote); beside them, `serial.log`. The template
+only lays these values out; everything it shows is decided here.
 """
 
 from __future__ import annotations
 
-import ast
 import contextlib
 import json
 import os
@@ -20,7 +20,16 @@ from pathlib import Path
 from typing import Any
 
 from ...emulator.console import strip_ansi
-from ...scenario.results import Attempt, CellResult, CutOutcome
+from ...emulator.ota import OtaReport
+from ...scenario.results import (
+    Attempt,
+    CellResult,
+    CutOutcome,
+    FlashSummary,
+    StepRecord,
+    iter_cells,
+    load_cell,
+)
 from . import partmap
 
 STATUSES = ("passed", "failed", "skipped", "retried")
@@ -28,7 +37,6 @@ MAX_LOG_LINES = 1500  # serial lines drawn per cell; the rest is a link to the f
 HEAD_LINES = 300  # of them, from the start (the boot); the others are the end
 MAX_LINE = 240  # characters of one line (a host tool's traffic is one long line)
 _STAMP = re.compile(r"^\[\s*[\d.]+\] ")
-_VIOLATION = re.compile(r"\(not_expect\) during .*?: ('.*'|\".*\")$")
 _VERSION = re.compile(r"v(\d+)\.(\d+)\.(\d+)")
 
 
@@ -142,24 +150,21 @@ def load(artifacts: Path, page: Path, title: str = "",
     """Every cell under `artifacts` (merged CI artifacts too: any depth), or the cell
     `folders` given."""
     if folders is not None:
-        found = sorted(f / "result.json" for f in folders if (f / "result.json").exists())
+        results = [load_cell(f) for f in sorted(folders) if (f / "result.json").exists()]
     else:
-        found = sorted(p for p in artifacts.rglob("result.json")
-                       if not p.parent.name.startswith("attempt-"))  # fmt: skip
-    results = [(CellResult.load(p), p.parent) for p in found]
-    cells = [cell(result, folder, page.parent) for result, folder in results]
+        results = list(iter_cells(artifacts))
+    cells = [cell(result, page.parent) for result in results]
     cells.sort(key=lambda c: (c.scenario, _version_key(c.release), c.size))
     columns = sorted({c.column for c in cells}, key=lambda k: _column_key(k, cells))
     rows = sorted({c.scenario for c in cells})
     totals = {s: sum(c.status == s for c in cells) for s in STATUSES}
     firmware: dict[str, FirmwareRow] = {}
     qemus: set[str] = set()
-    for result, folder in results:
+    for result in results:
         fw = result.firmware
         if fw is not None:
             firmware[fw.path] = FirmwareRow(Path(fw.path).name, fw.sha256, fw.pinned, fw.origin)
-        cmdline = folder / "qemu-cmdline.txt"
-        words = cmdline.read_text().split() if cmdline.exists() else []
+        words = result.qemu_command
         if words:
             qemus.add(words[0])
     return ReportView(
@@ -179,33 +184,29 @@ def _column_key(column: str, cells: list[CellView]) -> tuple[Any, ...]:
     return _version_key(one.release), one.release, len(one.size), one.size
 
 
-def cell(result: CellResult, folder: Path, page_dir: Path) -> CellView:
-    scenario, _, rest = result.name.partition("[")
-    column = rest.rstrip("]")
-    size, _, release = column.partition("-")
+def cell(result: CellResult, page_dir: Path) -> CellView:
     status: str = result.status
     if status == "passed" and len(result.attempts) > 1:
         status = "retried"
     failure = result.message.splitlines()[0] if result.message and status == "failed" else ""
-    timeline = _timeline(folder)
-    summaries = _summaries(folder)
+    summaries = _summaries(result)
     return CellView(
         anchor=re.sub(r"[^A-Za-z0-9_-]+", "-", result.name).strip("-"),
         name=result.name,
-        scenario=scenario,
+        scenario=result.cell.scenario,
         title=result.title,
-        column=column,
-        release=release or column,
-        size=(result.flash_size or size).upper().replace("MB", "MB"),
+        column=result.cell.id,
+        release=result.cell.release,
+        size=result.cell.flash_size.upper(),
         status=status,
         elapsed_s=result.elapsed_s,
         failure=failure,
         message=result.message,
         booted=result.booted,
         attempts=result.attempts,
-        maps=_maps(summaries, result.booted, timeline),
-        steps=_bars(timeline),
-        serial=_serial(folder, timeline, result.message, page_dir),
+        maps=_maps(summaries, result.booted, result.timeline),
+        steps=_bars(result.timeline),
+        serial=_serial(result, page_dir),
         cuts=_cuts(summaries.get("before"), result.cuts),
         rerun=_rerun(result),
         firmware=Path(result.firmware.path).name if result.firmware else "",
@@ -213,53 +214,36 @@ def cell(result: CellResult, folder: Path, page_dir: Path) -> CellView:
     )
 
 
-def _timeline(folder: Path) -> list[dict[str, Any]]:
-    path = folder / "timeline.json"
-    try:
-        data = json.loads(path.read_text()) if path.exists() else []
-    except (OSError, ValueError):
-        return []
-    return [s for s in data if isinstance(s, dict)]
-
-
 @dataclass(frozen=True)
 class _Summary:
-    """A cell's flash-before.json or flash-after.json, with its regions laid out."""
+    """A cell's flash summary, with its regions laid out."""
 
-    data: dict[str, Any]
-    size: int
+    flash: FlashSummary
     regions: tuple[tuple[str, str, int, int], ...]
 
 
-def _summaries(folder: Path) -> dict[str, _Summary]:
-    """`before` and `after`, each where the cell left its file."""
+def _summaries(result: CellResult) -> dict[str, _Summary]:
+    """`before` and `after`, where the cell left them."""
     out = {}
     for when in ("before", "after"):
-        path = folder / f"flash-{when}.json"
-        if not path.exists():
-            continue
-        data = json.loads(path.read_text())
-        size = int(data.get("flash_size") or 0)
-        if not size:
-            ends = [partmap.offset_of(p["offset"]) + int(p["size"]) for p in data["partitions"]]
-            size = max(ends, default=0x400000)
-        found = partmap.regions(data["partitions"], data.get("filesystem"), size)
-        out[when] = _Summary(data, size, found)
+        flash = result.flash(when)
+        if flash is not None:
+            regions = partmap.regions(flash.partitions, flash.filesystem, flash.flash_size)
+            out[when] = _Summary(flash, regions)
     return out
 
 
 def _maps(summaries: dict[str, _Summary], booted: str | None,
-          timeline: list[dict[str, Any]]) -> list[tuple[str, list[partmap.FlashMap]]]:  # fmt: skip
+          timeline: list[StepRecord[Any]]) -> list[tuple[str, list[partmap.FlashMap]]]:  # fmt: skip
     out = []
     for when, summary in summaries.items():
-        data = summary.data
-        written = _written(data, timeline) if when == "after" else ()
-        selects = data.get("otadata_selects") or {}
+        flash = summary.flash
+        written = _written(flash, timeline) if when == "after" else ()
         layout = partmap.Layout(
-            f"{when} the run", summary.size, summary.regions,
+            f"{when} the run", flash.flash_size, summary.regions,
             booted=booted if when == "after" else None, written=written,
-            otadata=partmap.records(data.get("otadata")), selects=selects.get("slot"),
-            reason=str(selects.get("reason", "")),
+            otadata=partmap.records(flash.otadata), selects=flash.otadata_selects.slot,
+            reason=flash.otadata_selects.reason,
         )  # fmt: skip
         out.append((when, partmap.both(layout)))
     return out
@@ -272,75 +256,73 @@ def _cuts(before: _Summary | None, outcomes: list[CutOutcome]) -> list[CutView]:
     views = []
     for o in outcomes:
         marks = tuple(("changed", offset, length) for offset, length in o.stretches)
-        fmap = partmap.draw(partmap.Layout(o.point.short(), before.size, before.regions,
+        size = before.flash.flash_size
+        fmap = partmap.draw(partmap.Layout(o.point.short(), size, before.regions,
                                            written=marks))  # fmt: skip
-        x = o.point.offset * partmap.WIDTH / before.size if o.point.offset >= 0 else None
+        x = o.point.offset * partmap.WIDTH / size if o.point.offset >= 0 else None
         views.append(CutView(o, fmap, x))
     return views
 
 
 def _written(
-    summary: dict[str, Any], timeline: list[dict[str, Any]]
+    flash: FlashSummary, timeline: list[StepRecord[Any]]
 ) -> tuple[tuple[str, int, int], ...]:
     """(label, offset, size): each OTA step's payload where it went, then the other
-    sectors the run changed (flash-after.json's `written`, compared with the image)."""
-    slots = {p["name"]: partmap.offset_of(p["offset"]) for p in summary.get("partitions", [])}
+    sectors the run changed (the flash summary's `written`, compared with the image)."""
+    slots = {p.name: p.offset for p in flash.partitions}
     marks: list[tuple[str, int, int]] = []
     for step in timeline:
-        d = step.get("detail")
-        if step.get("step") == "ota" and isinstance(d, dict) and d.get("target") in slots:
-            size = int(d.get("bytes_written") or 0)
-            if size:
-                what = f"{d.get('payload_kind') or 'payload'} written into {d['target']}"
-                label = f"{what} ({d.get('method') or 'ota'}), {partmap.size_text(size)}"
-                marks.append((label, slots[d["target"]], size))
-    for w in summary.get("written", []):
-        offset, size = partmap.offset_of(w["offset"]), int(w["size"])
-        if not any(o <= offset and offset + size <= o + n for _, o, n in marks):
-            marks.append((f"changed: {w['partition']}, {partmap.size_text(size)}", offset, size))
+        ota = step.detail
+        if isinstance(ota, OtaReport) and ota.target in slots and ota.bytes_written:
+            size = ota.bytes_written
+            what = f"{ota.payload_kind or 'payload'} written into {ota.target}"
+            label = f"{what} ({ota.method or 'ota'}), {partmap.size_text(size)}"
+            marks.append((label, slots[ota.target], size))
+    for w in flash.written:
+        if not any(o <= w.offset and w.offset + w.size <= o + n for _, o, n in marks):
+            marks.append((f"changed: {w.partition}, {partmap.size_text(w.size)}", w.offset,
+                          w.size))  # fmt: skip
     return tuple(marks)
 
 
-def _bars(timeline: list[dict[str, Any]]) -> list[StepBar]:
-    end = max((float(s["start_s"]) + float(s["elapsed_s"]) for s in timeline), default=0.0) or 1.0
+def _bars(timeline: list[StepRecord[Any]]) -> list[StepBar]:
+    end = max((s.start_s + s.elapsed_s for s in timeline), default=0.0) or 1.0
     scale = partmap.WIDTH / end
     return [
-        StepBar(int(s["index"]), str(s["step"]), int(s["line"]), str(s["status"]),
-                round(float(s["start_s"]) * scale, 2),
-                max(round(float(s["elapsed_s"]) * scale, 2), 1.5),
-                float(s["start_s"]), float(s["elapsed_s"]), _detail(s.get("detail")), s.get("cut"))
+        StepBar(s.index, s.step, s.line, s.status, round(s.start_s * scale, 2),
+                max(round(s.elapsed_s * scale, 2), 1.5), s.start_s, s.elapsed_s,
+                _detail(s), s.cut)
         for s in timeline
     ]  # fmt: skip
 
 
-def _detail(detail: Any) -> str:
-    """A step's detail in a line: the fields that say something."""
-    if not isinstance(detail, dict):
-        return "" if detail is None else str(detail)[:300]
-    keep = {k: v for k, v in detail.items()
+def _detail(step: StepRecord[Any]) -> str:
+    """A step's detail in a line: the fields that say something (otadata before and after
+    an OTA is drawn in the maps)."""
+    keep = {k: v for k, v in step.detail_fields().items()
             if v not in (None, [], {}, "") and k not in ("before", "after")}  # fmt: skip
     parts = []
     for key, value in keep.items():
         if isinstance(value, dict | list):
             value = json.dumps(value, default=str)
-        parts.append(f"{key}: {value}")
+        parts.append(f"{key}: {value}" if key else str(value))
     text = "; ".join(parts)
     return text if len(text) < 600 else text[:600] + " ..."
 
 
-def _serial(folder: Path, timeline: list[dict[str, Any]], message: str,
-            page_dir: Path) -> SerialView | None:  # fmt: skip
-    path = folder / "serial.log"
+def _serial(result: CellResult, page_dir: Path) -> SerialView | None:
+    """The serial log of the attempt the verdict is from, the lines that decided it marked."""
+    path = result.last_run / "serial.log"
     if not path.exists():
         return None
     raw = path.read_text("utf-8", "replace").splitlines()
     texts = [_STAMP.sub("", strip_ansi(line)) for line in raw]
     kinds = [_kind(t) for t in texts]
-    _mark_matches(texts, kinds, timeline)
-    failed = _violation(message)
-    if failed is not None:
+    _mark_matches(texts, kinds, result.matched)
+    if result.violation is not None:
+        failed = result.violation.line.strip()
         for i, text in enumerate(texts):
-            if text == failed or (failed and failed in text):
+            if failed and (text.strip() == failed or failed in text):
                 kinds[i] = "fail"
                 break
     keep = list(range(len(raw)))
@@ -380,30 +362,14 @@ def _kind(text: str) -> str:
     return ""
 
 
-def _mark_matches(texts: list[str], kinds: list[str], timeline: list[dict[str, Any]]) -> None:
+def _mark_matches(texts: list[str], kinds: list[str], matched: list[str]) -> None:
     """The lines `expect` steps matched, in order."""
     at = 0
-    for step in timeline:
-        detail = step.get("detail")
-        if step.get("step") != "expect" or not isinstance(detail, dict):
-            continue
-        for wanted in detail.get("lines") or []:
-            for i in range(at, len(texts)):
-                if texts[i].strip() == str(wanted).strip():
-                    kinds[i], at = "match", i + 1
-                    break
-
-
-def _violation(message: str) -> str | None:
-    """The serial line a `not_expect` failed on, from the harness's failure message."""
-    for line in message.splitlines():
-        found = _VIOLATION.search(line.strip())
-        if found:
-            try:
-                return str(ast.literal_eval(found.group(1)))
-            except (ValueError, SyntaxError):
-                return found.group(1).strip("'\"")
-    return None
+    for wanted in matched:
+        for i in range(at, len(texts)):
+            if texts[i].strip() == wanted.strip():
+                kinds[i], at = "match", i + 1
+                break
 
 
 def _rerun(result: CellResult) -> str:
@@ -418,6 +384,5 @@ def _rerun(result: CellResult) -> str:
     fw = result.firmware
     if fw is not None:
         cmd += ["--firmware", fw.entry or fw.path]
-    if result.flash_size:
-        cmd += ["--flash-size", result.flash_size]
+    cmd += ["--flash-size", result.cell.flash_size]
     return shlex.join(cmd)
