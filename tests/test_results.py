@@ -20,6 +20,7 @@ from cells import REFUSED, ran, skipped
 from harness.emulator.console import Console, Forbidden, SerialLog
 from harness.emulator.device import Boot
 from harness.emulator.ota import OtaReport
+from harness.emulator.stall import Diagnosis
 from harness.errors import UnexpectedOutput
 from harness.flash import formats
 from harness.frontends.html import views
@@ -138,7 +139,8 @@ def test_the_console_records_the_rule_and_the_line_a_not_expect_failed_on(
     ours, guest = socket.socketpair()
     with ours, guest:
         log = SerialLog(tmp_path / "serial.log")
-        console = Console(ours, log, lambda during, wait: None, feed_log=True)
+        no_qemu = lambda: Diagnosis(False, "no QEMU here")  # noqa: E731 - a socket pair
+        console = Console(ours, log, lambda during, wait: None, no_qemu, feed_log=True)
         log.forbid(Forbidden("overlaps bootloader", re.compile("overlaps bootloader")), since=0)
         guest.sendall(("\r\n".join(["ets Jun  8 2016 00:22:57", *REFUSED]) + "\r\n").encode())
         with pytest.raises(UnexpectedOutput) as info:  # the moment the line arrives
