@@ -24,6 +24,7 @@ from pathlib import Path
 import pexpect
 from pexpect import fdpexpect
 
+from ..chips import Chip
 from ..errors import (
     BootLoop,
     DeviceTimeout,
@@ -162,10 +163,18 @@ class Console:
     SLICE = 0.25  # longest wait between fail-fast checks
 
     def __init__(
-        self, sock: socket.socket, log: SerialLog, exit_check: ExitCheck, *, feed_log: bool
+        self,
+        sock: socket.socket,
+        log: SerialLog,
+        exit_check: ExitCheck,
+        *,
+        feed_log: bool,
+        chip: Chip,
     ) -> None:
         """`feed_log`: this console writes what it reads into `log`; False when something
-        else does (a relay, which also sees the bytes a client of the port gets)."""
+        else does (a relay, which also sees the bytes a client of the port gets). `chip`:
+        whose ROM words the reset banners are (harness.chips)."""
+        self.chip = chip
         self.sock = sock
         self.log = log
         self.exit_check = exit_check  # raises QemuExited when QEMU is gone
@@ -336,27 +345,28 @@ class Console:
         load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
         host = f"host load average {load} on {os.cpu_count()} cores"
         hint = ""
-        loaded = any("WDT" in r for r in reasons) and os.getloadavg()[0] >= (os.cpu_count() or 1)
+        loaded = (any(self.chip.is_watchdog(r) for r in reasons)
+                  and os.getloadavg()[0] >= (os.cpu_count() or 1))  # fmt: skip
         if loaded:
             hint = " (watchdog resets under host load: likely the host, not the firmware)"
         raise BootLoop.of(
             f"boot loop during {during}: {len(reasons)} resets without MicroPython starting "
             f"({', '.join(reasons)}); {host}{hint}; serial log {self.log.path}",
-            list(reasons),
-        )
+            list(reasons), self.chip,
+        )  # fmt: skip
 
     def _raise_reset(self, reason: str, during: str) -> None:
         load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
         hint = (
             f" (a watchdog: under emulation the host may have starved QEMU; host load "
             f"average {load} on {os.cpu_count()} cores)"
-            if "WDT" in reason
+            if self.chip.is_watchdog(reason)
             else ""
         )
         raise UnexpectedReset.of(
             f"the device reset ({reason}) during {during}{hint}; serial log {self.log.path}",
-            reason,
-        )
+            reason, self.chip,
+        )  # fmt: skip
 
     def _raise_crash(self, line: str, during: str) -> None:
         with contextlib.suppress(OSError):  # let the backtrace reach the log first

@@ -13,6 +13,8 @@ below (`Machine`, `boot()`) have no defaults of their own for any of it.
   when the firmware is a build measured to stall on a shared host (ESP-IDF before v5.0.4).
 - Retries: none unless asked; only errors that are the emulator's, never a firmware's
   result (harness.errors.RETRYABLE).
+- The chip: the one the firmware's bootloader names, whose QEMU machine runs it
+  (harness.chips); a chip the harness cannot boot is refused here, in one line.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from ..chips import DEFAULT, Chip
+from ..errors import ImageError
 from ..flash.firmware import FirmwareFacts
 
 WATCHDOGS = False
@@ -44,6 +48,7 @@ class RunPolicy:
     psram: bool  # the machine has 4 MB of PSRAM (-m 4M)
     alone: bool  # no other emulation shares the host meanwhile (harness.emulator.hostlock)
     retries: int = 0  # more attempts after an emulator failure (errors.RETRYABLE)
+    chip: Chip = DEFAULT  # whose QEMU machine runs it (harness.chips)
 
 
 def stalls_under_load(idf_version: str | None) -> bool:
@@ -71,12 +76,15 @@ def decide(
     retries: int = 0,
 ) -> RunPolicy:
     """The policy for one firmware; an argument left None is decided by the rules above."""
+    if not facts.chip.boots:
+        raise ImageError(f"{facts.name} is built for {facts.chip.name}: {facts.chip.why_not()}")
     stalls = stalls_under_load(facts.idf_version)
     return RunPolicy(
         watchdogs=WATCHDOGS if watchdogs is None else watchdogs,
         psram=facts.spiram if psram is None else psram,
         alone=alone or stalls,
         retries=max(retries, STALLING_BUILD_RETRIES) if stalls and retries > 0 else retries,
+        chip=facts.chip,
     )
 
 

@@ -23,6 +23,7 @@ from pydantic import (
     model_validator,
 )
 
+from ..chips import names_watchdog_reset
 from ..flash.formats import OtaState, Select
 
 # ota: two OTA slots (made by the OTA recipe where the firmware has none); no-ota: the
@@ -151,7 +152,8 @@ class ExpectArgs(Args):
     _list = field_validator("pattern", mode="before")(_listify)
 
     def expects_watchdog_reset(self) -> bool:
-        return any("WDT" in p for p in self.pattern)
+        """A pattern names a watchdog reset of a chip's ROM (`TG1WDT_SYS_RESET`)."""
+        return any(names_watchdog_reset(p) for p in self.pattern)
 
 
 @step_format
