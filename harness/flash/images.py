@@ -68,9 +68,13 @@ class Recipe:
     # the partition's end (an app larger than its slot), never past the flash's
     writes: tuple[tuple[str, Path], ...] = field(default_factory=tuple)
 
+    def replace(self, **changes: Any) -> Recipe:
+        """This recipe with `changes` (field: value): the one way a recipe is copied."""
+        return dataclasses.replace(self, **changes)
+
     def plain(self) -> Recipe:
         """The same conversion without files or writes (what payloads are made from)."""
-        return dataclasses.replace(self, app=None, vfs_files=(), writes=(), format_vfs=False)
+        return self.replace(app=None, vfs_files=(), writes=(), format_vfs=False)
 
 
 @dataclass(frozen=True)
