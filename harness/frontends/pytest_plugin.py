@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 
+from .. import chips
 from ..emulator import device, launch, policy
 from ..emulator.device import BootOptions, Device
 from ..emulator.qemu import find_qemu, stop_all
@@ -154,8 +155,9 @@ class ScenarioItem(pytest.Item):
         self.cell = cell
 
     def runtest(self) -> None:
+        chip = self.cell.policy.chip if isinstance(self.cell, plan.CellPlan) else chips.DEFAULT
         try:
-            qemu = find_qemu(self.config.getoption("qemu"))
+            qemu = find_qemu(self.config.getoption("qemu"), chip)
         except QemuNotFound as exc:
             pytest.skip(f"emulation test skipped: {exc}")
         artifacts = Path(self.config.getoption("artifacts")).resolve()

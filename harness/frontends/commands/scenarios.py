@@ -7,11 +7,13 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ... import chips
 from ...errors import HarnessError, QemuNotFound
 from ...flash.size import FlashSize
 from . import options
 
 if TYPE_CHECKING:
+    from ...chips import Chip
     from ...scenario.plan import Cell
     from ...sources import manifest
     from .options import Subparsers
@@ -78,7 +80,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     for cell in planned:  # a firmware the user named that cannot be had is an error, not a skip
         if isinstance(cell, plan.Skipped) and cell.unavailable:
             raise manifest.FirmwareUnavailable(cell.reason)
-    find_qemu(args.qemu)  # fail before building anything when there is no QEMU
+    for chip in _chips(planned):  # fail before building anything when there is no QEMU
+        find_qemu(args.qemu, chip)
     progress = report.Progress(len(planned))
     results = []
     start = time.monotonic()
@@ -105,25 +108,36 @@ def cmd_provision(args: argparse.Namespace) -> int:
     from ...sources import downloads, manifest
 
     seen: set[Path] = set()
-    for cell in cells(args):
+    planned = cells(args)
+    for cell in planned:
         if isinstance(cell, Skipped) and cell.firmware is None:
             raise manifest.FirmwareUnavailable(cell.reason)
         if cell.firmware is not None and cell.firmware.path not in seen:
             seen.add(cell.firmware.path)
             print(f"firmware: {cell.firmware.path} ({cell.firmware.origin}, "
                   f"{_pin(cell.firmware)})")  # fmt: skip
-    try:
-        print(f"qemu: {find_qemu(args.qemu)}")
-    except QemuNotFound as exc:
-        if args.qemu:
-            raise
+    for chip in _chips(planned):
         try:
-            binary, _ = downloads.install_qemu()
-        except HarnessError as failed:
-            raise QemuNotFound(f"{str(exc).split(';')[0]}, and installing Espressif's "
-                               f"{downloads.QEMU_VERSION} failed: {failed}") from None  # fmt: skip
-        print(f"qemu: {binary} (installed)")
+            print(f"qemu: {find_qemu(args.qemu, chip)}")
+        except QemuNotFound as exc:
+            if args.qemu:
+                raise
+            try:
+                binary, _ = downloads.install_qemu(chip=chip)
+            except HarnessError as failed:
+                raise QemuNotFound(f"{str(exc).split(';')[0]}, and installing Espressif's "
+                                   f"pinned QEMU failed: {failed}") from None  # fmt: skip
+            print(f"qemu: {binary} (installed)")
     return 0
+
+
+def _chips(planned: list[Cell]) -> list[Chip]:
+    """The chips the cells run on (their policies'), each once; the default one when
+    every cell is skipped."""
+    from ...scenario.plan import CellPlan
+
+    found = [c.policy.chip for c in planned if isinstance(c, CellPlan)]
+    return list(dict.fromkeys(found)) or [chips.DEFAULT]
 
 
 def _pin(firmware: manifest.Firmware) -> str:
