@@ -24,6 +24,7 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from harness import chips
 from harness.emulator import device, policy
 from harness.emulator.device import BootOptions
 from harness.errors import BootLoop, HarnessError
@@ -44,7 +45,8 @@ def boot_once(image: Path, qemu: str | None, watchdogs: bool) -> str:
             dev.wait_prompt(TIMEOUT)
         return "booted"
     except BootLoop as loop:
-        return "boot loop (" + ",".join(sorted({r for r in loop.reasons if "WDT" in r})) + ")"
+        fired = sorted({r for r in loop.reasons if chips.ESP32.is_watchdog(r)})
+        return "boot loop (" + ",".join(fired) + ")"
     except HarnessError as exc:
         return f"failed: {type(exc).__name__}"
 

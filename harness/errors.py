@@ -7,6 +7,11 @@ what to do about it.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .chips import Chip
+
 
 class HarnessError(Exception):
     """A problem the user can act on; printed as one line by the CLI."""
@@ -15,7 +20,7 @@ class HarnessError(Exception):
 
 
 class QemuNotFound(HarnessError):
-    """No usable qemu-system-xtensa with the esp32 machine."""
+    """No usable Espressif QEMU with the chip's machine (qemu-system-xtensa, esp32)."""
 
 
 class ImageError(HarnessError):
@@ -58,10 +63,11 @@ class BootLoop(HarnessError):
         self.reasons = reasons
 
     @staticmethod
-    def of(message: str, reasons: list[str]) -> BootLoop:
-        """A WatchdogBootLoop when every reset after power-on came from a watchdog."""
-        later = [r for r in reasons if r != "POWERON_RESET"]
-        watchdog = bool(later) and all("WDT" in r for r in later)
+    def of(message: str, reasons: list[str], chip: Chip) -> BootLoop:
+        """A WatchdogBootLoop when every reset after power-on came from a watchdog (as the
+        chip's ROM words say, harness.chips)."""
+        later = [r for r in reasons if chip.reset_kind(r) != "power-on"]
+        watchdog = bool(later) and all(chip.is_watchdog(r) for r in later)
         return (WatchdogBootLoop if watchdog else BootLoop)(message, reasons)
 
 
@@ -79,8 +85,8 @@ class UnexpectedReset(HarnessError):
         self.reason = reason  # the ROM's name for it: TG1WDT_SYS_RESET, SW_CPU_RESET, ...
 
     @staticmethod
-    def of(message: str, reason: str) -> UnexpectedReset:
-        return (WatchdogReset if "WDT" in reason else UnexpectedReset)(message, reason)
+    def of(message: str, reason: str, chip: Chip) -> UnexpectedReset:
+        return (WatchdogReset if chip.is_watchdog(reason) else UnexpectedReset)(message, reason)
 
 
 class WatchdogReset(UnexpectedReset):

@@ -89,3 +89,25 @@ def test_a_closed_pipe_ends_the_command_quietly(fw) -> None:
     err = proc.stderr.read().decode()
     assert proc.wait(60) == 141
     assert err == ""
+
+
+def test_an_option_several_commands_take_is_declared_once() -> None:
+    """`--qemu` (and `--watchdogs`) is one declaration every command that boots shares,
+    each command's parser living beside its code (harness.frontends.commands)."""
+    import argparse
+
+    from harness.frontends import cli
+
+    parser = cli.build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+
+    def declared(option: str) -> dict[str, argparse.Action]:
+        return {name: action for name, p in sub.choices.items() for action in p._actions
+                if option in action.option_strings}  # fmt: skip
+
+    qemu = declared("--qemu")
+    assert set(qemu) == {"boot", "run", "provision", "repro"}
+    assert len({id(a) for a in qemu.values()}) == 1  # the same declaration in each
+    assert len({id(a) for a in declared("--watchdogs").values()}) == 1
+    modules = {c.__name__.rsplit(".", 1)[-1] for c in cli.COMMANDS}
+    assert {"boot", "image", "repro", "inspect"} <= modules

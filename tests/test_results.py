@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 from cells import REFUSED, ran, skipped
 
-from harness.emulator.console import Console, Forbidden, SerialLog
+from harness import chips
+from harness.emulator.console import Console, Forbidden, SerialLog, Watch
 from harness.emulator.device import Boot
 from harness.emulator.ota import OtaReport
 from harness.emulator.stall import Diagnosis
@@ -139,8 +140,8 @@ def test_the_console_records_the_rule_and_the_line_a_not_expect_failed_on(
     ours, guest = socket.socketpair()
     with ours, guest:
         log = SerialLog(tmp_path / "serial.log")
-        no_qemu = lambda: Diagnosis(False, "no QEMU here")  # noqa: E731 - a socket pair
-        console = Console(ours, log, lambda during, wait: None, no_qemu, feed_log=True)
+        watch = Watch(lambda during, wait: None, lambda: Diagnosis(False, "no QEMU here"))
+        console = Console(ours, log, watch, feed_log=True, chip=chips.DEFAULT)
         log.forbid(Forbidden("overlaps bootloader", re.compile("overlaps bootloader")), since=0)
         guest.sendall(("\r\n".join(["ets Jun  8 2016 00:22:57", *REFUSED]) + "\r\n").encode())
         with pytest.raises(UnexpectedOutput) as info:  # the moment the line arrives

@@ -355,3 +355,15 @@ def test_every_skip_in_the_matrix_has_a_true_reason(firmware_dir: Path) -> None:
                 assert true, (cell.name, reason)
                 checked += 1
     assert checked > 20  # the matrix does skip: PSRAM, rollback and vfs-line cells
+
+
+def test_every_ota_method_has_one_strategy_and_one_meaning() -> None:
+    """The names a scenario's `method:` takes, what each means for the plan
+    (stepformats.OTA_METHODS) and the strategy that runs it (ota.METHODS) agree."""
+    from typing import get_args
+
+    from harness.emulator import ota
+    from harness.scenario.stepformats import OTA_METHODS, OtaMethodName
+
+    assert set(get_args(OtaMethodName)) == set(OTA_METHODS) == set(ota.METHODS)
+    assert all(name == m.name for name, m in OTA_METHODS.items())

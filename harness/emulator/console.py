@@ -26,6 +26,7 @@ from pathlib import Path
 import pexpect
 from pexpect import fdpexpect
 
+from ..chips import Chip
 from ..errors import (
     BootLoop,
     DeviceTimeout,
@@ -55,6 +56,14 @@ LOG_LINE = re.compile(r"^([EW]) \((\d+)\) ([\w.]+): (.*)$")
 Pattern = str | bytes | re.Pattern[bytes]
 ExitCheck = Callable[[str, float], None]
 Probe = Callable[[], Diagnosis]  # harness.emulator.stall.diagnose on this console's board
+
+
+@dataclass(frozen=True)
+class Watch:
+    """What the console asks of the board behind it when the serial port says nothing."""
+
+    alive: ExitCheck  # raises QemuExited (with QEMU's last words) when QEMU is gone
+    stuck: Probe  # is the guest stuck? (harness.emulator.stall)
 
 
 def strip_ansi(text: str) -> str:
@@ -197,17 +206,19 @@ class Console:
         self,
         sock: socket.socket,
         log: SerialLog,
-        exit_check: ExitCheck,
-        probe: Probe,
+        watch: Watch,
         *,
         feed_log: bool,
+        chip: Chip,
     ) -> None:
         """`feed_log`: this console writes what it reads into `log`; False when something
-        else does (a relay, which also sees the bytes a client of the port gets)."""
+        else does (a relay, which also sees the bytes a client of the port gets). `chip`:
+        whose ROM words the reset banners are (harness.chips)."""
+        self.chip = chip
         self.sock = sock
         self.log = log
-        self.exit_check = exit_check  # raises QemuExited when QEMU is gone
-        self.probe = probe  # is the guest stuck? asked by every wait that runs out
+        self.exit_check = watch.alive
+        self.probe = watch.stuck  # asked by every wait that runs out
         self._child = fdpexpect.fdspawn(sock.fileno(), timeout=30, maxread=65536)
         if feed_log:
             self._child.logfile_read = self.log
@@ -425,27 +436,28 @@ class Console:
         load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
         host = f"host load average {load} on {os.cpu_count()} cores"
         hint = ""
-        loaded = any("WDT" in r for r in reasons) and os.getloadavg()[0] >= (os.cpu_count() or 1)
+        loaded = (any(self.chip.is_watchdog(r) for r in reasons)
+                  and os.getloadavg()[0] >= (os.cpu_count() or 1))  # fmt: skip
         if loaded:
             hint = " (watchdog resets under host load: likely the host, not the firmware)"
         raise BootLoop.of(
             f"boot loop during {during}: {len(reasons)} resets without MicroPython starting "
             f"({', '.join(reasons)}); {host}{hint}; serial log {self.log.path}",
-            list(reasons),
-        )
+            list(reasons), self.chip,
+        )  # fmt: skip
 
     def _raise_reset(self, reason: str, during: str) -> None:
         load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
         hint = (
             f" (a watchdog: under emulation the host may have starved QEMU; host load "
             f"average {load} on {os.cpu_count()} cores)"
-            if "WDT" in reason
+            if self.chip.is_watchdog(reason)
             else ""
         )
         raise UnexpectedReset.of(
             f"the device reset ({reason}) during {during}{hint}; serial log {self.log.path}",
-            reason,
-        )
+            reason, self.chip,
+        )  # fmt: skip
 
     def _raise_crash(self, line: str, during: str) -> None:
         with contextlib.suppress(OSError):  # let the backtrace reach the log first

@@ -27,11 +27,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from ..chips import Chip
 from ..errors import HarnessError, ImageError, UnexpectedReset
 from ..flash import formats
 from . import hostlock, janitor, stall
 from .board import Board, QemuBoard, ServedBoard
-from .console import RESET_BANNER, Console, log_lines
+from .console import RESET_BANNER, Console, Watch, log_lines
 from .policy import RunPolicy
 from .qemu import MachineSetup, find_qemu
 from .repl import Repl
@@ -65,9 +66,10 @@ class Boot:
 class Device:
     """A board with its console and REPL: what steps, tests and the CLI talk to."""
 
-    def __init__(self, board: Board, run_dir: Path) -> None:
+    def __init__(self, board: Board, run_dir: Path, chip: Chip) -> None:
         self.board = board
         self.run_dir = run_dir
+        self.chip = chip  # whose ROM words its reset banners are (harness.chips)
         self._console: Console | None = None
         self._repl: Repl | None = None
 
@@ -76,9 +78,9 @@ class Device:
         reading before the guest runs its first instruction."""
 
         def attach(sock: socket.socket) -> None:
-            self._console = Console(sock, self.board.log, self.board.check_alive,
-                                    lambda: stall.diagnose(self.board),
-                                    feed_log=not self.board.relays_log)  # fmt: skip
+            watch = Watch(self.board.check_alive, lambda: stall.diagnose(self.board))
+            self._console = Console(sock, self.board.log, watch,
+                                    feed_log=not self.board.relays_log, chip=self.chip)  # fmt: skip
             self._repl = Repl(self._console)
 
         self.board.log.resets_since_up.clear()  # a boot loop is counted from this power-on
@@ -156,14 +158,14 @@ class Device:
 
     def check_requested_reset(self, reason: str, during: str) -> None:
         """A reset the step asked for is a software or power-on reset; a watchdog's is not."""
-        if "WDT" in reason:
+        if self.chip.is_watchdog(reason):
             load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
             raise UnexpectedReset.of(
                 f"a watchdog reset the device ({reason}) during {during}, not the reset the "
                 f"step asked for (under emulation the host may have starved QEMU; host load "
                 f"average {load} on {os.cpu_count()} cores); serial log {self.console.log.path}",
-                reason,
-            )
+                reason, self.chip,
+            )  # fmt: skip
 
 
 def reset_reasons(lines: list[str]) -> list[str]:
@@ -208,8 +210,10 @@ def _run_dir(options: BootOptions) -> tuple[Path, bool]:
 @contextlib.contextmanager
 def boot(image: Path, options: BootOptions) -> Iterator[Device]:
     """Boot `image` (a flash image of an exact size) as `options` say; yield the Device."""
-    setup = MachineSetup(find_qemu(options.qemu), options.policy.psram, options.policy.watchdogs,
-                         trace_flash=options.record_flash)  # fmt: skip
+    chip = options.policy.chip
+    setup = MachineSetup(find_qemu(options.qemu, chip), options.policy.psram,
+                         options.policy.watchdogs, trace_flash=options.record_flash,
+                         chip=chip)  # fmt: skip
     run_dir, keep = _run_dir(options)
     board: Board | None = None
     try:
@@ -219,7 +223,7 @@ def boot(image: Path, options: BootOptions) -> Iterator[Device]:
                 board = ServedBoard(setup, flash, run_dir, download=options.download)
             else:
                 board = QemuBoard(setup, flash, run_dir)
-            device = Device(board, run_dir)
+            device = Device(board, run_dir, chip)
             device.power_on()
             yield device
     finally:

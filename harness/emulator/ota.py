@@ -23,10 +23,12 @@ Two ways to write, both real:
   was staged into is the one the device would update, and that the slot holds the
   payload byte for byte.
 
-Either way the result is an `OtaReport`: the slot written, set_boot()'s verdict, the
-bootloader's E/W lines during the reboot, the partition that booted (asked of the REPL:
-MicroPython's bootloader logs nothing on success or rollback), and otadata before and
-after, read from the flash file. A step's `timeout` bounds the whole of it.
+`METHODS` holds one strategy per method, by the name a scenario's `method:` gives, each
+a function of the device and a `Request`. Either way the result is an `OtaReport`: the
+slot written, set_boot()'s verdict, the bootloader's E/W lines during the reboot, the
+partition that booted (asked of the REPL: MicroPython's bootloader logs nothing on
+success or rollback), and otadata before and after, read from the flash file. A step's
+`timeout` bounds the whole of it.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ import re
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -345,6 +348,57 @@ def write_otadata(
     for sector, data in sectors.items():  # writeblocks(n, buf) erases the sector first
         code.append(f"p.writeblocks({sector}, binascii.unhexlify({data.hex()!r}))")
     dev.repl.exec("\n".join(code))
+
+
+# -- the methods: one strategy each, by the name a scenario's `method:` gives ----------
+
+
+@dataclass(frozen=True)
+class Request:
+    """One update, whatever the method: the payload, the slot (None: the next; a staged
+    write names the slot it was staged into), what follows the write, the bound on the
+    whole step, and the user's REPL `command` (a library's method)."""
+
+    payload: Path
+    target: str | None = None
+    after: After = After()
+    timeout: float = 300.0
+    command: str | None = None
+
+
+Method = Callable[[Device, Request], OtaReport]
+# The strategies by name; what each means for a plan (stages, cost, a device write) is
+# harness.scenario.stepformats.OTA_METHODS, under the same names (tests/test_scenarios.py).
+METHODS: dict[str, Method] = {}
+
+
+def method(name: str) -> Callable[[Method], Method]:
+    """Register an OTA method's strategy under its name."""
+
+    def register(strategy: Method) -> Method:
+        METHODS[name] = strategy
+        return strategy
+
+    return register
+
+
+@method("harness")
+def _by_harness(dev: Device, req: Request) -> OtaReport:
+    return update(dev, req.payload, req.target, req.after, req.timeout)
+
+
+@method("staged")
+def _staged(dev: Device, req: Request) -> OtaReport:
+    if req.target is None:
+        raise HarnessError("a staged write needs the slot it was staged into")
+    return staged(dev, req.payload, req.target, req.after, req.timeout)
+
+
+@method("library")
+def _by_library(dev: Device, req: Request) -> OtaReport:
+    if not req.command:
+        raise HarnessError("a library's update needs its REPL `command`")
+    return run_library(dev, req.payload, Library(req.command, req.after.confirm), req.timeout)
 
 
 def _printable(text: str) -> str:

@@ -15,6 +15,8 @@ below (`Machine`, `boot()`) have no defaults of their own for any of it.
   result (`RETRYABLE`), for scenario cells (the runner), `harness run --retries` and the
   pytest plugin's tests that boot QEMU alike; builds that stall get at least
   `STALLING_BUILD_RETRIES` where retries are on, and none where they are off.
+- The chip: the one the firmware's bootloader names, whose QEMU machine runs it
+  (harness.chips); a chip the harness cannot boot is refused here, in one line.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from ..errors import GuestStalled, QemuCrashed, WatchdogBootLoop, WatchdogReset
+from ..chips import DEFAULT, Chip
+from ..errors import GuestStalled, ImageError, QemuCrashed, WatchdogBootLoop, WatchdogReset
 from ..flash.firmware import FirmwareFacts
 
 WATCHDOGS = False
@@ -53,6 +56,7 @@ class RunPolicy:
     psram: bool  # the machine has 4 MB of PSRAM (-m 4M)
     alone: bool  # no other emulation shares the host meanwhile (harness.emulator.hostlock)
     retries: int = 0  # more attempts after an emulator failure (RETRYABLE)
+    chip: Chip = DEFAULT  # whose QEMU machine runs it (harness.chips)
 
 
 def stalls_under_load(idf_version: str | None) -> bool:
@@ -93,12 +97,15 @@ def decide(
     retries: int = 0,
 ) -> RunPolicy:
     """The policy for one firmware; an argument left None is decided by the rules above."""
+    if not facts.chip.boots:
+        raise ImageError(f"{facts.name} is built for {facts.chip.name}: {facts.chip.why_not()}")
     stalls = stalls_under_load(facts.idf_version)
     return RunPolicy(
         watchdogs=WATCHDOGS if watchdogs is None else watchdogs,
         psram=facts.spiram if psram is None else psram,
         alone=alone or stalls,
         retries=retry_count(retries, stalls=stalls),
+        chip=facts.chip,
     )
 
 

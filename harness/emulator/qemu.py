@@ -1,4 +1,4 @@
-"""The machine: find Espressif's qemu-system-xtensa, run it on a flash file, reap it.
+"""The machine: find Espressif's QEMU for a chip, run it on a flash file, reap it.
 
 One `Machine` is one QEMU process. Serial and QMP are Unix sockets in the run's own
 directory that the harness listens on and QEMU connects to, so runs never share a
@@ -7,7 +7,8 @@ serial reader before `cont`, so not one bootloader line is lost.
 
 QEMU never outlives the harness: it runs in its own process group, gets SIGKILL
 from the kernel when its parent dies (PR_SET_PDEATHSIG, which works even when the
-parent is SIGKILLed), and every `Machine` still alive at exit is killed.
+parent is SIGKILLed), and every `Machine` still alive at exit is killed. Which binary,
+machine and `-global` drivers a chip takes is its profile's (harness.chips).
 """
 
 from __future__ import annotations
@@ -33,66 +34,87 @@ from typing import Any
 from qemu.qmp import QMPError
 from qemu.qmp.legacy import QEMUMonitorProtocol
 
-from ..errors import FlashTraceUnavailable, HarnessError, QemuCrashed, QemuExited, QemuNotFound
+from .. import chips
+from ..chips import Chip
+from ..errors import (
+    FlashTraceUnavailable,
+    HarnessError,
+    ImageError,
+    QemuCrashed,
+    QemuExited,
+    QemuNotFound,
+)
 from ..paths import idf_tools_dir
 from . import flashtrace, janitor
 
-QEMU_NAME = "qemu-system-xtensa"
-INSTALL_HINT = (
-    "install Espressif's QEMU with `harness qemu install` (or ESP-IDF's "
-    "`idf_tools.py install qemu-xtensa`), or point --qemu / ESP_QEMU at qemu-system-xtensa"
-)
 _PR_SET_PDEATHSIG = 1
 _live: set[Machine] = set()
 
 
-def _candidates() -> list[tuple[str, Path]]:
+def _profile(chip: Chip) -> chips.Qemu:
+    """The chip's QEMU, or the one line that says why the harness cannot boot it."""
+    if chip.qemu is None or not chip.boots:
+        raise ImageError(f"cannot boot {chip.name}: {chip.why_not()}")
+    return chip.qemu
+
+
+def install_hint(chip: Chip = chips.DEFAULT) -> str:
+    qemu = _profile(chip)
+    return (f"install Espressif's QEMU with `harness qemu install` (or ESP-IDF's "
+            f"`idf_tools.py install {qemu.tool}`), or point --qemu / ESP_QEMU at "
+            f"{qemu.binary}")  # fmt: skip
+
+
+def _candidates(qemu: chips.Qemu) -> list[tuple[str, Path]]:
     found: list[tuple[str, Path]] = []
     if os.environ.get("ESP_QEMU"):
         found.append(("ESP_QEMU", Path(os.environ["ESP_QEMU"])))
-    pattern = str(idf_tools_dir() / "qemu-xtensa" / "*" / "qemu" / "bin" / QEMU_NAME)
+    pattern = str(idf_tools_dir() / qemu.tool / "*" / "qemu" / "bin" / qemu.binary)
     for path in sorted(glob.glob(pattern), reverse=True):  # newest version first
         found.append(("ESP-IDF tools folder", Path(path)))
-    on_path = shutil.which(QEMU_NAME)
+    on_path = shutil.which(qemu.binary)
     if on_path:
         found.append(("PATH", Path(on_path)))
     return found
 
 
 @functools.cache
-def has_esp32_machine(qemu: Path) -> bool:
-    """Upstream and distribution builds of qemu-system-xtensa lack `-machine esp32`."""
+def has_machine(qemu: Path, machine: str) -> bool:
+    """Upstream and distribution builds of QEMU lack Espressif's machines (`esp32`)."""
     try:
         out = subprocess.run(
             [str(qemu), "-machine", "help"], capture_output=True, text=True, timeout=20
         ).stdout
     except (OSError, subprocess.SubprocessError):
         return False
-    return any(line.split()[:1] == ["esp32"] for line in out.splitlines())
+    return any(line.split()[:1] == [machine] for line in out.splitlines())
 
 
-def find_qemu(explicit: str | os.PathLike[str] | None = None) -> Path:
-    """Return a qemu-system-xtensa that has the esp32 machine.
+def find_qemu(explicit: str | os.PathLike[str] | None = None, chip: Chip = chips.DEFAULT) -> Path:
+    """Return Espressif's QEMU with the chip's machine (qemu-system-xtensa, esp32).
 
     Order: `explicit` (--qemu), ESP_QEMU, ~/.espressif/tools/qemu-xtensa/*/qemu/bin,
     then PATH. An explicit path that does not work is an error, not a fallback.
     """
+    qemu = _profile(chip)
+    hint = install_hint(chip)
     if explicit is not None:
         path = Path(explicit)
         if not path.is_file() or not os.access(path, os.X_OK):
-            raise QemuNotFound(f"--qemu {path} is not an executable file; {INSTALL_HINT}")
-        if not has_esp32_machine(path):
+            raise QemuNotFound(f"--qemu {path} is not an executable file; {hint}")
+        if not has_machine(path, qemu.machine):
             raise QemuNotFound(
-                f"{path} has no esp32 machine (not Espressif's QEMU fork); {INSTALL_HINT}"
+                f"{path} has no {qemu.machine} machine (not Espressif's QEMU fork); {hint}"
             )
         return path
     rejected = []
-    for source, path in _candidates():
-        if path.is_file() and os.access(path, os.X_OK) and has_esp32_machine(path):
+    for source, path in _candidates(qemu):
+        if path.is_file() and os.access(path, os.X_OK) and has_machine(path, qemu.machine):
             return path
         rejected.append(f"{path} ({source})")
-    why = f" (found but without the esp32 machine: {', '.join(rejected)})" if rejected else ""
-    raise QemuNotFound(f"no qemu-system-xtensa with the esp32 machine{why}; {INSTALL_HINT}")
+    why = (f" (found but without the {qemu.machine} machine: {', '.join(rejected)})"
+           if rejected else "")  # fmt: skip
+    raise QemuNotFound(f"no {qemu.binary} with the {qemu.machine} machine{why}; {hint}")
 
 
 def _listen(path: Path) -> socket.socket:
@@ -128,7 +150,8 @@ _CPU_REGS = re.compile(r"CPU#(\d+)\s+PC=([0-9a-f]+).*?\bPS=([0-9a-f]+)", re.S)
 
 @dataclass(frozen=True)
 class MachineSetup:
-    """What a QEMU is started with: the binary, PSRAM, the watchdogs, the boot strap, UART1."""
+    """What a QEMU is started with: the binary, PSRAM, the watchdogs, the boot strap, UART1,
+    and the chip whose machine it runs."""
 
     qemu: Path
     psram: bool
@@ -136,10 +159,11 @@ class MachineSetup:
     download: bool = False  # GPIO0 strapped low: the ROM's download mode (fixed at start-up)
     data_channel: bool = True  # UART1 wired to a socket of its own: a byte pipe for payloads
     trace_flash: bool = False  # the flash model can report its operations (flashtrace)
+    chip: Chip = chips.DEFAULT
 
 
 class Machine:
-    """One emulated ESP32 running a flash file.
+    """One emulated chip running a flash file.
 
     Use as a context manager; leaving it, by any path, kills QEMU and waits for it.
     """
@@ -153,9 +177,10 @@ class Machine:
         self._vcpu_threads: dict[int, int] | None = None  # cpu index -> host thread id
 
     def command(self, sockets: Path) -> list[str]:
+        profile = _profile(self.setup.chip)
         cmd = [
             str(self.qemu),
-            "-machine", "esp32",
+            "-machine", profile.machine,
             "-display", "none",
             "-monitor", "none",
             "-nic", "none",
@@ -171,11 +196,11 @@ class Machine:
         if self.setup.psram:
             cmd += ["-m", "4M"]
         if not self.setup.watchdogs:  # what ESP-IDF's `idf.py qemu` does (emulator.policy)
-            cmd += ["-global", "driver=timer.esp32.timg,property=wdt_disable,value=true"]
+            cmd += profile.watchdogs_off()
         if self.setup.trace_flash:  # the trace log open, its events off until a recording
             cmd += ["-D", str(self.trace_path), "-d", f"trace:{flashtrace.ALWAYS_ON}"]
-        if self.setup.download:  # GPIO0 low at reset: the ROM waits for esptool (normal: 0x12)
-            cmd += ["-global", "driver=esp32.gpio,property=strap_mode,value=0x0f"]
+        if self.setup.download:  # the strap low at reset: the ROM waits for esptool
+            cmd += profile.download_mode()
         return cmd
 
     def start(
@@ -407,8 +432,11 @@ def stop_all() -> None:
 atexit.register(stop_all)
 
 
+_BINARIES = tuple({c.qemu.binary.encode() for c in chips.CHIPS if c.qemu is not None})
+
+
 def running_qemus(marker: str = "") -> list[tuple[int, str]]:
-    """(pid, command line) of every live qemu-system-xtensa whose command line has `marker`.
+    """(pid, command line) of every live QEMU of a chip's whose command line has `marker`.
 
     Reads the process table, so it also sees QEMUs that no handle of ours knows of.
     """
@@ -422,7 +450,7 @@ def running_qemus(marker: str = "") -> list[tuple[int, str]]:
                 continue  # a zombie is dead; its parent just has not reaped it yet
         except OSError:
             continue
-        if argv and argv[0].endswith(QEMU_NAME.encode()):
+        if argv and argv[0].endswith(_BINARIES):
             line = b" ".join(argv).decode(errors="replace")
             if marker in line:
                 found.append((int(entry.name), line))

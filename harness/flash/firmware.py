@@ -14,6 +14,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from .. import chips
+from ..chips import Chip
 from ..errors import ImageError
 from . import formats
 from .inputs import read_firmware
@@ -31,13 +33,15 @@ class FirmwareFacts:
     header_flash_size: FlashSize  # what its bootloader header claims
     table: formats.PartitionTable
     app_size: int  # bytes of the app image after the first app partition's offset
-    file_size: int  # the whole firmware file: bootloader, table and app, from 0x1000
+    file_size: int  # the whole firmware file: bootloader, table and app
     spiram: bool
     idf_version: str | None  # v5.2.2, from the app's esp_app_desc_t
+    chip: Chip  # what its bootloader's header names (harness.chips)
+    name: str = "this firmware"  # the file's name, for messages
 
     @classmethod
-    def of(cls, firmware: bytes) -> FirmwareFacts:
-        """The facts of a firmware file's bytes (as it sits at 0x1000) or a flash image's."""
+    def of(cls, firmware: bytes, name: str = "this firmware") -> FirmwareFacts:
+        """The facts of a firmware file's bytes (as it sits at its bootloader's offset)."""
         flash = formats.as_flash(firmware)
         table = formats.parse_table(flash)
         header = formats.ImageHeader.parse(firmware)
@@ -54,6 +58,8 @@ class FirmwareFacts:
             len(firmware),
             PSRAM_MARKER in firmware,
             app_idf_version(flash, table),
+            (header.profile if header else None) or chips.DEFAULT,
+            name,
         )
 
     @classmethod
@@ -81,7 +87,7 @@ class FirmwareFacts:
 @functools.lru_cache(maxsize=64)
 def _facts(path: Path, mtime_ns: int, size: int) -> FirmwareFacts:
     """One parse per file version (a collection plans many cells of the same firmware)."""
-    return FirmwareFacts.of(read_firmware(path))
+    return FirmwareFacts.of(read_firmware(path), str(path))
 
 
 def app_idf_version(flash: bytes, table: formats.PartitionTable) -> str | None:

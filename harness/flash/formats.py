@@ -1,10 +1,11 @@
-"""The ESP32 flash formats, read and written on the host, as typed values.
+"""The ESP32 family's flash formats, read and written on the host, as typed values.
 
 One module for every byte layout the harness reads or writes, following ESP-IDF
 (esp_image_format.h, esp_flash_partitions.h, bootloader_utility.c) and MicroPython's
 ports/esp32 (main.c for the filesystem region):
 
-- the image header and its fields (`ImageHeader`), and what a file is (`classify`);
+- the image header and its fields (`ImageHeader`), and what a file is (`classify`),
+  with each chip's bootloader offset and memory from its profile (harness.chips);
 - the partition table (`PartitionTable`);
 - otadata: both records, which slot the bootloader picks (`boot_choice`, rollback
   included) and the records that select a slot (`otadata_selecting`), by one slot rule;
@@ -24,27 +25,19 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
+from .. import chips
+from ..chips import Chip
 from ..errors import ImageError
 from .size import FlashSize
 
 if TYPE_CHECKING:
     from esptool.bin_image import BaseFirmwareImage
 
-BOOTLOADER_OFFSET = 0x1000
 TABLE_OFFSET = 0x8000
 SECTOR = 0x1000
 APP_MAGIC = 0xE9
 TABLE_MAGIC = b"\xaa\x50"
 APP_DESC_MAGIC = 0xABCD5432
-CHIP_IDS = {0: "esp32", 2: "esp32s2", 5: "esp32c3", 9: "esp32s3", 12: "esp32c2", 13: "esp32c6",
-            16: "esp32h2", 18: "esp32p4", 20: "esp32c61", 23: "esp32c5"}  # fmt: skip
-# Where each chip's ROM looks for the second-stage bootloader (esptool's BOOTLOADER_FLASH_OFFSET):
-# 0x1000 on the ESP32 and ESP32-S2, 0x2000 on the P4 and C5, 0x0 on the others (C3, S3, C6,
-# H2, ...). A firmware .bin starts at its bootloader, so the table's place in the file differs.
-BOOTLOADER_OFFSETS = {"esp32": 0x1000, "esp32s2": 0x1000, "esp32p4": 0x2000, "esp32c5": 0x2000}
-# The ESP32 bootloader keeps its own data and the ROM stack at the top of internal
-# DRAM; an app segment loading there is refused ("overlaps bootloader data/stack").
-BOOTLOADER_DRAM = (0x3FFE_0000, 0x4000_0000)
 APP_TYPE, DATA_TYPE = 0, 1
 SUBTYPE_FACTORY, SUBTYPE_OTA_DATA, SUBTYPE_FAT = 0x00, 0x00, 0x81
 BLANK_SEQ = 0xFFFFFFFF
@@ -80,7 +73,13 @@ class ImageHeader:
 
     @property
     def chip(self) -> str:
-        return CHIP_IDS.get(self.chip_id, "unknown")
+        found = chips.by_id(self.chip_id)
+        return found.name if found else "unknown"
+
+    @property
+    def profile(self) -> Chip | None:
+        """The chip's profile (harness.chips); None: a chip id the harness does not know."""
+        return chips.by_id(self.chip_id)
 
     @property
     def flash_size(self) -> FlashSize | None:
@@ -93,32 +92,39 @@ def first_segment_addr(data: bytes) -> int:
     return int.from_bytes(data[24:28], "little") if len(data) >= 28 else 0
 
 
-def bootloader_offset(chip: str) -> int:
-    """Where `chip`'s bootloader sits in flash (0x1000 on the ESP32, 0x0 on the C3, ...)."""
-    return BOOTLOADER_OFFSETS.get(chip, 0)
-
-
 def firmware_offset(data: bytes) -> int | None:
     """Where a firmware file (it starts at its bootloader) goes in flash: its chip's
     bootloader offset, or another one where that puts the partition table at 0x8000 (a
     file laid out for another chip than its header names). None: no table either way."""
     header = ImageHeader.parse(data)
-    first = bootloader_offset(header.chip) if header else BOOTLOADER_OFFSET
-    for offset in dict.fromkeys([first, *sorted(set(BOOTLOADER_OFFSETS.values()) | {0})]):
+    profile = header.profile if header else None
+    first = (profile or chips.DEFAULT).bootloader_offset
+    for offset in dict.fromkeys([first, *sorted(chips.bootloader_offsets())]):
         at = TABLE_OFFSET - offset
         if data[at : at + 2] == TABLE_MAGIC:
             return offset
     return None
 
 
+def flash_bootloader(data: bytes) -> int | None:
+    """Where the bootloader of a whole flash image (from 0) sits: the offset, other than
+    0, of a chip's bootloader with the partition table at 0x8000. None: not such an image
+    (a chip whose bootloader is at 0 has the same layout as its firmware file)."""
+    if len(data) <= TABLE_OFFSET + 2 or data[0] == APP_MAGIC:
+        return None
+    if data[TABLE_OFFSET : TABLE_OFFSET + 2] != TABLE_MAGIC:
+        return None
+    return next((at for at in sorted(chips.bootloader_offsets())
+                 if at and data[at] == APP_MAGIC), None)  # fmt: skip
+
+
 def classify(data: bytes) -> FileKind:
-    """'flash' (a whole ESP32 flash image from 0), 'firmware' (bootloader, table and app
-    from the bootloader's offset: 0x1000 on the ESP32, 0x0 on the C3, S3, C6...), 'app',
-    'blank' or 'unknown'."""
+    """'flash' (a whole flash image from 0, its bootloader at 0x1000 on the ESP32),
+    'firmware' (bootloader, table and app from the bootloader's offset: 0x1000 on the
+    ESP32, 0x0 on the C3, S3, C6...), 'app', 'blank' or 'unknown'."""
     if not data or data.count(0xFF) == len(data):
         return "blank"
-    whole = len(data) > TABLE_OFFSET + 2 and data[BOOTLOADER_OFFSET] == APP_MAGIC
-    if whole and data[0] != APP_MAGIC and data[TABLE_OFFSET : TABLE_OFFSET + 2] == TABLE_MAGIC:
+    if flash_bootloader(data) is not None:
         return "flash"
     if data[0] != APP_MAGIC:
         return "unknown"
@@ -463,13 +469,14 @@ def app_description(app: bytes) -> AppDescription | None:
     return AppDescription(f"{text[1]} {text[0]}".strip() or None, text[2] or None)
 
 
-def check_app(data: bytes, slot_size: int | None = None, chip: str = "esp32") -> AppCheck:
+def check_app(data: bytes, slot_size: int | None = None, chip: str | None = None) -> AppCheck:
     """Parse one app image with esptool and apply the bootloader's checks.
 
-    `chip`: the chip the image must be for (the bootloader's own, for an app in a slot).
-    The bootloader-memory rule is the ESP32's: other chips' images are parsed, not judged
-    by it.
+    `chip`: the chip the image must be for (the bootloader's own, for an app in a slot;
+    default harness.chips.DEFAULT). Segments are judged by the bootloader-memory rule of
+    the chip the image is built for, where its profile has one.
     """
+    chip = chip or chips.DEFAULT.name
     header = ImageHeader.parse(data)
     if header is None:
         first = f"0x{data[0]:02x}" if data else "nothing"
@@ -500,11 +507,12 @@ def check_app(data: bytes, slot_size: int | None = None, chip: str = "esp32") ->
 
 
 def _check_segments(check: AppCheck, image: BaseFirmwareImage, chip: str) -> None:
-    """Each segment's load address; on the ESP32, one in the bootloader's memory is refused."""
+    """Each segment's load address; one in the bootloader's own memory is refused."""
+    profile = chips.by_name(chip)
     for seg in image.segments:
         end = seg.addr + len(seg.data)
         check.segments.append(Segment(seg.addr, f"0x{seg.addr:08x}", len(seg.data)))
-        if chip == "esp32" and BOOTLOADER_DRAM[0] <= seg.addr < BOOTLOADER_DRAM[1]:
+        if profile is not None and profile.overlaps_bootloader(seg.addr, end):
             check.problems.append(
                 f"segment at 0x{seg.addr:08x}-0x{end:08x} loads into the bootloader's own "
                 "memory: the bootloader refuses it (overlaps bootloader data)"
@@ -529,6 +537,6 @@ def _load_esptool_image(data: bytes, chip: str) -> BaseFirmwareImage:
     from esptool.util import FatalError
 
     try:
-        return LoadFirmwareImage(chip if chip != "unknown" else "esp32", data)
+        return LoadFirmwareImage(chip if chip != "unknown" else chips.DEFAULT.name, data)
     except FatalError as exc:
         raise ValueError(str(exc)) from None

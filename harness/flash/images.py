@@ -68,9 +68,13 @@ class Recipe:
     # the partition's end (an app larger than its slot), never past the flash's
     writes: tuple[tuple[str, Path], ...] = field(default_factory=tuple)
 
+    def replace(self, **changes: Any) -> Recipe:
+        """This recipe with `changes` (field: value): the one way a recipe is copied."""
+        return dataclasses.replace(self, **changes)
+
     def plain(self) -> Recipe:
         """The same conversion without files or writes (what payloads are made from)."""
-        return dataclasses.replace(self, app=None, vfs_files=(), writes=(), format_vfs=False)
+        return self.replace(app=None, vfs_files=(), writes=(), format_vfs=False)
 
 
 @dataclass(frozen=True)
@@ -231,7 +235,7 @@ def build_image(recipe: Recipe, cache: Path | None = None) -> BuiltImage:
 
 
 def _make_flash(recipe: Recipe, firmware: bytes, out: Path) -> tuple[bytes, BuiltImage]:
-    facts = FirmwareFacts.of(firmware)
+    facts = FirmwareFacts.of(firmware, recipe.firmware.name)
     size = recipe.flash_size or facts.header_flash_size
     conversion = plan(recipe, facts)
     if conversion.args:
@@ -264,13 +268,14 @@ def _make_flash(recipe: Recipe, firmware: bytes, out: Path) -> tuple[bytes, Buil
 def _lay_out(
     recipe: Recipe, firmware: bytes, size: FlashSize
 ) -> tuple[bytearray, formats.PartitionTable]:
-    """The converted firmware at 0x1000 of an erased flash of `size`; its table must fit."""
-    if formats.BOOTLOADER_OFFSET + len(firmware) > size.bytes:
-        raise ImageError(
-            f"{recipe.firmware.name} ({len(firmware)} bytes at 0x1000) does not fit a {size} flash"
-        )
+    """The converted firmware at its chip's bootloader offset (0x1000 on the ESP32) of an
+    erased flash of `size`; its table must fit."""
+    at = formats.firmware_offset(firmware) or 0
+    if at + len(firmware) > size.bytes:
+        raise ImageError(f"{recipe.firmware.name} ({len(firmware)} bytes at {at:#x}) does not "
+                         f"fit a {size} flash")  # fmt: skip
     flash = bytearray(b"\xff" * size.bytes)
-    flash[formats.BOOTLOADER_OFFSET : formats.BOOTLOADER_OFFSET + len(firmware)] = firmware
+    flash[at : at + len(firmware)] = firmware
     table = formats.parse_table(bytes(flash))
     if not len(table):
         raise ImageError(f"{recipe.firmware}: no partition table at 0x8000")
@@ -297,7 +302,7 @@ def payload(recipe: Recipe, kind: str, cache: Path | None = None) -> Path:
     if _cached(out) is not None:
         return out
     firmware = read_firmware(recipe.firmware)
-    conversion = plan(recipe, FirmwareFacts.of(firmware))
+    conversion = plan(recipe, FirmwareFacts.of(firmware, recipe.firmware.name))
     full = firmware
     if conversion.args:
         full = convert(firmware, list(conversion.args), conversion, recipe.firmware.name)

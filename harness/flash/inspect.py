@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .. import chips
 from ..errors import ImageError
 from . import formats
 from .inputs import read_input
@@ -95,7 +96,8 @@ def examine(path: Path, data: bytes | None = None) -> FileReport:
     data = read_input(path) if data is None else data
     kind = formats.classify(data)
     if kind == "unknown":
-        raise ImageError(f"{path}: not an ESP32 image (no 0xE9 image header at 0 or 0x1000)")
+        raise ImageError(f"{path}: not an ESP32 image (no 0xE9 image header at 0 or at a "
+                         "bootloader's offset)")  # fmt: skip
     rep = FileReport(str(path), len(data), hashlib.sha256(data).hexdigest(), kind)
     if kind == "app":
         app = formats.check_app(data)
@@ -103,9 +105,9 @@ def examine(path: Path, data: bytes | None = None) -> FileReport:
         rep.ota_payload = PayloadVerdict(app.ok, payload_verdict(kind, app))
     elif kind in ("firmware", "flash"):
         flash = formats.as_flash(data)
-        at = formats.BOOTLOADER_OFFSET if kind == "flash" else formats.firmware_offset(data) or 0
-        header = formats.ImageHeader.parse(flash[at:])
-        boot = formats.check_app(flash[at:], chip=header.chip if header else "esp32")
+        at = formats.flash_bootloader(data) if kind == "flash" else formats.firmware_offset(data)
+        header = formats.ImageHeader.parse(flash[at or 0 :])
+        boot = formats.check_app(flash[at or 0 :], chip=header.chip if header else None)
         rep.chip, rep.flash_size = boot.chip, boot.flash_size
         rep.table = formats.parse_table(flash)
         rep.otadata = formats.read_otadata(flash, rep.table)
@@ -113,7 +115,7 @@ def examine(path: Path, data: bytes | None = None) -> FileReport:
         # the bootloader reads an image's segments wherever they lead, even past its
         # slot's end, and only then compares the length with the slot
         rep.slots = {
-            p.name: _slot(flash[p.offset :], p.size, boot.chip or "esp32")
+            p.name: _slot(flash[p.offset :], p.size, boot.chip)
             for p in rep.table
             if p.is_app and p.offset < len(flash)
         }
@@ -130,7 +132,7 @@ def examine(path: Path, data: bytes | None = None) -> FileReport:
     return rep
 
 
-def _slot(data: bytes, size: int, chip: str) -> SlotReport:
+def _slot(data: bytes, size: int, chip: str | None) -> SlotReport:
     if data[:1] != bytes([formats.APP_MAGIC]):
         state = "blank" if data[:4096].count(0xFF) == len(data[:4096]) else "no app image"
         return SlotReport(state, formats.AppCheck(False, [f"{state}: invalid magic byte"]))
@@ -146,20 +148,27 @@ def payload_verdict(kind: str, first: formats.AppCheck) -> str:
         return "app image the bootloader will reject: " + "; ".join(first.problems)
     if kind not in ("firmware", "flash"):
         return f"not an app image ({kind})"
-    seg0 = first.segments[0].addr_hex if first.segments else "?"
-    if first.chip != "esp32":
-        return (
-            f"this is a full firmware image for {first.chip} (bootloader + partition table + "
-            "app), not an app image: an OTA slot takes the app alone (micropython.bin / "
-            "`mp-image-tool-esp32 FILE -x`); QEMU's esp32 machine runs only ESP32 images"
+    chip = chips.by_name(first.chip)
+    whole = "whole flash" if kind == "flash" else "full firmware"
+    of = "" if chip is chips.DEFAULT else f" for {first.chip}"
+    seg = first.segments[0] if first.segments else None
+    verdict = f"this is a {whole} image{of} (bootloader + partition table + app), not an app image"
+    if (
+        seg is not None
+        and chip is not None
+        and chip.overlaps_bootloader(seg.addr, seg.addr + seg.length)
+    ):
+        verdict += (
+            f": its first segment loads at {seg.addr_hex}, in the bootloader's own memory, so "
+            "an OTA of it is rejected by the bootloader with 'overlaps bootloader data'. Use "
+            "the app image instead (micropython.bin / .app-bin, or `mp-image-tool-esp32 FILE -x`)"
         )
-    return (
-        f"this is a {'whole flash' if kind == 'flash' else 'full firmware'} image "
-        "(bootloader + partition table + app), not an app image: its first segment loads "
-        f"at {seg0}, in the bootloader's own memory, so an OTA of it is rejected by the "
-        "bootloader with 'overlaps bootloader data'. Use the app image instead "
-        "(micropython.bin / .app-bin, or `mp-image-tool-esp32 FILE -x`)"
-    )
+    else:
+        verdict += (": an OTA slot takes the app alone (micropython.bin / `mp-image-tool-esp32 "
+                    "FILE -x`)")  # fmt: skip
+    if chip is None or not chip.boots:
+        verdict += f"; {chip.why_not() if chip else 'the harness does not know this chip'}"
+    return verdict
 
 
 def _summary(rep: FileReport) -> str:

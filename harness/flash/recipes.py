@@ -84,6 +84,14 @@ def find(name: str, search: list[Path]) -> NamedRecipe:
     raise HarnessError(f"no image recipe {name!r} (known: {', '.join(known)})")
 
 
+def choose(search: list[Path], size: FlashSize, *, name: str | None = None,
+           ota: bool = False) -> NamedRecipe:  # fmt: skip
+    """The one rule for every image a firmware boots from (scenario cells, the `board`
+    fixture, `harness boot` and `image build`): the recipe `name`d, else the one for the
+    flash size and layout (`16mb`, `16mb-ota`)."""
+    return find(name, search) if name else for_size(size, ota, search)
+
+
 def for_size(size: FlashSize, ota: bool, search: list[Path]) -> NamedRecipe:
     """The recipe a scenario cell of this size uses (`16mb`, or `16mb-ota` for OTA slots)."""
     name = f"{str(size).lower()}{'-ota' if ota else ''}"

@@ -2,8 +2,10 @@
 
 Three ways: `--exec CODE` (print its output, exit), an interactive serial monitor
 (Ctrl-] quits), or `--pty` (the UART served as a pty and an RFC2217 port until Ctrl-C or
-SIGTERM, then a summary of what booted). Every way boots with the one run policy
-(harness.emulator.policy), so the board is the one a scenario or a test gets.
+SIGTERM, then a summary of what booted). Every way comes through the one path from a
+firmware to a board (harness.emulator.launch: its recipe, its run policy), so the board
+is the one a scenario or a test gets; the command's parser is
+harness.frontends.commands.boot.
 """
 
 from __future__ import annotations
@@ -18,29 +20,31 @@ import threading
 import tty
 from pathlib import Path
 
-from ..emulator import device, policy
+from ..emulator import device
 from ..emulator.device import BootOptions, Device
+from ..emulator.launch import Launch
 from ..errors import DeviceError, HarnessError
-from ..flash.firmware import FirmwareFacts
 
 QUIT_KEY = b"\x1d"  # Ctrl-], as in telnet and idf.py monitor
 
 
-def run(args: argparse.Namespace, image: Path) -> int:
+def check(args: argparse.Namespace) -> None:
+    """Options that cannot go together, refused before anything is built."""
     if args.pty and args.exec is not None:
         raise HarnessError("--pty serves the board to your own tools until Ctrl-C; it cannot "
                            "run --exec too: use one or the other")  # fmt: skip
     if args.download and not args.pty:
         raise HarnessError("--download needs --pty: download mode is for esptool over the port")
-    decided = policy.decide(
-        FirmwareFacts.read(image), watchdogs=policy.on_off(args.watchdogs),
-        psram=policy.auto(args.psram), alone=bool(args.pty),
-    )  # fmt: skip
+
+
+def run(args: argparse.Namespace, ready: Launch, image: Path) -> int:
+    """Boot `image` of the firmware `ready` (harness.emulator.launch) as the options say."""
     if args.pty:
-        options = BootOptions(decided, qemu=args.qemu, artifacts=args.artifacts or Path(
+        options = BootOptions(ready.policy, qemu=args.qemu, artifacts=args.artifacts or Path(
             "artifacts"), serve=True, download=args.download)  # fmt: skip
         return serve(image, options, args.timeout)
-    with device.boot(image, BootOptions(decided, qemu=args.qemu, artifacts=args.artifacts)) as dev:
+    with device.boot(image, BootOptions(ready.policy, qemu=args.qemu,
+                                        artifacts=args.artifacts)) as dev:  # fmt: skip
         if args.exec is None:
             return interact(dev)
         dev.wait_prompt(args.timeout)  # a stall after the bootloader is named as one

@@ -23,12 +23,12 @@ from typing import Any
 
 import pytest
 
-from ..emulator import device, policy
+from .. import chips
+from ..emulator import device, launch, policy
 from ..emulator.device import BootOptions, Device
 from ..emulator.qemu import find_qemu, stop_all
 from ..errors import HarnessError, QemuNotFound
-from ..flash import images, recipes
-from ..flash.firmware import FirmwareFacts
+from ..flash import recipes
 from ..flash.size import FlashSize
 from ..scenario import format, plan, runner
 from ..scenario.results import cut_property
@@ -158,8 +158,9 @@ class ScenarioItem(pytest.Item):
         self.cell = cell
 
     def runtest(self) -> None:
+        chip = self.cell.policy.chip if isinstance(self.cell, plan.CellPlan) else chips.DEFAULT
         try:
-            qemu = find_qemu(self.config.getoption("qemu"))
+            qemu = find_qemu(self.config.getoption("qemu"), chip)
         except QemuNotFound as exc:
             pytest.skip(f"emulation test skipped: {exc}")
         artifacts = Path(self.config.getoption("artifacts")).resolve()
@@ -298,8 +299,10 @@ def board(pytestconfig: pytest.Config, qemu: Path, tmp_path: Path) -> Iterator[B
     `firmware`: a manifest entry or a file; `flash_size`: the size's recipe, as a
     scenario's cell gets it; keywords `layout` ("ota" for two OTA slots), `vfs` ({device
     path: host file or folder}) and `watchdogs` (default: the run's --watchdogs, else off).
-    The image is built and cached as for scenarios; every board the test booted is powered
-    off and reaped when it ends, whatever happened.
+    It comes through the one path a scenario cell and `harness boot` take
+    (harness.emulator.launch): the size's recipe, the run policy. The image is built and
+    cached as for scenarios; every board the test booted is powered off and reaped when it
+    ends, whatever happened.
     """
     selector = pytestconfig.stash[SELECTOR]
     options = pytestconfig.stash[OPTIONS]
@@ -316,17 +319,14 @@ def board(pytestconfig: pytest.Config, qemu: Path, tmp_path: Path) -> Iterator[B
             chosen = selector.resolve(str(firmware))
             if len(chosen) != 1:
                 raise HarnessError(f"board({firmware!r}): no single firmware file by that name")
-            path = chosen[0].path
-            facts = FirmwareFacts.read(path)
-            size = FlashSize.emulated(flash_size)
-            named = recipes.for_size(size, layout == "ota", recipes.search_path(Path.cwd()))
+            choices = launch.Choices(
+                flash_size=FlashSize.emulated(flash_size), ota=layout == "ota",
+                watchdogs=options.watchdogs if watchdogs is None else watchdogs,
+            )  # fmt: skip
+            ready = launch.prepare(chosen[0].path, choices, recipes.search_path(Path.cwd()))
             files = tuple((Path(src), dst) for dst, src in (vfs or {}).items())
-            recipe = named.spec.recipe(path, vfs_files=files)
-            image = images.build(recipe)
-            decided = policy.decide(
-                facts, watchdogs=options.watchdogs if watchdogs is None else watchdogs
-            )
-            boot_options = BootOptions(decided, qemu=qemu, artifacts=tmp_path)
+            image = ready.build(vfs_files=files)
+            boot_options = BootOptions(ready.policy, qemu=qemu, artifacts=tmp_path)
             dev = stack.enter_context(device.boot(image, boot_options))
             dev.wait_prompt(60)
             return dev

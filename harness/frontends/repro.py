@@ -30,6 +30,7 @@ from ..flash.inspect import FileReport, examine
 from ..flash.size import FlashSize
 from ..scenario import format, plan, runner
 from ..scenario.results import CellResult, StepRecord, cut_table, load_cell
+from ..scenario.stepformats import OTA_HARNESS, OTA_LIBRARY, OTA_METHODS, OTA_STAGED
 from ..sources.manifest import FirmwareSelector
 from .html import write_report
 
@@ -48,7 +49,7 @@ class Request:
     expect: tuple[str, ...] = ()
     # without `command`: the update staged into the slot before the boot (what the
     # bootloader judges is the same bytes: tests/test_staged.py), or written by the device
-    method: str = "staged"
+    method: str = OTA_STAGED.name
     power_cut: int | None = None  # sweep this many cut points over the update's writes
 
 
@@ -63,12 +64,13 @@ def scenario_data(req: Request, where: Path) -> dict[str, Any]:
     size = req.flash_size or FirmwareFacts.read(req.firmware).header_flash_size
     ota: dict[str, Any] = {"payload": _rel(req.update, where), "method": req.method}
     if req.command:
-        ota.update(method="library", command=req.command)
+        ota.update(method=OTA_LIBRARY.name, command=req.command)
         if req.device_lib:
             ota["device_lib"] = _rel(req.device_lib, where)
     steps: list[dict[str, Any]] = [{"boot": "prompt"}, {"ota": ota}]
     if req.power_cut:  # a staged update makes no emulated writes: the device writes it
-        ota["method"] = "harness" if ota["method"] == "staged" else ota["method"]
+        if not OTA_METHODS[ota["method"]].device_writes:
+            ota["method"] = OTA_HARNESS.name
         steps[1:] = [{"power_cut": {"ota": ota, "sweep": req.power_cut}}, {"boot": "prompt"}]
     if req.expect:
         steps.append({"expect": list(req.expect)})

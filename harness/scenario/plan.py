@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ..emulator import policy
+from ..emulator import launch, policy
 from ..emulator.policy import RunPolicy
 from ..flash import images, recipes
 from ..flash.firmware import FirmwareFacts
@@ -213,6 +213,12 @@ def _cell(
     if fw is None:
         return Skipped(scenario, cell_id, size, choice.why_not, unavailable=choice.unavailable)
     facts = FirmwareFacts.read(fw.path)
+    ready = launch.prepare(fw.path, launch.Choices(  # a chip that cannot boot stops here
+        flash_size=size, ota=needs_ota_layout(scenario, facts),
+        watchdogs=policy.on_off(scenario.watchdogs) if scenario.watchdogs else options.watchdogs,
+        psram=psram if psram is not None else policy.auto(scenario.image.psram),
+        alone=any(a.alone() for a in scenario.step_args), retries=options.retries,
+    ), recipes.search_path(scenario.path.parent.parent, Path.cwd()))  # fmt: skip
     reason = skip_reason(scenario, fw, facts)
     if reason:
         return Skipped(scenario, cell_id, size, reason, fw)
@@ -221,23 +227,13 @@ def _cell(
         StepPlan(i, scenario.step_line(i), _expand_args(scenario, args, variables, ("steps", i)))
         for i, args in enumerate(scenario.step_args)
     )
-    search = recipes.search_path(scenario.path.parent.parent, Path.cwd())
-    named = recipes.for_size(size, needs_ota_layout(scenario, facts), search)
-    image, recipe_psram = _image(scenario, named, fw.path, steps, variables)
     step_args = [s.args for s in steps]
-    decided = policy.decide(
-        facts,
-        watchdogs=policy.on_off(scenario.watchdogs) if scenario.watchdogs else options.watchdogs,
-        psram=psram if psram is not None else recipe_psram,
-        alone=any(a.alone() for a in step_args),
-        retries=options.retries,
-    )
     return CellPlan(
-        scenario, cell_id, size, fw, facts, image, steps,
+        scenario, cell_id, size, fw, facts, _image(scenario, ready, steps, variables), steps,
         staged=tuple(s for a in step_args if (s := a.staged()) is not None),
         serve=any(a.serves() for a in step_args),
         cost=sum(a.cost() for a in step_args),
-        policy=decided,
+        policy=ready.policy,
         record_flash=any(a.records_flash() for a in step_args),
         variables=variables,
     )  # fmt: skip
@@ -278,15 +274,10 @@ def needs_ota_layout(scenario: Scenario, facts: FirmwareFacts) -> bool:
 
 
 def _image(
-    scenario: Scenario,
-    named: recipes.NamedRecipe,
-    firmware: Path,
-    steps: tuple[StepPlan, ...],
-    variables: dict[str, str],
-) -> tuple[ImagePlan, bool | None]:
-    """The image plan, and the PSRAM its recipe asks for (None: as the firmware needs)."""
+    scenario: Scenario, ready: launch.Launch, steps: tuple[StepPlan, ...], variables: dict[str, str]
+) -> ImagePlan:
+    """The image plan: the cell's recipe as the scenario changes it, its files and writes."""
     spec, base = scenario.image, scenario.path.parent.resolve()
-    recipe = named.spec.recipe(firmware)
     changes: dict[str, Any] = {}
     if spec.layout is not None:
         changes["layout"] = spec.layout
@@ -294,7 +285,7 @@ def _image(
         changes["resize"] = spec.resize
     if spec.header_flash_size is not None:
         changes["header_size"] = spec.header_flash_size
-    recipe = images.Recipe(**{**_fields(recipe), **changes})
+    recipe = ready.image_recipe(**changes)
 
     def source(text: str, payload: bool) -> str:
         if payload and text in images.PAYLOAD_KINDS:
@@ -305,12 +296,7 @@ def _image(
     files += [ImageFile(source(f.source, f.payload), f.device_path, f.payload)
               for s in steps for f in s.args.files()]  # fmt: skip
     writes = tuple((part, source(src, True)) for part, src in spec.flash.items())
-    psram = policy.auto(spec.psram or named.spec.psram)
-    return ImagePlan(recipe, named.name, tuple(files), writes), psram
-
-
-def _fields(recipe: images.Recipe) -> dict[str, Any]:
-    return {name: getattr(recipe, name) for name in recipe.__dataclass_fields__}
+    return ImagePlan(recipe, ready.recipe.name, tuple(files), writes)
 
 
 # -- variables ------------------------------------------------------------------------

@@ -67,8 +67,8 @@ def record(dev: Device, args: PowerCutArgs, do: Callable[[Args], object]) -> Rec
         before = dev.flash.read_bytes()
         board.power_cut()
         return Recorded(0, [CutPoint(0, 0, "", "")], None, before, [])
-    if isinstance(step, OtaArgs) and step.method == "harness":
-        step = step.model_copy(update={"reboot": False})
+    if isinstance(step, OtaArgs):
+        step = step.cut_before_reboot()
     if args.by == "time":
         return _by_time(dev, args, step, do, "as asked (`by: time`)")
     try:

@@ -102,10 +102,7 @@ def build(plan: CellPlan, cache: Path | None = None) -> Built:
     vfs = [(payload_path(plan, f.source, cache) if f.payload else Path(f.source), f.device_path)
            for f in spec.files]  # fmt: skip
     writes = [(part, payload_path(plan, src, cache)) for part, src in spec.writes]
-    recipe = images.Recipe(**{
-        **{n: getattr(spec.recipe, n) for n in spec.recipe.__dataclass_fields__},
-        "vfs_files": tuple(vfs), "writes": tuple(writes),
-    })  # fmt: skip
+    recipe = spec.recipe.replace(vfs_files=tuple(vfs), writes=tuple(writes))
     built = images.build_image(recipe, cache)
     with built.path.open("rb") as f:  # the table: one sector at 0x8000; otadata is blank
         head = f.read(formats.TABLE_OFFSET + formats.SECTOR)

@@ -23,6 +23,7 @@ from pydantic import (
     model_validator,
 )
 
+from ..chips import names_watchdog_reset
 from ..flash.formats import OtaState, Select
 
 # ota: two OTA slots (made by the OTA recipe where the firmware has none); no-ota: the
@@ -151,7 +152,8 @@ class ExpectArgs(Args):
     _list = field_validator("pattern", mode="before")(_listify)
 
     def expects_watchdog_reset(self) -> bool:
-        return any("WDT" in p for p in self.pattern)
+        """A pattern names a watchdog reset of a chip's ROM (`TG1WDT_SYS_RESET`)."""
+        return any(names_watchdog_reset(p) for p in self.pattern)
 
 
 @step_format
@@ -193,6 +195,33 @@ class PutArgs(Args):
     dst: str = "/"
 
 
+# -- OTA methods: what each means for a plan (how each runs: harness.emulator.ota.METHODS) --
+
+OtaMethodName = Literal["harness", "staged", "library"]
+
+
+@dataclass(frozen=True)
+class OtaMethod:
+    """One way an update gets into its slot, as the plan and the format see it."""
+
+    name: OtaMethodName
+    stages: bool  # written into the slot of the flash file on the host, before the boot
+    device_writes: bool  # the device writes the flash: emulated operations a cut can land in
+    runs_command: bool  # the user's REPL `command` writes, selects and reboots (a library)
+    cost: int  # roughly how many boots it is worth
+    timeout: float  # the default bound on the whole step
+
+
+OTA_HARNESS = OtaMethod("harness", stages=False, device_writes=True, runs_command=False,
+                        cost=8, timeout=300.0)  # fmt: skip
+# staged: the device only selects the slot and reboots, some 2 s
+OTA_STAGED = OtaMethod("staged", stages=True, device_writes=False, runs_command=False,
+                       cost=1, timeout=60.0)  # fmt: skip
+OTA_LIBRARY = OtaMethod("library", stages=False, device_writes=True, runs_command=True,
+                        cost=15, timeout=300.0)  # fmt: skip
+OTA_METHODS: dict[str, OtaMethod] = {m.name: m for m in (OTA_HARNESS, OTA_STAGED, OTA_LIBRARY)}
+
+
 @step_format
 class OtaArgs(Args):
     """Write a payload into the next OTA slot, select it, reboot.
@@ -212,7 +241,7 @@ class OtaArgs(Args):
     NEEDS: ClassVar[frozenset[Need]] = frozenset({"ota"})
 
     payload: str
-    method: Literal["harness", "staged", "library"] = "harness"
+    method: OtaMethodName = OTA_HARNESS.name
     command: str | None = None
     device_lib: str | None = None
     device_path: str = "/fw.bin"
@@ -224,20 +253,25 @@ class OtaArgs(Args):
     timeout: PositiveFloat | None = None
 
     @property
+    def how(self) -> OtaMethod:
+        """What its method means (OTA_METHODS)."""
+        return OTA_METHODS[self.method]
+
+    @property
     def deadline_s(self) -> float:
-        return self.timeout or (60.0 if self.method == "staged" else 300.0)
+        return self.timeout or self.how.timeout
 
     @model_validator(mode="after")
     def _library_needs_command(self) -> OtaArgs:
-        if self.method == "library" and not self.command:
-            raise ValueError("method: library needs a `command` (the user's REPL line)")
-        if self.method == "library" and self.select != "set_boot":
-            raise ValueError("method: library selects the slot itself; drop `select`")
+        if self.how.runs_command and not self.command:
+            raise ValueError(f"method: {self.method} needs a `command` (the user's REPL line)")
+        if self.how.runs_command and self.select != "set_boot":
+            raise ValueError(f"method: {self.method} selects the slot itself; drop `select`")
         return self
 
     def files(self) -> list[ImageFile]:
         """A device library's payload lives in the filesystem, the library under /lib."""
-        if self.method != "library":
+        if not self.how.runs_command:
             return []
         files = [ImageFile(self.payload, self.device_path, payload=True)]
         if self.device_lib:
@@ -245,17 +279,23 @@ class OtaArgs(Args):
         return files
 
     def staged(self) -> Staged | None:
-        return Staged(self.payload, self.target) if self.method == "staged" else None
+        return Staged(self.payload, self.target) if self.how.stages else None
 
     def cost(self) -> int:
         """A device-side write is some 8 boots' worth of emulated flash operations."""
-        return {"staged": 1, "harness": 8, "library": 15}[self.method]
+        return self.how.cost
 
     def alone(self) -> bool:
         """Device-side writes: thousands of flash operations, each with the cache off on
         both CPUs; beside another emulation, QEMU 8.0 let the other CPU in ("Cache
         disabled but cached memory region accessed", seen once in a parallel run)."""
-        return self.method != "staged"
+        return self.how.device_writes
+
+    def cut_before_reboot(self) -> OtaArgs:
+        """The step as a power cut interrupts it: where the harness reboots after the
+        write, it stops before that reboot (the power-on after the cut is it); a user's
+        command reboots by itself."""
+        return self if self.how.runs_command else self.model_copy(update={"reboot": False})
 
 
 @step_format
@@ -419,9 +459,10 @@ class PowerCutArgs(Args):
         if self.by == "time" and self.sweep is None:
             raise ValueError("a cut by time takes `sweep: K` (K points spread over the step's "
                              "duration)")  # fmt: skip
-        if self.ota is not None and self.ota.method == "staged":
-            raise ValueError("a staged write makes no emulated flash writes, so there is "
-                             "nothing to cut: use method: harness or library")  # fmt: skip
+        if self.ota is not None and not self.ota.how.device_writes:
+            writers = " or ".join(m.name for m in OTA_METHODS.values() if m.device_writes)
+            raise ValueError(f"a {self.ota.method} write makes no emulated flash writes, so "
+                             f"there is nothing to cut: use method: {writers}")  # fmt: skip
         return self
 
     @property

@@ -216,9 +216,8 @@ def put(run: Run, args: PutArgs) -> LinesDetail:
 @handles(OtaArgs)
 def ota_step(run: Run, args: OtaArgs) -> ota.OtaReport:
     dev = run.device()
-    payload = run.payload(args.payload)
-    after = ota.After(args.select, args.reboot, args.confirm)
-    if args.method == "staged":
+    target = args.target
+    if args.how.stages:  # written before the boot: the slot the device updates must be it
         target = run.staged_slot(args.payload)
         now = args.target or dev.next_update_partition()
         if now != target:
@@ -226,16 +225,11 @@ def ota_step(run: Run, args: OtaArgs) -> ota.OtaReport:
                 f"the payload was staged into {target} before the boot, but the device now "
                 f"updates {now}: stage it elsewhere (target:) or use method: harness"
             )
-        report = ota.staged(dev, payload, target, after, args.deadline_s)
-    elif args.method == "library":
-        assert args.command is not None  # the model checked it
-        library = ota.Library(args.command, args.confirm)
-        report = ota.run_library(dev, payload, library, args.deadline_s)
-    else:
-        report = ota.update(dev, payload, args.target, after, args.deadline_s)
+    after = ota.After(args.select, args.reboot, args.confirm)
+    request = ota.Request(run.payload(args.payload), target, after, args.deadline_s, args.command)
+    report = ota.METHODS[args.method](dev, request)
     run.booted = report.booted
-    intact = report.slot_matches_payload and report.delivered_sha_ok is not False
-    if report.method != "library" and not intact:
+    if report.slot_matches_payload is False or report.delivered_sha_ok is False:
         raise StepFailed(f"the payload did not arrive intact in {report.target}")
     if args.set_boot_error:
         if not report.set_boot_error or not re.search(args.set_boot_error, report.set_boot_error):

@@ -1,6 +1,7 @@
 """Fetching what the harness runs: Espressif's QEMU release and official MicroPython firmware.
 
-The pinned QEMU release is the table below, the one place that names it: `harness qemu
+The pinned QEMU releases are the table below, one per QEMU tool a chip's profile names
+(harness.chips: qemu-xtensa for the ESP32), the one place that names them: `harness qemu
 install`, the Dockerfile (build args checked against it by the test suite) and the
 README all follow it. A download goes to a temporary file beside its destination, is
 checked (sha256 for QEMU; for firmware, that it is an ESP32 image, and the sha256
@@ -23,6 +24,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from .. import chips
+from ..chips import Chip
 from ..errors import HarnessError
 from ..flash import formats
 from ..paths import idf_tools_dir
@@ -38,9 +41,10 @@ class Asset:
     size: int | None
 
 
-# ESP-IDF's currently recommended Espressif QEMU (tools/tools.json, qemu-xtensa).
+# ESP-IDF's currently recommended Espressif QEMU (tools/tools.json, qemu-xtensa), for the
+# chips that boot (harness.chips): tool -> version -> machine architecture -> archive.
 QEMU_VERSION = "esp_develop_9.2.2_20260417"
-QEMU_RELEASES: dict[str, dict[str, Asset]] = {
+QEMU_RELEASES: dict[str, dict[str, dict[str, Asset]]] = {"qemu-xtensa": {
     QEMU_VERSION: {
         "x86_64": Asset(
             f"{RELEASES_URL}/esp-develop-9.2.2-20260417/"
@@ -55,7 +59,7 @@ QEMU_RELEASES: dict[str, dict[str, Asset]] = {
             None,
         ),
     }
-}
+}}  # fmt: skip
 # Runtime libraries the Linux release links against (Espressif's QEMU documentation).
 QEMU_DEBIAN_PACKAGES = [
     "libgcrypt20",
@@ -66,9 +70,19 @@ QEMU_DEBIAN_PACKAGES = [
 ]
 
 
+def _pins(chip: Chip) -> tuple[str, dict[str, dict[str, Asset]]]:
+    """The chip's QEMU tool and its pinned releases."""
+    if chip.qemu is None or not chip.boots:
+        raise HarnessError(f"no QEMU to install for {chip.name}: {chip.why_not()}")
+    if chip.qemu.tool not in QEMU_RELEASES:
+        raise HarnessError(f"no {chip.qemu.tool} release is pinned (harness.sources.downloads)")
+    return chip.qemu.tool, QEMU_RELEASES[chip.qemu.tool]
+
+
 def docker_build_args(version: str = QEMU_VERSION) -> dict[str, str]:
     """The Dockerfile's QEMU build args, from this table (make docker-build passes them)."""
-    amd64, arm64 = QEMU_RELEASES[version]["x86_64"], QEMU_RELEASES[version]["aarch64"]
+    _, pinned = _pins(chips.DEFAULT)
+    amd64, arm64 = pinned[version]["x86_64"], pinned[version]["aarch64"]
     return {
         "QEMU_VERSION": version,
         "QEMU_URL_AMD64": amd64.url,
@@ -78,35 +92,41 @@ def docker_build_args(version: str = QEMU_VERSION) -> dict[str, str]:
     }
 
 
-def tools_dir() -> Path:
-    """Where ESP-IDF's installer keeps qemu-xtensa, so either tool finds the other's."""
-    return idf_tools_dir() / "qemu-xtensa"
+def tools_dir(chip: Chip = chips.DEFAULT) -> Path:
+    """Where ESP-IDF's installer keeps the chip's QEMU (qemu-xtensa), so either tool finds
+    the other's."""
+    return idf_tools_dir() / _pins(chip)[0]
 
 
-def qemu_asset(version: str, machine: str | None = None) -> Asset:
+def qemu_asset(version: str, machine: str | None = None, chip: Chip = chips.DEFAULT) -> Asset:
     arch = {"amd64": "x86_64", "arm64": "aarch64"}.get(machine or "", machine)
     arch = arch or platform.machine()
-    if version not in QEMU_RELEASES:
-        known = ", ".join(QEMU_RELEASES)
-        raise HarnessError(f"no pinned QEMU release {version!r} (pinned: {known})")
-    if arch not in QEMU_RELEASES[version]:
+    tool, pinned = _pins(chip)
+    if version not in pinned:
+        raise HarnessError(f"no pinned {tool} release {version!r} (pinned: {', '.join(pinned)})")
+    if arch not in pinned[version]:
         raise HarnessError(f"Espressif publishes no {version} QEMU for {arch}")
-    return QEMU_RELEASES[version][arch]
+    return pinned[version][arch]
 
 
 def install_qemu(
-    version: str = QEMU_VERSION,
+    version: str | None = None,
     *,
     url: str | None = None,
     sha256: str | None = None,
     progress: bool = True,
+    chip: Chip = chips.DEFAULT,
 ) -> tuple[Path, bool]:
-    """Install the release under tools_dir()/version; return (binary, newly installed)."""
-    target = tools_dir() / version
-    binary = target / "qemu" / "bin" / "qemu-system-xtensa"
+    """Install the chip's pinned QEMU (`version`, default the newest pin) under
+    tools_dir()/version; return (binary, newly installed)."""
+    tool, pinned = _pins(chip)
+    assert chip.qemu is not None  # _pins refuses a chip without one
+    version = version or max(pinned)
+    target = tools_dir(chip) / version
+    binary = target / "qemu" / "bin" / chip.qemu.binary
     if binary.is_file():
         return binary, False
-    asset = qemu_asset(version) if not (url and sha256) else Asset(url, sha256, None)
+    asset = qemu_asset(version, chip=chip) if not (url and sha256) else Asset(url, sha256, None)
     expected = sha256 or asset.sha256
     if not expected:
         raise HarnessError(
@@ -125,8 +145,9 @@ def install_qemu(
             raise HarnessError(
                 f"the QEMU archive from {url or asset.url} is broken: {exc}"
             ) from None
-        if not (unpacked / "qemu" / "bin" / "qemu-system-xtensa").is_file():
-            raise HarnessError("the QEMU archive has no qemu/bin/qemu-system-xtensa; not installed")
+        if not (unpacked / "qemu" / "bin" / chip.qemu.binary).is_file():
+            raise HarnessError(f"the {tool} archive has no qemu/bin/{chip.qemu.binary}; not "
+                               "installed")  # fmt: skip
         os.replace(unpacked, target)  # atomic: the folder is whole or absent
     return binary, True
 
@@ -228,10 +249,7 @@ def fetch_firmware(
         staged = Path(tmp) / filename
         url = f"{base}/resources/firmware/{filename}"
         digest = _download(url, staged, None, progress)
-        data = staged.read_bytes()
-        header = formats.ImageHeader.parse(data)
-        if formats.classify(data) != "firmware" or header is None or header.chip != "esp32":
-            raise HarnessError(f"{filename} from {base} is not an ESP32 firmware image; not kept")
+        _check_chip(staged.read_bytes(), name, f"{filename} from {base}")
         if sha256 and digest != sha256:
             raise HarnessError(
                 f"sha256 mismatch for {url}: expected {sha256} (pinned), got {digest}; not kept"
@@ -240,6 +258,18 @@ def fetch_firmware(
     sums[filename] = digest
     sums_path.write_text(json.dumps(sums, indent=2, sort_keys=True) + "\n")
     return cache / filename, True
+
+
+def _check_chip(data: bytes, name: str, what: str) -> None:
+    """A downloaded firmware is a firmware image for the chip its board is for
+    (ESP32_GENERIC: esp32, ESP32_GENERIC_C3: esp32c3; harness.chips)."""
+    header = formats.ImageHeader.parse(data)
+    if formats.classify(data) != "firmware" or header is None or header.profile is None:
+        raise HarnessError(f"{what} is not an ESP32 firmware image; not kept")
+    expected = next((c for c in chips.CHIPS if c.board == name.split("-")[0]), None)
+    if expected is not None and header.profile is not expected:
+        raise HarnessError(f"{what} is built for {header.chip}, not {expected.name} as "
+                           f"{expected.board} is; not kept")  # fmt: skip
 
 
 def _download_page(base: str, board: str) -> tuple[str, str]:
@@ -279,7 +309,7 @@ class Releases:
         return self.versions[-1] if self.versions else None
 
 
-def releases(board: str = "ESP32_GENERIC", base_url: str | None = None) -> Releases:
+def releases(board: str = chips.DEFAULT.board, base_url: str | None = None) -> Releases:
     """What the board's download page offers (HarnessError, one line, when it cannot be read)."""
     base = (base_url or os.environ.get("HARNESS_MICROPYTHON_URL") or MICROPYTHON_URL).rstrip("/")
     page, html = _download_page(base, board)

@@ -14,11 +14,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from ... import chips
+from ...chips import Chip
 from ...flash import formats
 
 WIDTH = 1000.0  # SVG user units across the flash
+Region = tuple[str, str, int, int]  # (name, kind, offset, size)
 ZOOM_END = 0x10000  # the small regions before the first app
-BOOTLOADER = 0x1000
 
 
 class Part(Protocol):
@@ -112,9 +114,11 @@ def size_text(n: int) -> str:
 
 
 def regions(partitions: Sequence[Part], fs: formats.FsRegion | None,
-            flash_size: int) -> tuple[tuple[str, str, int, int], ...]:  # fmt: skip
-    """(name, kind, offset, size) for every region of the flash, gaps as `free`."""
-    found = [("bootloader", "bootloader", BOOTLOADER, formats.TABLE_OFFSET - BOOTLOADER),
+            flash_size: int, chip: Chip = chips.DEFAULT) -> tuple[Region, ...]:  # fmt: skip
+    """(name, kind, offset, size) for every region of the flash, gaps as `free`; the
+    bootloader's where `chip`'s ROM looks for it."""
+    boot = chip.bootloader_offset
+    found = [("bootloader", "bootloader", boot, formats.TABLE_OFFSET - boot),
              ("partition table", "table", formats.TABLE_OFFSET, formats.SECTOR)]  # fmt: skip
     for p in partitions:
         kind = "app" if p.type == formats.APP_TYPE else "data"
