@@ -56,29 +56,35 @@ def test_an_exclusive_holder_keeps_others_out_and_is_not_starved(
 def test_a_build_that_stalls_on_a_shared_host_boots_beside_another(qemu, fw, build_image) -> None:
     """v1.21.0 SPIRAM (ESP-IDF 5.0.2) stalled in 9 of 10 paired boots without the lock.
 
-    With it, two threads booting it never emulate at once. Alone it still deadlocks now
-    and then (README: Known behaviour), so a boot may end in that named stall, never in
-    anything else, and most boots reach the REPL."""
+    With it, two threads booting it never emulate at once, stalled attempts included.
+    Alone it still deadlocks now and then (docs/known-behaviour.md), so an attempt may end
+    in that named stall, never in anything else, and is retried as the policy retries it
+    until each of the four boots reaches the REPL."""
     image = build_image(fw("SPIRAM-20231005-v1.21.0"), "4MB")
 
-    def boot(_: int) -> tuple[float, float, str]:
-        with device.boot(
-            image, BootOptions(policy.for_image(image, watchdogs=False), qemu=qemu)
-        ) as dev:
-            start = time.monotonic()
-            try:
-                dev.wait_prompt(30)
-                return start, time.monotonic(), dev.running_partition()
-            except GuestStalled as exc:
-                assert "interrupt level" in str(exc), exc  # where QEMU says the CPUs are
-                return start, time.monotonic(), "stalled"
+    def boot(_: int) -> list[tuple[float, float, str]]:
+        """Boot to the REPL, as the policy does: a named stall is retried, nothing else."""
+        runs = []
+        for _attempt in range(1 + policy.STALLING_BUILD_RETRIES):
+            with device.boot(
+                image, BootOptions(policy.for_image(image, watchdogs=False), qemu=qemu)
+            ) as dev:
+                start = time.monotonic()
+                try:
+                    dev.wait_prompt(30)
+                    runs.append((start, time.monotonic(), dev.running_partition()))
+                    return runs
+                except GuestStalled as exc:
+                    assert "interrupt level" in str(exc), exc  # where QEMU says the CPUs are
+                    runs.append((start, time.monotonic(), "stalled"))
+        return runs
 
     with ThreadPoolExecutor(2) as pool:
-        runs = sorted(pool.map(boot, range(4)))
+        runs = sorted(itertools.chain.from_iterable(pool.map(boot, range(4))))
     for before, after in itertools.pairwise(runs):
         assert before[1] <= after[0], (
             f"two emulations of a build that must run alone overlapped: {runs}"
         )
     outcomes = [r[2] for r in runs]
     assert set(outcomes) <= {"factory", "stalled"}, outcomes
-    assert outcomes.count("factory") >= 2, outcomes
+    assert outcomes.count("factory") == 4, outcomes
