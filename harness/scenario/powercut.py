@@ -76,7 +76,8 @@ class Cut:
             label = f"after the last of {self.of} operations ({self.last})"
         else:
             label = f"after operation {self.after} of {self.of} ({self.last}; next: {self.next})"
-        did = f"before {self.next}" if self.next else f"after {self.last}" if self.last else ""
+        did = (f"before {self.next}" if self.next else f"after {self.last}" if self.last
+               else "between steps")  # fmt: skip
         return FaultPoint(self.after, f"{self.after}/{self.of}", label, did, self.offset,
                           f"rerun just that point with `at: [{self.after}]`")  # fmt: skip
 

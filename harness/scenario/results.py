@@ -106,6 +106,7 @@ class FaultOutcome:
     """What the steps after a fault came to, from a power-on of one point's flash."""
 
     fault: str  # the fault step's kind: power_cut, bit_flip, ...
+    step: int  # the fault step's number in the scenario (from 1)
     point: FaultPoint
     status: Status
     booted: str | None
@@ -151,15 +152,22 @@ def fault_table(outcomes: list[FaultOutcome]) -> str:
     )
 
 
+def by_step(outcomes: list[FaultOutcome]) -> dict[tuple[int, str], list[FaultOutcome]]:
+    """The outcomes of each fault step, (its number, its kind) -> its points, by number."""
+    steps: dict[tuple[int, str], list[FaultOutcome]] = {}
+    for o in outcomes:
+        steps.setdefault((o.step, o.fault), []).append(o)
+    return dict(sorted(steps.items()))
+
+
 def fault_summary(outcomes: list[FaultOutcome]) -> str:
-    """Per fault kind, how many points passed, and their table."""
-    kinds = list(dict.fromkeys(o.fault for o in outcomes))
+    """Per fault step, how many of its points passed, and their table."""
     parts = []
-    for kind in kinds:
-        mine = [o for o in outcomes if o.fault == kind]
+    for (step, kind), mine in by_step(outcomes).items():
         passed = sum(o.status == "passed" for o in mine)
         points = "point" if len(mine) == 1 else "points"
-        parts.append(f"`{kind}`: {passed} of {len(mine)} {points} passed:\n{fault_table(mine)}")
+        parts.append(f"step {step} `{kind}`: {passed} of {len(mine)} {points} passed:\n"
+                     f"{fault_table(mine)}")  # fmt: skip
     return "\n".join(parts)
 
 

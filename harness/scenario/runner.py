@@ -268,7 +268,7 @@ class CellAttempt:
             since = self.cursor = len(log.lines)
             self.booted = None
             failure = self._steps(rest, branch=f"{record.step} {point.short}")
-            outcome = self._outcome(record.step, point, failure, (branches.before, flash), since)
+            outcome = self._outcome(record, point, failure, (branches.before, flash), since)
             branches.outcomes.append(outcome)
             self.faults.append(outcome)
             dev.board.power_cut()
@@ -289,10 +289,10 @@ class CellAttempt:
         failure.__cause__ = first.__cause__
         return failure
 
-    def _outcome(self, fault: str, point: FaultPoint, failure: StepFailed | None,
+    def _outcome(self, fault: StepRecord[Any], point: FaultPoint, failure: StepFailed | None,
                  flashes: tuple[bytes, bytes], since: int) -> FaultOutcome:  # fmt: skip
-        """What the steps after one point came to; `flashes`: before the fault, and as
-        the point left it."""
+        """What the steps after one point of the `fault` step came to; `flashes`: before
+        the fault, and as the point left it."""
         dev = self.device()
         booted = self.booted
         if booted is None and dev.repl.known:  # MicroPython came up: ask it
@@ -302,8 +302,9 @@ class CellAttempt:
         message = str(failure.__cause__ or failure).splitlines()[0] if failure else ""
         counts, stretches = faults.changed(*flashes)
         return FaultOutcome(
-            fault, point, "failed" if failure else "passed", booted, state.states(),
-            state.boot.slot, counts, log_lines(dev.board.log.lines[since:]), message, stretches,
+            fault.step, fault.index, point, "failed" if failure else "passed", booted,
+            state.states(), state.boot.slot, counts, log_lines(dev.board.log.lines[since:]),
+            message, stretches,
         )  # fmt: skip
 
     def _step(self, step: StepPlan) -> object:

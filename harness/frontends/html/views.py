@@ -28,6 +28,7 @@ from ...scenario.results import (
     FaultOutcome,
     FlashSummary,
     StepRecord,
+    by_step,
     fault_rows,
     iter_cells,
     load_cell,
@@ -88,6 +89,7 @@ class FaultView:
     """A fault step's points, whatever the fault: the same table as the text report's."""
 
     fault: str  # its step kind
+    step: int  # its number in the scenario
     points: list[PointView]
     columns: tuple[str, ...] = FAULT_COLUMNS
 
@@ -266,18 +268,23 @@ def _maps(summaries: dict[str, _Summary], booted: str | None,
 
 
 def _faults(before: _Summary | None, outcomes: list[FaultOutcome]) -> list[FaultView]:
-    """Each fault's points over the flash before the run, as the cell's table lays it out."""
-    views: dict[str, list[PointView]] = {}
-    for o, row in zip(outcomes, fault_rows(outcomes), strict=True):
-        fmap, x = None, None
-        if before is not None:
-            size = before.flash.flash_size
-            marks = tuple(("changed", offset, length) for offset, length in o.stretches)
-            fmap = partmap.draw(partmap.Layout(o.point.short, size, before.regions,
-                                               written=marks))  # fmt: skip
-            x = o.point.offset * partmap.WIDTH / size if o.point.offset >= 0 else None
-        views.setdefault(o.fault, []).append(PointView(o, row, fmap, x))
-    return [FaultView(fault, points) for fault, points in views.items()]
+    """Each fault step's points over the flash before the run, as the cell's table lays it
+    out."""
+    views = []
+    for (step, kind), mine in by_step(outcomes).items():
+        points = [_point(before, o, row) for o, row in zip(mine, fault_rows(mine), strict=True)]
+        views.append(FaultView(kind, step, points))
+    return views
+
+
+def _point(before: _Summary | None, o: FaultOutcome, row: tuple[str, ...]) -> PointView:
+    if before is None:
+        return PointView(o, row, None, None)
+    size = before.flash.flash_size
+    marks = tuple(("changed", offset, length) for offset, length in o.stretches)
+    fmap = partmap.draw(partmap.Layout(o.point.short, size, before.regions, written=marks))
+    x = o.point.offset * partmap.WIDTH / size if o.point.offset >= 0 else None
+    return PointView(o, row, fmap, x)
 
 
 def _written(
