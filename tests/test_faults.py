@@ -151,3 +151,20 @@ def test_the_reports_show_any_faults_points_the_same_way(tmp_path: Path) -> None
     assert "<h3>Step 3 <code>brownout</code>: 1 of 2 points passed</h3>" in page
     assert page.count('<td class="pointmap"><svg') == 2 and page.count('class="pointat"') == 2
     assert '<td title="the brownout of 9 ms">#9</td>' in page
+
+
+def test_repro_judges_a_sweep_by_its_points_alone(tmp_path: Path) -> None:
+    """`harness repro --power-cut`'s verdict reads the points as any fault's."""
+    from harness.frontends import repro
+
+    result = ran(tmp_path, CELL)
+    result.faults = [_outcome(2, 5, "passed"), _outcome(2, 9, "failed", "running from ota_0")]
+    req = repro.Request(Path("fw.bin"), Path("update.bin"), power_cut=2)
+    verdict = repro._cut_verdict(req, result, {"steps": []}, None)
+    assert verdict.exit_code == repro.NOT_REPRODUCED
+    assert ("survives every cut: no; 1 of 2 cut points failed, the first the brownout of 9 ms: "
+            "running from ota_0") in verdict.text  # fmt: skip
+    result.faults = result.faults[:1]
+    verdict = repro._cut_verdict(req, result, {"steps": []}, None)
+    assert verdict.exit_code == repro.REPRODUCED
+    assert "survives every cut: yes, 1 cut points, each powered on to ota_0" in verdict.text
