@@ -18,7 +18,8 @@ from harness.errors import StepFailed
 from harness.flash import formats
 from harness.flash.ops import FlashOp, apply, states
 from harness.scenario import format as scenario_format
-from harness.scenario.powercut import choose
+from harness.scenario.powercut import Recorded, cut_points
+from harness.scenario.results import load_cell
 from harness.scenario.stepformats import PowerCutArgs
 
 # QEMU's log backend, as `-D FILE` writes it (with `-msg timestamp=on`, a pid@time: prefix)
@@ -85,16 +86,16 @@ def _cut(**kwargs: object) -> PowerCutArgs:
 
 
 def test_a_sweep_spreads_its_points_and_keeps_the_boundaries() -> None:
-    points = choose(_cut(sweep=3), _ops(), _table())
+    points = cut_points(_cut(sweep=3), _ops(), _table())
     assert {0, 20, 22} <= set(points)  # before the first, before otadata, after the last
     assert {6, 11, 16} <= set(points)  # 3 spread over 22 operations
     assert points == sorted(points)
 
 
 def test_within_a_partition_cuts_where_it_is_half_written() -> None:
-    assert choose(_cut(within="otadata"), _ops(), _table()) == [21]  # erased, not written
+    assert cut_points(_cut(within="otadata"), _ops(), _table()) == [21]  # erased, not written
     with pytest.raises(StepFailed, match=r"made 0 flash operation.s. on ota_1 .2 in all."):
-        choose(_cut(within="ota_1"), _ops()[20:], _table())
+        cut_points(_cut(within="ota_1"), _ops()[20:], _table())
 
 
 def test_within_leaves_out_programs_that_change_nothing() -> None:
@@ -103,7 +104,7 @@ def test_within_leaves_out_programs_that_change_nothing() -> None:
     entries = [FlashOp("program", 0x8000 + 32 * i, 32, b"\xaa" * 32) for i in range(3)]
     padding = [FlashOp("program", 0x8060 + 32 * i, 32, b"\xff" * 32) for i in range(5)]
     table_ops = [FlashOp("erase", 0x8000, 0x1000), *entries, *padding]
-    assert choose(_cut(within="partition table"), table_ops, _table()) == [1, 2, 3]
+    assert cut_points(_cut(within="partition table"), table_ops, _table()) == [1, 2, 3]
 
 
 def test_a_trace_goes_on_across_the_qemus_of_a_served_board(tmp_path: Path) -> None:
@@ -123,11 +124,11 @@ def test_bad_cut_points_are_named_with_what_the_step_made() -> None:
     with pytest.raises(
         StepFailed, match="cut point 30 is past the step's last flash operation: it made 22"
     ):
-        choose(_cut(at=[3, 30]), _ops(), _table())
+        cut_points(_cut(at=[3, 30]), _ops(), _table())
     with pytest.raises(StepFailed, match="made no flash operations: there is nothing to cut"):
-        choose(_cut(sweep=3), [], _table())
+        cut_points(_cut(sweep=3), [], _table())
     with pytest.raises(StepFailed, match="no partition 'vfs'"):
-        choose(_cut(within="vfs"), _ops(), _table())
+        cut_points(_cut(within="vfs"), _ops(), _table())
 
 
 def _scenario(tmp_path: Path, steps: str) -> Path:
@@ -150,9 +151,9 @@ def _power_cut(args: str) -> str:
     ("steps", "message"),
     [
         (BOOT + _power_cut("ota: {payload: app}, sweep: 4") + "  - assert_booted: ota_0\n",
-         "a power cut needs a power-on after it: make the next step `boot`"),
+         "`power_cut` leaves the board off: make the next step `boot` (the power-on after it)"),
         (BOOT + _power_cut("ota: {payload: app}, sweep: 4"),
-         "a power cut needs a power-on after it"),
+         "`power_cut` leaves the board off: make the next step `boot`"),
         (BOOT + _power_cut("ota: {payload: app, method: staged}, sweep: 4") + BOOT,
          "a staged write makes no emulated flash writes"),
         (BOOT + _power_cut("ota: {payload: app}, repl: x, sweep: 4") + BOOT,
@@ -263,23 +264,27 @@ def test_a_sweep_gives_every_point_its_outcome_and_names_the_first_that_failed(
     points after the commit, and only there; the message names the first and how to rerun it."""
     result = _file_cut(tmp_path, firmware_selector, qemu, "True")
     assert result.status == "failed"
-    points = [c.point.after for c in result.cuts]
+    assert {c.fault for c in result.faults} == {"power_cut"}
+    points = [c.point.key for c in result.faults]  # operations done before the power went
     assert points[0] == 0 and points == sorted(points) and len(points) >= 4
-    assert result.cuts[0].status == "passed"  # nothing written yet: the old file
-    assert result.cuts[-1].status == "failed"  # everything written: the new file
-    statuses = [c.status for c in result.cuts]
+    assert result.faults[0].status == "passed"  # nothing written yet: the old file
+    assert result.faults[-1].status == "failed"  # everything written: the new file
+    statuses = [c.status for c in result.faults]
     assert statuses == sorted(statuses, key=lambda s: s == "failed")  # old, then new: never mixed
-    first = next(c for c in result.cuts if c.status == "failed")
-    assert f"rerun just that point with `at: [{first.point.after}]`" in result.message
-    assert first.point.label() in result.message
-    assert all(c.booted == "factory" for c in result.cuts)
+    first = next(c for c in result.faults if c.status == "failed")
+    assert f"rerun just that point with `at: [{first.point.key}]`" in result.message
+    assert first.point.label in result.message
+    assert all(c.booted == "factory" for c in result.faults)
+    recorded = load_cell(Path(result.artifacts)).detail("power_cut", Recorded)
+    assert recorded is not None and recorded.points == [c.point for c in result.faults]
+    assert recorded.of == points[-1]  # the last point: after every operation
     assert not running_qemus(str(tmp_path))
     # the report draws each point: the flash it left, the cut where the chip stopped
     from harness.frontends.html import write_report
 
     html = write_report(tmp_path / "art", cells=[Path(result.artifacts)]).read_text()
-    assert html.count('<td class="cutmap"><svg') == len(result.cuts)
-    assert html.count('class="cutat"') == len(result.cuts)
+    assert html.count('<td class="pointmap"><svg') == len(result.faults)
+    assert html.count('class="pointat"') == len(result.faults)
 
 
 def test_a_cut_by_time_cuts_live_reruns_and_reports_what_it_found(
@@ -295,9 +300,11 @@ def test_a_cut_by_time_cuts_live_reruns_and_reports_what_it_found(
     cell = plan.cells(scenario_format.load(path), firmware_selector, plan.RunOptions())[0]
     result = runner.run_cell(cell, runner.Setup(tmp_path / "art", qemu))
     assert result.status == "passed", result.message
-    assert [c.point.by for c in result.cuts] == ["time"] * 2  # a moment, and the whole step
-    whole = result.cuts[-1].point
-    assert [c.point.after for c in result.cuts] == sorted(c.point.after for c in result.cuts)
-    assert whole.after == whole.of and "cut by time: as asked" in whole.label()
-    assert result.cuts[-1].changed  # the whole rewrite changed the filesystem
+    recorded = result.detail("power_cut", Recorded)
+    assert recorded is not None and recorded.by == "time"
+    assert len(result.faults) == 2  # a moment, and the whole step
+    whole = result.faults[-1].point
+    assert [c.point.key for c in result.faults] == sorted(c.point.key for c in result.faults)
+    assert whole.key == recorded.of and "cut by time: as asked" in whole.label
+    assert result.faults[-1].changed  # the whole rewrite changed the filesystem
     assert not running_qemus(str(tmp_path))

@@ -66,7 +66,7 @@ def test_every_file_of_a_cell_says_its_schema(tmp_path: Path) -> None:
     ran(tmp_path, CELL)
     folder = tmp_path / CELL.name
     for name in ("result.json", "timeline.json", "flash-before.json", "flash-after.json"):
-        assert json.loads((folder / name).read_text())["schema"] == SCHEMA == 2, name
+        assert json.loads((folder / name).read_text())["schema"] == SCHEMA == 3, name
     data = json.loads((folder / "flash-after.json").read_text())
     assert data["partitions"][3]["offset"] == "0x10000"  # offsets stay hex for people
 
@@ -89,9 +89,10 @@ PREVIOUS = {"name": "x[16mb-v1.25.0]", "status": "passed", "booted": "ota_0",
     ("data", "said"),
     [
         (PREVIOUS, "written in the format before schema 2 (no `schema` field)"),
-        ({"schema": 3, "cell": {}}, "written in schema 3"),
+        ({"schema": 2, "cell": {}, "cuts": []}, "written in schema 2"),  # before faults
+        ({"schema": 4, "cell": {}}, "written in schema 4"),
     ],
-    ids=["previous-format", "newer-schema"],
+    ids=["previous-format", "schema-2", "newer-schema"],
 )
 def test_a_folder_of_another_format_is_refused_in_one_line(
     tmp_path: Path, data: dict[str, object], said: str
@@ -105,7 +106,7 @@ def test_a_folder_of_another_format_is_refused_in_one_line(
                              capture_output=True, text=True)  # fmt: skip
         assert run.returncode == 2 and run.stdout == ""
         assert run.stderr == (f"error: {cell / 'result.json'}: {said}; this harness reads "
-                              "schema 2: run the cells again, or report them with the "
+                              f"schema {SCHEMA}: run the cells again, or report them with the "
                               "harness that ran them\n")  # fmt: skip
     with pytest.raises(ArtifactsError, match=re.escape(said)):
         CellResult.load(cell / "result.json")
@@ -119,7 +120,7 @@ def test_a_damaged_result_is_one_line_naming_the_field(tmp_path: Path) -> None:
     path.write_text(json.dumps(data))
     with pytest.raises(ArtifactsError) as info:
         CellResult.load(path)
-    assert str(info.value).startswith(f"{path}: not a schema 2 result.json: status: ")
+    assert str(info.value).startswith(f"{path}: not a schema {SCHEMA} result.json: status: ")
     assert "\n" not in str(info.value)
 
 

@@ -226,7 +226,7 @@ def test_json_schema_names_every_step() -> None:
 
 
 def test_every_step_format_has_a_handler_and_nothing_else_does() -> None:
-    assert set(steps.HANDLERS) == set(scenario.STEP_FORMATS)
+    assert set(steps.handlers()) == set(scenario.STEP_FORMATS)
 
 
 def test_the_format_loads_no_emulator_code() -> None:

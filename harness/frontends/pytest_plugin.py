@@ -31,7 +31,7 @@ from ..errors import HarnessError, QemuNotFound
 from ..flash import recipes
 from ..flash.size import FlashSize
 from ..scenario import format, plan, runner
-from ..scenario.results import cut_property
+from ..scenario.results import fault_property
 from ..sources import manifest
 
 MARKERS = {
@@ -175,7 +175,7 @@ class ScenarioItem(pytest.Item):
             self.user_properties.append(("image", result.image.conversion))
         if result.firmware is not None and not result.firmware.pinned:
             self.user_properties.append(("unpinned_firmware_sha256", result.firmware.sha256))
-        self.user_properties += [cut_property(o) for o in result.cuts]
+        self.user_properties += [fault_property(o) for o in result.faults]
         if len(result.attempts) > 1:  # one property per attempt: readable in JUnit and here
             self.user_properties += [("attempt", a.line()) for a in result.attempts]
         if result.status == "skipped":

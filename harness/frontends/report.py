@@ -18,7 +18,7 @@ from typing import TextIO
 
 from ..emulator.console import strip_ansi
 from ..scenario.plan import CellPlan
-from ..scenario.results import CellResult, cut_property, cut_table, iter_cells
+from ..scenario.results import CellResult, fault_property, fault_summary, iter_cells
 
 MAX_LOG = 2_000_000  # characters of serial log per test case in the XML
 NOT_XML = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")  # XML 1.0 forbids these
@@ -34,10 +34,8 @@ def line(result: CellResult) -> str:
         text += f"  (after {len(result.attempts)} attempts)"
     if result.status != "passed":
         text += f"\n  {result.message}"
-    if result.cuts:
-        survived = sum(c.status == "passed" for c in result.cuts)
-        cuts = "power cut" if len(result.cuts) == 1 else "power cuts"
-        text += f"\n  survived {survived} of {len(result.cuts)} {cuts}:\n{cut_table(result.cuts)}"
+    if result.faults:
+        text += "\n  " + fault_summary(result.faults)
     return text
 
 
@@ -111,8 +109,8 @@ def junit(results: list[CellResult], path: Path) -> None:
         if result.booted:
             ET.SubElement(props, "property", name="booted", value=result.booted)
         ET.SubElement(props, "property", name="attempts", value=str(len(result.attempts)))
-        for outcome in result.cuts:
-            name, value = cut_property(outcome)
+        for outcome in result.faults:
+            name, value = fault_property(outcome)
             ET.SubElement(props, "property", name=name, value=value)
         if result.firmware is not None:
             ET.SubElement(props, "property", name="firmware_sha256", value=result.firmware.sha256)

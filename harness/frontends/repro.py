@@ -29,7 +29,7 @@ from ..flash.inputs import read_firmware, read_input
 from ..flash.inspect import FileReport, examine
 from ..flash.size import FlashSize
 from ..scenario import format, plan, runner
-from ..scenario.results import CellResult, StepRecord, cut_table, load_cell
+from ..scenario.results import CellResult, StepRecord, fault_table, load_cell
 from ..scenario.stepformats import OTA_HARNESS, OTA_LIBRARY, OTA_METHODS, OTA_STAGED
 from ..sources.manifest import FirmwareSelector
 from .html import write_report
@@ -149,20 +149,21 @@ def _cut_verdict(
     """Survives every cut (exit 0), or the first cut point that failed (1); 2 when the
     update itself could not be run and recorded."""
     out = [f"== harness repro --power-cut: {req.update.name} -> {req.firmware.name} =="]
-    booted = sorted({c.booted for c in result.cuts if c.booted})
-    failed = [c for c in result.cuts if c.status == "failed"]
-    if not result.cuts:
+    points = result.faults  # the power_cut's points: the only fault this scenario has
+    booted = sorted({p.booted for p in points if p.booted})
+    failed = [p for p in points if p.status == "failed"]
+    if not points:
         out.append(f"survives every cut: could not run: {result.message.splitlines()[0]}")
         code = COULD_NOT_RUN
     elif failed:
-        out.append(f"survives every cut: no; {len(failed)} of {len(result.cuts)} cut points "
-                   f"failed, the first {failed[0].point.label()}: {failed[0].message}")  # fmt: skip
+        out.append(f"survives every cut: no; {len(failed)} of {len(points)} cut points "
+                   f"failed, the first {failed[0].point.label}: {failed[0].message}")  # fmt: skip
         code = NOT_REPRODUCED
     else:
-        out.append(f"survives every cut: yes, {len(result.cuts)} cut points, each powered on "
+        out.append(f"survives every cut: yes, {len(points)} cut points, each powered on "
                    f"to {' or '.join(booted)}")  # fmt: skip
         code = REPRODUCED
-    out.append(cut_table(result.cuts))
+    out.append(fault_table(points))
     out.append(f"artifacts: {result.artifacts}")
     if save is not None and code == REPRODUCED:
         data["steps"].append({"assert_booted": booted if len(booted) > 1 else booted[0]})

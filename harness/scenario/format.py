@@ -6,8 +6,10 @@ steps, each in the format of harness.scenario.stepformats. `load()` validates a 
 problem into one line, `file:line: what is wrong`.
 
 Importing this module loads no emulator code (QEMU, pexpect, pyserial); `harness schema`
-and editors use it alone. What a step *does* is harness.scenario.steps; turning a
-scenario into runnable cells is harness.scenario.plan.
+and editors use it alone. The steps are the harness's own and those of installed
+plugins, whose formats load first (harness.scenario.plugins), so the schema has them.
+What a step *does* is harness.scenario.steps; turning a scenario into runnable cells is
+harness.scenario.plan.
 
 Variables: `${firmware}`, `${firmware_dir}`, `${flash_size}`, `${scenario_dir}`, any under
 `vars:`, and the run's own (RUNTIME_VARS, `${offset_PARTITION}`), known once a cell runs.
@@ -26,8 +28,11 @@ from ..errors import HarnessError
 from ..flash.images import PAYLOAD_KINDS
 from ..flash.recipes import Psram
 from ..flash.size import EmulatedSize, emulated_size
+from . import plugins
 from .stepformats import STEP_FORMATS as STEP_FORMATS
 from .stepformats import Args, Need, _listify
+
+plugins.load_formats()  # a plugin's steps are in the schema built below
 
 VARIABLE = re.compile(r"\$\{([^}]*)\}")
 
@@ -217,24 +222,25 @@ def _check_watchdogs(scenario: Scenario) -> None:
 
 def _check_order(scenario: Scenario) -> None:
     """One boot, device steps only after it, and a power-on (`boot`) right after each
-    power cut, the only other place a `boot` may be."""
-    kinds = [a.KIND for a in scenario.step_args]
-    after_cut = {i + 1 for i, k in enumerate(kinds) if k == "power_cut"}
-    for i in sorted(after_cut):
-        if i >= len(kinds) or kinds[i] != "boot":
+    fault (`power_cut`, `bit_flip`, ...), the only other place a `boot` may be."""
+    steps = scenario.step_args
+    after_fault = {i + 1 for i, a in enumerate(steps) if a.FAULT is not None}
+    for i in sorted(after_fault):
+        if i >= len(steps) or steps[i].KIND != "boot":
             line = scenario.step_line(i - 1)
             raise ScenarioError(
-                f"{scenario.path}:{line}: steps.{i - 1}: a power cut needs a power-on after "
-                "it: make the next step `boot`"
+                f"{scenario.path}:{line}: steps.{i - 1}: `{steps[i - 1].KIND}` leaves the "
+                "board off: make the next step `boot` (the power-on after it)"
             )
-    boots = [i for i, k in enumerate(kinds) if k == "boot" and i not in after_cut]
+    boots = [i for i, a in enumerate(steps) if a.KIND == "boot" and i not in after_fault]
     if len(boots) != 1:
         line = scenario.step_line(boots[1]) if len(boots) > 1 else scenario.lines.get(("steps",), 0)
         raise ScenarioError(
             f"{scenario.path}:{line}: steps: need exactly one `boot` step "
-            "(use `reset` to boot again; after a `power_cut`, `boot` powers on again)"
+            "(use `reset` to boot again; after a fault such as `power_cut`, `boot` powers "
+            "on again)"
         )
-    for i, args in enumerate(scenario.step_args[: boots[0]]):
+    for i, args in enumerate(steps[: boots[0]]):
         if args.DEVICE:
             raise ScenarioError(
                 f"{scenario.path}:{scenario.step_line(i)}: steps.{i}: `{args.KIND}` needs a "

@@ -1,5 +1,5 @@
-"""A power cut during a step: record the step's flash operations once, then power on
-from the flash as it stood after each cut point.
+"""A power cut during a step: one `Fault` (harness.scenario.faults). Record the step's
+flash operations once, then power on from the flash as it stood after each cut point.
 
 A cut point costs one power-on, not one update: the interrupted step runs once with the
 flash chip's operations recorded (harness.emulator.flashtrace), the board loses power
@@ -16,65 +16,126 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field
 
-from ..emulator.device import Device
 from ..errors import FlashTraceUnavailable, StepFailed
 from ..flash import formats
-from ..flash.ops import FlashOp, changed_stretches, partition_at, states, where
-from .results import CutOutcome, CutPoint, cut_table
+from ..flash.ops import FlashOp, partition_at, states, where
+from .faults import Branches, Fault
+from .results import FaultPoint
 from .stepformats import Args, OtaArgs, PowerCutArgs
+from .steps import Run, handlers
 
 # regions `within:` can name besides the table's partitions (harness.flash.ops.partition_at)
 OUTSIDE_PARTITIONS = ("bootloader", "partition table")
 
 
-@dataclass
-class Recorded:
-    """The power_cut step's detail: the recording, its points, and each point's outcome."""
+@dataclass(kw_only=True)
+class Recorded(Branches):
+    """The power_cut step's detail: what was recorded, and (from `Branches`) its points
+    and each point's outcome."""
 
-    operations: int
-    points: list[CutPoint]
-    interrupted: object  # the interrupted step's own detail (None: cut between steps)
-    # the flash before the step and its operations: for the run, kept out of timeline.json
-    before: Annotated[bytes, Field(exclude=True)] = field(default=b"", repr=False)
+    by: Literal["operations", "time"] = "operations"
+    of: int  # the step's flash operations (cut by time: its milliseconds)
+    why: str = ""  # why by time
+    interrupted: object = None  # the interrupted step's own detail (None: cut between steps)
+    # the step's operations, and (cut by time) the flash each live cut left by its
+    # moment in ms: for the run, kept out of timeline.json
     ops: Annotated[list[FlashOp], Field(exclude=True)] = field(default_factory=list, repr=False)
-    outcomes: list[CutOutcome] = field(default_factory=list)
-    # cut by time: the flash each live cut left, by point (`after`, in ms)
-    flashes: Annotated[dict[int, bytes], Field(exclude=True)] = field(default_factory=dict,
-                                                                        repr=False)  # fmt: skip
+    found: Annotated[dict[int, bytes], Field(exclude=True)] = field(default_factory=dict,
+                                                                     repr=False)  # fmt: skip
 
-    def states(self) -> Iterator[tuple[int, bytes]]:
-        """(point, the flash as the cut left it), in order."""
-        if self.flashes:
-            yield from sorted(self.flashes.items())
+
+@dataclass(frozen=True)
+class Cut:
+    """The power went after `after` of the step's `of` flash operations (or, by time,
+    `after` ms into a step of `of` ms)."""
+
+    after: int
+    of: int
+    last: str = ""  # the last operation done before the power went ("" when none was)
+    next: str = ""  # the operation the cut stopped ("" when all were done)
+    offset: int = -1  # where the operation the cut stopped (or the last one) was
+    why: str = ""  # cut by time, and why ("" when by operations)
+
+    def point(self) -> FaultPoint:
+        """The cut as a fault point: its place, in a sentence, and how to rerun it."""
+        if self.why:
+            short = f"{self.after / 1000:.2f} s/{self.of / 1000:.2f} s"
+            label = (f"{self.after / 1000:.2f} s into the step of {self.of / 1000:.2f} s (cut "
+                     f"by time: {self.why})")  # fmt: skip
+            rerun = "a cut by time lands where the host's speed puts it: rerun the sweep"
+            return FaultPoint(self.after, short, label, f"by time, {self.why}", rerun=rerun)
+        if self.of == 0:
+            label = "now, between steps"
+        elif self.after == 0:
+            label = f"before operation 1 of {self.of} ({self.next})"
+        elif self.after == self.of:
+            label = f"after the last of {self.of} operations ({self.last})"
         else:
-            yield from states(self.before, self.ops, [p.after for p in self.points])
+            label = f"after operation {self.after} of {self.of} ({self.last}; next: {self.next})"
+        did = (f"before {self.next}" if self.next else f"after {self.last}" if self.last
+               else "between steps")  # fmt: skip
+        return FaultPoint(self.after, f"{self.after}/{self.of}", label, did, self.offset,
+                          f"rerun just that point with `at: [{self.after}]`")  # fmt: skip
 
-    def summary(self) -> str:
-        return cut_table(self.outcomes)
+
+class PowerCut(Fault[PowerCutArgs, Recorded]):
+    """The power goes after chosen flash operations of a step (or now, between steps)."""
+
+    def record(self, run: Run, args: PowerCutArgs) -> Recorded:
+        """Run the interrupted step once with the flash chip's operations recorded, then
+        cut the power. An `ota` step stops before its reboot: the power-on after a cut
+        is it."""
+        return record(run, args)
+
+    def choose(self, args: PowerCutArgs, recorded: Recorded) -> list[FaultPoint]:
+        if recorded.by == "time":
+            return [Cut(ms, recorded.of, why=recorded.why).point() for ms in sorted(recorded.found)]
+        if args.interrupted is None:  # cut now: one point, after nothing
+            return [Cut(0, 0).point()]
+        ops = recorded.ops
+        table = formats.with_fs_region(formats.parse_table(recorded.before), len(recorded.before))
+        return [Cut(n, len(ops), where(ops[n - 1], table) if n else "",
+                    where(ops[n], table) if n < len(ops) else "",
+                    ops[min(n, len(ops) - 1)].offset).point()
+                for n in cut_points(args, ops, table)]  # fmt: skip
+
+    def flashes(self, recorded: Recorded) -> Iterator[tuple[FaultPoint, bytes]]:
+        """Each point's flash: found by a live cut (by time), else rebuilt in one pass."""
+        points = {p.key: p for p in recorded.points}
+        if recorded.by == "time":
+            yield from ((points[ms], recorded.found[ms]) for ms in sorted(recorded.found))
+        else:
+            built = states(recorded.before, recorded.ops, list(points))
+            yield from ((points[n], flash) for n, flash in built)
 
 
-def record(dev: Device, args: PowerCutArgs, do: Callable[[Args], object]) -> Recorded:
-    """Run the interrupted step once with the flash chip's operations recorded, then cut
-    the power. An `ota` step stops before its reboot: the power-on after a cut is it."""
+def record(run: Run, args: PowerCutArgs) -> Recorded:
+    """The interrupted step, run once with the flash chip's operations recorded; the
+    power cut at its end."""
+    dev = run.device()
     board = dev.board
     step = args.interrupted
-    if step is None:  # cut now: one point, after nothing
+    if step is None:  # cut now
         board.pause()
         before = dev.flash.read_bytes()
         board.power_cut()
-        return Recorded(0, [CutPoint(0, 0, "", "")], None, before, [])
+        return Recorded(of=0, before=before)
     if isinstance(step, OtaArgs):
         step = step.cut_before_reboot()
+
+    def do(step: Args) -> object:
+        return handlers()[step.KIND](run, step)
+
     if args.by == "time":
-        return _by_time(dev, args, step, do, "as asked (`by: time`)")
+        return _by_time(run, args, step, do, "as asked (`by: time`)")
     try:
         trace = board.record_flash(True)
     except FlashTraceUnavailable as exc:
-        return _by_time(dev, args, step, do, str(exc))
+        return _by_time(run, args, step, do, str(exc))
     before = dev.flash.read_bytes()
     try:
         detail = do(step)
@@ -86,26 +147,22 @@ def record(dev: Device, args: PowerCutArgs, do: Callable[[Args], object]) -> Rec
     board.record_flash(False)
     ops = trace.ops(len(before))
     board.power_cut()
-    table = formats.with_fs_region(formats.parse_table(before), len(before))
-    chosen = choose(args, ops, table)
-    points = [CutPoint(n, len(ops), where(ops[n - 1], table) if n else "",
-                       where(ops[n], table) if n < len(ops) else "",
-                       offset=ops[min(n, len(ops) - 1)].offset) for n in chosen]  # fmt: skip
-    return Recorded(len(ops), points, detail, before, ops)
+    return Recorded(of=len(ops), interrupted=detail, before=before, ops=ops)
 
 
-def _by_time(dev: Device, args: PowerCutArgs, step: Args, do: Callable[[Args], object],
+def _by_time(run: Run, args: PowerCutArgs, step: Args, do: Callable[[Args], object],
              why: str) -> Recorded:  # fmt: skip
     """Cut by time: the step once, whole, for its duration; then, for each of K moments
     spread over it, a power-on of the flash before it, the step again, and the power cut
     that moment. Each point is the flash that cut left, as found."""
+    dev = run.device()
     board = dev.board
     before = dev.flash.read_bytes()
     start = time.monotonic()
     detail = do(step)
     took = time.monotonic() - start
     board.pause()
-    flashes = {round(took * 1000): dev.flash.read_bytes()}
+    found = {round(took * 1000): dev.flash.read_bytes()}
     board.power_cut()
     assert args.sweep is not None  # the format makes `by: time` take a sweep
     for j in range(1, args.sweep + 1):
@@ -117,12 +174,11 @@ def _by_time(dev: Device, args: PowerCutArgs, step: Args, do: Callable[[Args], o
         runner.start()
         time.sleep(at)
         board.pause()
-        flashes[round(at * 1000)] = dev.flash.read_bytes()
+        found[round(at * 1000)] = dev.flash.read_bytes()
         board.power_cut()
         runner.join(30)
-    total = round(took * 1000)
-    points = [CutPoint(ms, total, "", "", by="time", why=why) for ms in sorted(flashes)]
-    return Recorded(0, points, detail, before, [], flashes=flashes)
+    return Recorded(by="time", of=round(took * 1000), why=why, interrupted=detail,
+                    before=before, found=found)  # fmt: skip
 
 
 def _quietly(do: Callable[[Args], object], step: Args) -> None:
@@ -131,7 +187,9 @@ def _quietly(do: Callable[[Args], object], step: Args) -> None:
         do(step)
 
 
-def choose(args: PowerCutArgs, ops: Sequence[FlashOp], table: formats.PartitionTable) -> list[int]:
+def cut_points(
+    args: PowerCutArgs, ops: Sequence[FlashOp], table: formats.PartitionTable
+) -> list[int]:
     """The cut points (operations done before the power goes), in order."""
     total = len(ops)
     if total == 0:
@@ -173,13 +231,3 @@ def _within(name: str, ops: Sequence[FlashOp], table: formats.PartitionTable) ->
 def _on(ops: Sequence[FlashOp], table: formats.PartitionTable, name: str) -> list[int]:
     """The indexes (from 0) of the operations on partition `name`."""
     return [i for i, op in enumerate(ops) if partition_at(table, op.offset) == name]
-
-
-def changed(before: bytes, after: bytes) -> tuple[dict[str, int], list[tuple[int, int]]]:
-    """Sectors that differ: counted per partition, and as (offset, length) stretches."""
-    table = formats.with_fs_region(formats.parse_table(before), len(before))
-    runs = changed_stretches(before, after, table)
-    counts: dict[str, int] = {}
-    for name, _, length in runs:
-        counts[name] = counts.get(name, 0) + length // formats.SECTOR
-    return counts, [(offset, length) for _, offset, length in runs]

@@ -2,7 +2,7 @@
 
 A cell's folder holds `result.json` (`CellResult`), `timeline.json` (`Timeline`: each
 step as it ran, rewritten after every step so a killed run keeps it) and
-`flash-before.json` / `flash-after.json` (`FlashSummary`), each with `schema: 2`. The
+`flash-before.json` / `flash-after.json` (`FlashSummary`), each with `schema: 3`. The
 runner writes them through these models; every reader (the HTML and markdown reports,
 JUnit, `harness repro`, the nightly's summary) gets cells from `iter_cells(folder)` or
 `load_cell`, never from the JSON text, so a report can be made on another machine than
@@ -42,7 +42,7 @@ from pydantic import (
 from ..errors import HarnessError
 from ..flash import formats, ops
 
-SCHEMA = 2  # of result.json, timeline.json, flash-before.json and flash-after.json
+SCHEMA = 3  # of result.json, timeline.json, flash-before.json and flash-after.json
 RESULT, TIMELINE = "result.json", "timeline.json"
 FLASH_FILES = {"before": "flash-before.json", "after": "flash-after.json"}
 When = Literal["before", "after"]
@@ -88,75 +88,87 @@ class CellId(BaseModel):
 
 
 @dataclass(frozen=True)
-class CutPoint:
-    """The power went after `after` of the step's `of` flash operations."""
+class FaultPoint:
+    """One point of a fault step: the flash as the fault left it, said for people. Each
+    fault decides what its points are (harness.scenario.faults: a power cut's are the
+    flash operations done before the power went, a bit flip's the bits it flipped)."""
 
-    after: int  # operations (or, cut by time, milliseconds into the step)
-    of: int
-    last: str  # the last operation done before the power went ("" when none was)
-    next: str  # the operation the cut stopped ("" when all were done)
-    by: str = "operations"  # or `time`: the flash chip's operations could not be counted
-    why: str = ""  # why by time
-    offset: int = -1  # where the operation the cut stopped (or the last one) was
-
-    def short(self) -> str:
-        if self.by == "time":
-            return f"{self.after / 1000:.2f} s/{self.of / 1000:.2f} s"
-        return f"{self.after}/{self.of}"
-
-    def label(self) -> str:
-        if self.by == "time":
-            return (f"{self.after / 1000:.2f} s into the step of {self.of / 1000:.2f} s (cut "
-                    f"by time: {self.why})")  # fmt: skip
-        if self.after == 0:
-            return f"before operation 1 of {self.of} ({self.next})"
-        if self.after == self.of:
-            return f"after the last of {self.of} operations ({self.last})"
-        return f"after operation {self.after} of {self.of} ({self.last}; next: {self.next})"
+    key: int  # the fault's own number for the point (a cut: operations done), in order
+    short: str  # `37/350`: the point in a table's first column
+    label: str  # the point in a sentence
+    did: str  # what the fault did to the flash there, in a few words
+    offset: int = -1  # where in the flash it did it (-1: nowhere in particular)
+    rerun: str = ""  # how to run just this point again
 
 
 @dataclass
-class CutOutcome:
-    """What one power-on after one cut point came to."""
+class FaultOutcome:
+    """What the steps after a fault came to, from a power-on of one point's flash."""
 
-    point: CutPoint
+    fault: str  # the fault step's kind: power_cut, bit_flip, ...
+    step: int  # the fault step's number in the scenario (from 1)
+    point: FaultPoint
     status: Status
     booted: str | None
     otadata: list[str]  # both records' states, after the steps ran
     selects: str | None  # the slot otadata selects then
-    changed: dict[str, int]  # partition -> sectors the cut left different from before
+    changed: dict[str, int]  # partition -> sectors the point left different from before
     bootloader: list[str]  # ESP-IDF E/W lines from the power-on on
     message: str = ""
     stretches: list[tuple[int, int]] = field(default_factory=list)  # (offset, length) changed
 
 
-def cut_property(outcome: CutOutcome) -> tuple[str, str]:
-    """A cut point's outcome as one JUnit property: `power_cut` = `after operation 37 of
-    350 (...): passed, booted ota_0, otadata VALID UNDEFINED`."""
+def fault_property(outcome: FaultOutcome) -> tuple[str, str]:
+    """A fault point's outcome as one JUnit property, named for the fault: `power_cut` =
+    `after operation 37 of 350 (...): passed, booted ota_0, otadata VALID UNDEFINED`."""
     states = " ".join(outcome.otadata) or "-"
-    return ("power_cut", f"{outcome.point.label()}: {outcome.status}, booted "
-                         f"{outcome.booted or '-'}, otadata {states}")  # fmt: skip
+    return (outcome.fault, f"{outcome.point.label}: {outcome.status}, booted "
+                           f"{outcome.booted or '-'}, otadata {states}")  # fmt: skip
 
 
-def cut_table(outcomes: list[CutOutcome]) -> str:
-    """One line per cut point: operations done, the one the power stopped, the sectors it
+FAULT_COLUMNS = ("point", "what the fault did", "left changed (sectors)", "booted", "otadata",
+                 "bootloader", "outcome")  # fmt: skip
+
+
+def fault_rows(outcomes: list[FaultOutcome]) -> list[tuple[str, ...]]:
+    """One row per point (FAULT_COLUMNS): the point, what the fault did, the sectors it
     left changed, what booted, otadata, what the bootloader said first, the outcome."""
-    rows = [("cut", "the power went", "left changed (sectors)", "booted", "otadata",
-             "bootloader", "outcome")]  # fmt: skip
-    for o in outcomes:
-        p = o.point
-        went = f"before {p.next}" if p.next else f"after {p.last}" if p.last else "-"
-        if p.by == "time":
-            went = f"by time, {p.why}"
-        left = ", ".join(f"{name} {n}" for name, n in o.changed.items()) or "nothing"
-        rows.append((p.short(), went, left, o.booted or "-",
-                     " ".join(o.otadata) or "-", o.bootloader[0] if o.bootloader else "-",
-                     o.status if not o.message else f"{o.status}: {o.message}"))  # fmt: skip
+    return [
+        (o.point.short, o.point.did or "-",
+         ", ".join(f"{name} {n}" for name, n in o.changed.items()) or "nothing",
+         o.booted or "-", " ".join(o.otadata) or "-", o.bootloader[0] if o.bootloader else "-",
+         o.status if not o.message else f"{o.status}: {o.message}")
+        for o in outcomes
+    ]  # fmt: skip
+
+
+def fault_table(outcomes: list[FaultOutcome]) -> str:
+    """The rows of `fault_rows` as aligned text, with the column names."""
+    rows = [FAULT_COLUMNS, *fault_rows(outcomes)]
     width = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     return "\n".join(
         "  " + "  ".join(f"{cell:<{width[i]}}" for i, cell in enumerate(r[:-1])) + f"  {r[-1]}"
         for r in rows
     )
+
+
+def by_step(outcomes: list[FaultOutcome]) -> dict[tuple[int, str], list[FaultOutcome]]:
+    """The outcomes of each fault step, (its number, its kind) -> its points, by number."""
+    steps: dict[tuple[int, str], list[FaultOutcome]] = {}
+    for o in outcomes:
+        steps.setdefault((o.step, o.fault), []).append(o)
+    return dict(sorted(steps.items()))
+
+
+def fault_summary(outcomes: list[FaultOutcome]) -> str:
+    """Per fault step, how many of its points passed, and their table."""
+    parts = []
+    for (step, kind), mine in by_step(outcomes).items():
+        passed = sum(o.status == "passed" for o in mine)
+        points = "point" if len(mine) == 1 else "points"
+        parts.append(f"step {step} `{kind}`: {passed} of {len(mine)} {points} passed:\n"
+                     f"{fault_table(mine)}")  # fmt: skip
+    return "\n".join(parts)
 
 
 @dataclass
@@ -213,7 +225,7 @@ class StepRecord(BaseModel, Generic[D]):
     elapsed_s: float = 0.0
     status: Status = "running"
     detail: D | None = None
-    cut: int | None = None  # ran after a power cut at this many flash operations
+    branch: str | None = None  # ran after a fault, from this point (`power_cut 37/350`)
 
     @staticmethod
     def of(kind: str) -> type[StepRecord[Any]]:
@@ -228,9 +240,9 @@ class StepRecord(BaseModel, Generic[D]):
 
 def _handlers() -> Mapping[str, Callable[..., object]]:
     """Step kind -> its handler, whose return annotation is the detail's type."""
-    from .steps import HANDLERS  # steps imports this module: read when first asked
+    from .steps import handlers  # steps imports this module: read when first asked
 
-    return HANDLERS
+    return handlers()
 
 
 @functools.cache
@@ -326,7 +338,7 @@ class CellResult(_File):
     firmware: FirmwareUsed | None = None
     image: ImageUsed | None = None
     watchdogs: bool | None = None  # the emulated timer-group watchdogs ran (None: unknown)
-    cuts: list[CutOutcome] = Field(default_factory=list)  # each power cut point's outcome
+    faults: list[FaultOutcome] = Field(default_factory=list)  # each fault point's outcome
     scenario: str = ""  # the scenario file (for the command that reruns the cell)
     title: str = ""  # the scenario's title
     _folder: Path | None = PrivateAttr(default=None)

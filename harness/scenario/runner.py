@@ -38,14 +38,14 @@ from ..flash import formats, images
 from ..flash.firmware import sha256_of
 from ..flash.images import BuiltImage
 from ..flash.inputs import read_input
-from . import powercut
+from . import faults
 from .format import payload_var
 from .plan import Cell, CellPlan, Skipped, StepPlan
 from .results import (
     Attempt,
     CellResult,
-    CutOutcome,
-    CutPoint,
+    FaultOutcome,
+    FaultPoint,
     FirmwareUsed,
     FlashSummary,
     ImageUsed,
@@ -54,9 +54,11 @@ from .results import (
     Violation,
     When,
     attempt_folder,
+    fault_table,
     write_timeline,
 )
-from .steps import HANDLERS, Matched
+from .stepformats import STEP_FORMATS
+from .steps import Matched, handlers
 
 Progress = Callable[[CellPlan, int, str], None]
 
@@ -176,7 +178,7 @@ def _attempts(run: CellRun, folder: Path, result: CellResult) -> None:
         attempt = CellAttempt(run, run_dir)
         error = attempt.run()
         result.timeline, result.booted = attempt.timeline, attempt.booted
-        result.cuts, result.matched = attempt.cuts, attempt.matched
+        result.faults, result.matched = attempt.faults, attempt.matched
         result.violation = attempt.violation
         status: Status = "passed" if error is None else "failed"
         result.attempts.append(Attempt(number, status, str(error or ""), str(run_dir)))
@@ -207,7 +209,7 @@ class CellAttempt:
         self.booted: str | None = None
         self.timeline: list[StepRecord[Any]] = []
         self.dev: Device | None = None
-        self.cuts: list[CutOutcome] = []
+        self.faults: list[FaultOutcome] = []
         self.matched: list[str] = []  # the serial lines `expect` steps matched, in order
         self.violation: Violation | None = None  # the `not_expect` that failed, first
         self.stack = contextlib.ExitStack()
@@ -221,12 +223,12 @@ class CellAttempt:
             self._finish(failed=failure is not None)
         return failure
 
-    def _steps(self, steps: Sequence[StepPlan], cut: int | None = None) -> StepFailed | None:
-        """Run `steps` in order up to the first failure; after a power cut, the rest once
-        per cut point (`cut`: the point these run after)."""
+    def _steps(self, steps: Sequence[StepPlan], branch: str | None = None) -> StepFailed | None:
+        """Run `steps` in order up to the first failure; after a fault, the rest once per
+        point (`branch`: the point these run after)."""
         for pos, step in enumerate(steps):
             record = StepRecord.of(step.kind)(index=step.number, step=step.kind, line=step.line,
-                                              start_s=self.now(), cut=cut)  # fmt: skip
+                                              start_s=self.now(), branch=branch)  # fmt: skip
             self.timeline.append(record)
             if self.progress:
                 self.progress(self.plan, step.index, step.kind)
@@ -242,51 +244,52 @@ class CellAttempt:
             if isinstance(record.detail, Matched):
                 self.matched += record.detail.lines
             self._write_timeline()
-            if isinstance(record.detail, powercut.Recorded):
-                return self._sweep(record, record.detail, steps[pos + 1 :])
+            if isinstance(record.detail, faults.Branches):
+                return self._branches(record, record.detail, steps[pos + 1 :])
         return None
 
-    def _sweep(
-        self, record: StepRecord[Any], recorded: powercut.Recorded, rest: Sequence[StepPlan]
+    def _branches(
+        self, record: StepRecord[Any], branches: faults.Branches, rest: Sequence[StepPlan]
     ) -> StepFailed | None:
-        """The steps after a power cut, once per cut point, each from a power-on of the
-        flash as the cut left it; every point gets its outcome, the first failure is named."""
+        """The steps after a fault, once per point, each from a power-on of the flash the
+        point leaves; every point gets its outcome, the first failure is named."""
+        fault = faults.fault_of(STEP_FORMATS[record.step])
         dev = self.device()
         log = dev.board.log
         first: StepFailed | None = None
-        points = {p.after: p for p in recorded.points}
-        rules = list(log.forbidden)  # not_expect from before the cut holds at every point
-        for after, flash in recorded.states():
-            point = points[after]
-            dev.flash.write_bytes(flash)
-            log.note(f"power on after a cut {point.label()}")
+        rules = list(log.forbidden)  # not_expect from before the fault holds at every point
+        for point, flash in fault.flashes(branches):
+            fault.power_on_from(dev, flash)
+            log.note(f"power on after `{record.step}` {point.label}")
             log.forbidden, log.violation = list(rules), None  # each point on its own
             since = self.cursor = len(log.lines)
             self.booted = None
-            failure = self._steps(rest, cut=after)
-            outcome = self._outcome(point, failure, recorded.before, flash, since)
-            recorded.outcomes.append(outcome)
-            self.cuts.append(outcome)
+            failure = self._steps(rest, branch=f"{record.step} {point.short}")
+            outcome = self._outcome(record, point, failure, (branches.before, flash), since)
+            branches.outcomes.append(outcome)
+            self.faults.append(outcome)
             dev.board.power_cut()
             if failure is not None and first is None:
                 first = failure
         self._write_timeline()
         if first is None:
             return None
-        failed = [o for o in recorded.outcomes if o.status == "failed"]
+        failed = [o for o in branches.outcomes if o.status == "failed"]
         where = f"{self.plan.scenario.path}:{record.line}"
         message = (
-            f"{self.plan.name}: step {record.index} `power_cut` ({where}): {len(failed)} of "
-            f"{len(recorded.outcomes)} cut points failed; the first, {failed[0].point.label()}:\n"
-            f"{first}\n  {_rerun_hint(failed[0].point)}\n"
-            f"{recorded.summary()}"
+            f"{self.plan.name}: step {record.index} `{record.step}` ({where}): {len(failed)} "
+            f"of {len(branches.outcomes)} points failed; the first, {failed[0].point.label}:\n"
+            f"{first}\n  {failed[0].point.rerun}\n"
+            f"{fault_table(branches.outcomes)}"
         )
         failure = StepFailed(message)
         failure.__cause__ = first.__cause__
         return failure
 
-    def _outcome(self, point: CutPoint, failure: StepFailed | None, before: bytes,
-                 flash: bytes, since: int) -> CutOutcome:  # fmt: skip
+    def _outcome(self, fault: StepRecord[Any], point: FaultPoint, failure: StepFailed | None,
+                 flashes: tuple[bytes, bytes], since: int) -> FaultOutcome:  # fmt: skip
+        """What the steps after one point of the `fault` step came to; `flashes`: before
+        the fault, and as the point left it."""
         dev = self.device()
         booted = self.booted
         if booted is None and dev.repl.known:  # MicroPython came up: ask it
@@ -294,15 +297,16 @@ class CellAttempt:
                 booted = dev.running_partition()
         state = formats.FlashState.of(dev.flash.read_bytes())
         message = str(failure.__cause__ or failure).splitlines()[0] if failure else ""
-        counts, stretches = powercut.changed(before, flash)
-        return CutOutcome(
-            point, "failed" if failure else "passed", booted, state.states(), state.boot.slot,
-            counts, log_lines(dev.board.log.lines[since:]), message, stretches,
+        counts, stretches = faults.changed(*flashes)
+        return FaultOutcome(
+            fault.step, fault.index, point, "failed" if failure else "passed", booted,
+            state.states(), state.boot.slot, counts, log_lines(dev.board.log.lines[since:]),
+            message, stretches,
         )  # fmt: skip
 
     def _step(self, step: StepPlan) -> object:
         args = self.plan.expand(step.args, self.runtime_vars(), ("steps", step.index))
-        detail = HANDLERS[step.kind](self, args)
+        detail = handlers()[step.kind](self, args)
         if self.dev is not None:
             self.dev.console.check(f"step {step.number} `{step.kind}`")
         return detail
@@ -337,7 +341,7 @@ class CellAttempt:
 
     # -- Run, as the steps see it ---------------------------------------------------------
     def boot(self) -> Device:
-        if self.dev is not None:  # after a power cut: on again, on the same flash
+        if self.dev is not None:  # after a fault: on again, on the flash it left
             self.dev.power_on()
             return self.dev
         options = BootOptions(
@@ -400,12 +404,6 @@ class CellAttempt:
 
     def _write_timeline(self) -> None:
         write_timeline(self.run_dir, self.timeline)
-
-
-def _rerun_hint(point: CutPoint) -> str:
-    if point.by == "time":
-        return "a cut by time lands where the host's speed puts it: rerun the sweep"
-    return f"rerun just that point with `at: [{point.after}]`"
 
 
 def _image_used(name: str, built: BuiltImage) -> ImageUsed:

@@ -3,8 +3,9 @@
 An `Args` model per step, registered in `STEP_FORMATS` under its `KIND`: its fields are
 what the YAML may say; its methods say what the step puts into the image (`files`),
 stages into an OTA slot before the boot (`staged`), costs (`cost`), needs of the
-firmware (`NEEDS`) and of the host (`alone`, `PORT`). Pure pydantic, like the rest of the
-format: what a step does is harness.scenario.steps.
+firmware (`NEEDS`) and of the host (`alone`, `PORT`); a fault's names the `Fault` that
+does it (`FAULT`). Pure pydantic, like the rest of the format: what a step does is
+harness.scenario.steps (a fault's, harness.scenario.faults).
 """
 
 from __future__ import annotations
@@ -68,6 +69,9 @@ class Args(BaseModel):
     DEVICE: ClassVar[bool] = True  # needs a running device: it comes after the `boot`
     NEEDS: ClassVar[frozenset[Need]] = frozenset()  # what the firmware and image must offer
     PORT: ClassVar[bool] = False  # serves the UART to host tools (pty and RFC2217)
+    # a fault: the `module:Class` of its Fault (harness.scenario.faults), imported when it
+    # runs; it leaves the board off, and the steps after it (from a `boot`) run per point
+    FAULT: ClassVar[str | None] = None
 
     @model_validator(mode="before")
     @classmethod
@@ -432,6 +436,7 @@ class PowerCutArgs(Args):
     """
 
     KIND: ClassVar[str] = "power_cut"
+    FAULT: ClassVar[str | None] = "harness.scenario.powercut:PowerCut"
 
     ota: OtaArgs | None = None
     repl: ReplArgs | None = None
@@ -490,3 +495,41 @@ class PowerCutArgs(Args):
 
     def serves(self) -> bool:
         return self.interrupted.serves() if self.interrupted else False
+
+
+@step_format
+class BitFlipArgs(Args):
+    """Bits of a partition's bytes flipped while the board is off, as a NOR flash cell's
+    retention loss flips them: a programmed 0 reads 1. `bits` of the partition's 0 bits
+    are drawn by `seed`, or one bit in each byte at `offsets` (from the partition's
+    start). The board is powered off first; the steps after it run once per trial
+    (`trials: K`: seeds `seed` to `seed+K-1`), each from a power-on (`boot`) of the flash
+    with that trial's bits flipped; the step passes only if every trial does.
+    `partition`: a name in the table, or the filesystem MicroPython makes after the last
+    partition (v1.26 on).
+    """
+
+    KIND: ClassVar[str] = "bit_flip"
+    SHORTHAND: ClassVar[str | None] = "partition"
+    FAULT: ClassVar[str | None] = "harness.scenario.bitflip:BitFlip"
+
+    partition: str
+    bits: PositiveInt = 1
+    offsets: list[NonNegativeInt] | None = Field(default=None, min_length=1)
+    seed: int = 0
+    trials: PositiveInt = 1
+
+    @model_validator(mode="after")
+    def _bits_or_offsets(self) -> BitFlipArgs:
+        if self.offsets is not None and "bits" in self.model_fields_set:
+            raise ValueError("bit_flip takes `bits: N` (drawn by the seed) or `offsets:` (one "
+                             "bit in each), not both")  # fmt: skip
+        return self
+
+    @property
+    def count(self) -> int:
+        """How many bits each trial flips."""
+        return len(self.offsets) if self.offsets is not None else self.bits
+
+    def cost(self) -> int:
+        return self.trials

@@ -5,12 +5,15 @@ its step's arguments (the `Args` model from harness.scenario.format, variables e
 and returns the typed detail the timeline records, or raises `StepFailed` (or any other
 HarnessError) with the evidence. The return annotation is the detail's type: the timeline
 reads a step's detail back as it (harness.scenario.results). Adding a step is its `Args`
-model in stepformats.py, its handler here, and a test; `HANDLERS` must have one handler
-per registered format (tests/test_scenarios.py checks it).
+model in stepformats.py, its handler here, and a test. A fault step's handler is the one
+of harness.scenario.faults; a plugin's steps come from its hooks (harness.scenario.plugins).
+`handlers()` has them all, one handler per registered format (tests/test_scenarios.py
+checks it).
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import time
@@ -22,11 +25,12 @@ from typing import Any, Protocol, TypeVar
 from ..emulator import hostcommand, ota
 from ..emulator.console import Forbidden
 from ..emulator.device import Boot, Device
-from ..errors import BootLoop, DeviceError, FirmwareCrash, StepFailed
+from ..errors import BootLoop, DeviceError, FirmwareCrash, HarnessError, StepFailed
 from ..flash import formats
 from ..flash.inspect import examine
-from . import powercut
+from . import faults, plugins
 from .stepformats import (
+    STEP_FORMATS,
     Args,
     AssertBootedArgs,
     AssertInspectArgs,
@@ -35,7 +39,6 @@ from .stepformats import (
     ExpectArgs,
     NotExpectArgs,
     OtaArgs,
-    PowerCutArgs,
     PutArgs,
     ReplArgs,
     ResetArgs,
@@ -61,7 +64,7 @@ class Run(Protocol):
 
 A = TypeVar("A", bound=Args)
 Handler = Callable[[Run, Any], object]
-HANDLERS: dict[str, Handler] = {}
+HANDLERS: dict[str, Handler] = {}  # the steps written here; `handlers()` has every step's
 
 
 def handles(fmt: type[A]) -> Callable[[Callable[[Run, A], object]], Callable[[Run, A], object]]:
@@ -354,8 +357,17 @@ def assert_inspect(run: Run, args: AssertInspectArgs) -> InspectDetail:
     return InspectDetail(str(path), value)
 
 
-@handles(PowerCutArgs)
-def power_cut(run: Run, args: PowerCutArgs) -> powercut.Recorded:
-    """The interrupted step, recorded; the runner then runs the steps after it once per
-    cut point (harness.scenario.runner, `_sweep`)."""
-    return powercut.record(run.device(), args, lambda step: HANDLERS[step.KIND](run, step))
+@functools.cache
+def handlers() -> dict[str, Handler]:
+    """Every step's handler, by kind: the steps here, each fault's (the one handler of
+    harness.scenario.faults), and those installed plugins add; one per format."""
+    plugins.load_formats()
+    table = {**HANDLERS, **plugins.step_handlers()}
+    for kind, fmt in STEP_FORMATS.items():
+        if fmt.FAULT is not None:
+            table[kind] = faults.handler(fmt)
+    missing = [kind for kind in STEP_FORMATS if kind not in table]
+    if missing:
+        raise HarnessError(f"step `{missing[0]}` has a format but no handler: a plugin that "
+                           "adds it returns its handler from harness_step_handlers")  # fmt: skip
+    return table

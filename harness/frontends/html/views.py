@@ -22,11 +22,14 @@ from typing import Any
 from ...emulator.console import strip_ansi
 from ...emulator.ota import OtaReport
 from ...scenario.results import (
+    FAULT_COLUMNS,
     Attempt,
     CellResult,
-    CutOutcome,
+    FaultOutcome,
     FlashSummary,
     StepRecord,
+    by_step,
+    fault_rows,
     iter_cells,
     load_cell,
 )
@@ -67,17 +70,32 @@ class StepBar:
     start_s: float
     elapsed_s: float
     detail: str
-    cut: int | None
+    branch: str | None  # the fault point it ran after
 
 
 @dataclass(frozen=True)
-class CutView:
-    """One power cut point: its outcome, and the flash it left, drawn (changed stretches
-    marked, the operation the cut stopped at `x`)."""
+class PointView:
+    """One point of a fault: its row (the columns of `FaultView`), and the flash it left,
+    drawn (changed stretches marked, where the fault acted at `x`)."""
 
-    outcome: CutOutcome
+    outcome: FaultOutcome
+    row: tuple[str, ...]
     map: partmap.FlashMap | None
-    x: float | None  # where the cut stopped, in the map's units
+    x: float | None  # where the fault acted, in the map's units
+
+
+@dataclass(frozen=True)
+class FaultView:
+    """A fault step's points, whatever the fault: the same table as the text report's."""
+
+    fault: str  # its step kind
+    step: int  # its number in the scenario
+    points: list[PointView]
+    columns: tuple[str, ...] = FAULT_COLUMNS
+
+    @property
+    def passed(self) -> int:
+        return sum(p.outcome.status == "passed" for p in self.points)
 
 
 @dataclass(frozen=True)
@@ -100,7 +118,7 @@ class CellView:
     maps: list[tuple[str, list[partmap.FlashMap]]]  # (before | after, [whole, zoom])
     steps: list[StepBar]
     serial: SerialView | None
-    cuts: list[CutView]
+    faults: list[FaultView]
     rerun: str
     firmware: str
     image: str
@@ -207,7 +225,7 @@ def cell(result: CellResult, page_dir: Path) -> CellView:
         maps=_maps(summaries, result.booted, result.timeline),
         steps=_bars(result.timeline),
         serial=_serial(result, page_dir),
-        cuts=_cuts(summaries.get("before"), result.cuts),
+        faults=_faults(summaries.get("before"), result.faults),
         rerun=_rerun(result),
         firmware=Path(result.firmware.path).name if result.firmware else "",
         image=result.image.conversion if result.image else "",
@@ -249,19 +267,24 @@ def _maps(summaries: dict[str, _Summary], booted: str | None,
     return out
 
 
-def _cuts(before: _Summary | None, outcomes: list[CutOutcome]) -> list[CutView]:
-    """Each cut point over the flash before the run, as the cell's table lays it out."""
-    if before is None:
-        return [CutView(o, None, None) for o in outcomes]
+def _faults(before: _Summary | None, outcomes: list[FaultOutcome]) -> list[FaultView]:
+    """Each fault step's points over the flash before the run, as the cell's table lays it
+    out."""
     views = []
-    for o in outcomes:
-        marks = tuple(("changed", offset, length) for offset, length in o.stretches)
-        size = before.flash.flash_size
-        fmap = partmap.draw(partmap.Layout(o.point.short(), size, before.regions,
-                                           written=marks))  # fmt: skip
-        x = o.point.offset * partmap.WIDTH / size if o.point.offset >= 0 else None
-        views.append(CutView(o, fmap, x))
+    for (step, kind), mine in by_step(outcomes).items():
+        points = [_point(before, o, row) for o, row in zip(mine, fault_rows(mine), strict=True)]
+        views.append(FaultView(kind, step, points))
     return views
+
+
+def _point(before: _Summary | None, o: FaultOutcome, row: tuple[str, ...]) -> PointView:
+    if before is None:
+        return PointView(o, row, None, None)
+    size = before.flash.flash_size
+    marks = tuple(("changed", offset, length) for offset, length in o.stretches)
+    fmap = partmap.draw(partmap.Layout(o.point.short, size, before.regions, written=marks))
+    x = o.point.offset * partmap.WIDTH / size if o.point.offset >= 0 else None
+    return PointView(o, row, fmap, x)
 
 
 def _written(
@@ -291,7 +314,7 @@ def _bars(timeline: list[StepRecord[Any]]) -> list[StepBar]:
     return [
         StepBar(s.index, s.step, s.line, s.status, round(s.start_s * scale, 2),
                 max(round(s.elapsed_s * scale, 2), 1.5), s.start_s, s.elapsed_s,
-                _detail(s), s.cut)
+                _detail(s), s.branch)
         for s in timeline
     ]  # fmt: skip
 
