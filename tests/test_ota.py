@@ -95,5 +95,6 @@ def test_a_watchdog_reset_in_a_library_update_is_named_not_taken_for_its_reboot(
         image, BootOptions(policy.for_image(image, watchdogs=True), qemu=qemu, artifacts=tmp_path)
     ) as dev:
         dev.wait_prompt(30)
-        with pytest.raises(WatchdogReset, match=r"TG1WDT_SYS_RESET.*not the reset the step"):
+        # TG1 is armed; with the watchdogs on, TG0's task watchdog may come first on a busy host
+        with pytest.raises(WatchdogReset, match=r"TG[01]WDT_SYS_RESET.*not the reset the step"):
             ota.run_library(dev, payloads["4MB"]["app"], ota.Library(ARM_TG1_WDT), timeout=60)
