@@ -31,6 +31,7 @@ from pathlib import Path
 
 BASE = "python:3.12-slim-bookworm"
 STAND_IN_BASE = "localhost/esp32-ota-harness-base:bookworm-stand-in"
+HOST_PIP_BASE = "localhost/esp32-ota-harness-base:with-host-pip"
 # what the stand-in base needs to be like the official image: python3, pip, certificates
 BASE_PACKAGES = "python3,python3-pip,python3-venv,ca-certificates"
 # the C library's own: the image's glibc provides them
@@ -105,6 +106,26 @@ def base_image(eng: Engine, work: Path) -> tuple[str, str]:
         f"{STAND_IN_BASE}: Debian bookworm (debootstrap minbase) with its python3 and pip, "
         f"standing in for {BASE}, which no registry here serves"
     )
+
+
+def with_host_pip(eng: Engine, base: str, work: Path) -> tuple[str, str]:
+    """(image, what it is): `base` with this machine's pip settings and the certificate
+    bundle they name, for a `docker build` that cannot mount them (the Docker API)."""
+    files = [Path(p) for p in PIP_MOUNTS if Path(p).is_file()]
+    if not files:
+        return base, base
+    context = work / "host-pip"
+    context.mkdir(parents=True, exist_ok=True)
+    lines = [f"FROM {base}"]
+    for i, path in enumerate(files):
+        shutil.copyfile(path, context / f"file{i}")
+        lines.append(f"COPY file{i} {path}")
+    (context / "Containerfile").write_text("\n".join(lines) + "\n")
+    built = eng.run(*eng.build_args()[1:], "-f", str(context / "Containerfile"), "-t",
+                    HOST_PIP_BASE, str(context))  # fmt: skip
+    if built.returncode != 0:
+        raise RuntimeError(f"{eng.name} build of {HOST_PIP_BASE} failed: {built.stderr[-500:]}")
+    return HOST_PIP_BASE, f"{HOST_PIP_BASE}: that, with this machine's {', '.join(PIP_MOUNTS)}"
 
 
 def qemu_release_tarball(qemu: Path) -> bytes:
