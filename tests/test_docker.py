@@ -24,6 +24,7 @@ from containers import (
     served,
     sha256,
     timed,
+    with_runc,
 )
 
 pytestmark = pytest.mark.docker
@@ -85,15 +86,25 @@ def test_the_image_builds_with_its_own_download_checksum_and_qemu_check(built: B
     assert built.warm_s < built.cold_s
 
 
+def _runner(built: Built) -> tuple[Engine, str | None, str]:
+    """(engine, why `run` is refused or None, how it runs): podman's defaults first, then
+    tools/containers.conf (runc, explicit ulimits) where they are refused."""
+    refused = built.engine.can_run(TAG)
+    runc = with_runc(built.engine) if refused else None
+    if runc is not None and runc.can_run(TAG) is None:
+        return runc, None, (f"{runc.name} run with {runc.conf} (runc, explicit ulimits; with "
+                            f"its defaults `run` is refused here: {refused})")  # fmt: skip
+    return built.engine, refused, f"{built.engine.name} run"
+
+
 def _inside(built: Built, firmware: Path, artifacts: Path, work: Path) -> tuple[float, str]:
     """The library at 16MB inside the image: `run` where the engine may, else a build stage."""
     command = ["run", "/scenarios", "--flash-size", "16MB", "--artifacts", "/artifacts",
                "--junit", "/artifacts/junit-16mb.xml"]  # fmt: skip
-    refused = built.engine.can_run(TAG)
+    eng, refused, how = _runner(built)
     if refused is None:
-        args = [built.engine.path, "run", "--rm", "-v", f"{firmware}:/firmware:ro",
+        args = [eng.path, "run", "--rm", "-v", f"{firmware}:/firmware:ro",
                 "-v", f"{artifacts}:/artifacts", TAG, *command]  # fmt: skip
-        how = f"{built.engine.name} run"
     else:
         (work / "Containerfile").write_text(
             f"FROM {TAG}\nRUN harness {' '.join(command)} || true\n"
@@ -103,7 +114,7 @@ def _inside(built: Built, firmware: Path, artifacts: Path, work: Path) -> tuple[
                 "-v", f"{artifacts}:/artifacts", no_cache, "-f", str(work / "Containerfile"),
                 str(work)]  # fmt: skip
         how = f"a build stage FROM the image ({built.engine.name} run is refused here: {refused})"
-    inside = timed(args, work)
+    inside = timed(args, work, env=eng.environ())
     assert inside.result.returncode == 0, inside.result.stdout[-3000:] + inside.result.stderr
     return inside.seconds, how
 

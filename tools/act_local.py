@@ -30,6 +30,7 @@ CONTAINERS_CONF = ROOT / "tools" / "containers.conf"
 COMPAT = ROOT / "tools" / "podman-compat"
 ACTIONS = ("checkout@v4", "setup-python@v5", "upload-artifact@v4", "download-artifact@v4")
 NOISE = ("unable to get git", "Couldn't get a valid docker connection")
+ACT_CACHE = Path.home() / ".cache" / "act"  # host mode's per-job folders (a job's whole workspace)
 
 
 class SetupError(Exception):
@@ -190,6 +191,7 @@ class Job:
     start: datetime
     end: datetime
     steps: dict[str, str] = field(default_factory=dict)  # step name -> success/failure
+    step_seconds: dict[str, float] = field(default_factory=dict)
     summary: str = ""
     output: list[str] = field(default_factory=list)
 
@@ -204,7 +206,8 @@ class Job:
     def to_json(self) -> dict[str, object]:
         return {"job": self.job_id, "matrix": self.matrix, "name": self.name,
                 "result": "failure" if self.red else "success", "seconds": self.seconds,
-                "steps": self.steps, "summary": self.summary}  # fmt: skip
+                "steps": self.steps, "step_seconds": self.step_seconds,
+                "summary": self.summary}  # fmt: skip
 
 
 def parse_log(lines: list[dict[str, object]]) -> list[Job]:
@@ -222,6 +225,9 @@ def parse_log(lines: list[dict[str, object]]) -> list[Job]:
         job.end = max(job.end, when)
         if "stepResult" in entry and entry.get("stage") == "Main":
             job.steps[str(entry.get("step", ""))] = str(entry["stepResult"])
+            nanoseconds = entry.get("executionTime")
+            if isinstance(nanoseconds, int):
+                job.step_seconds[str(entry.get("step", ""))] = round(nanoseconds / 1e9, 1)
         if entry.get("command") == "summary":
             job.summary += str(entry.get("content", ""))
         if entry.get("raw_output"):
@@ -267,6 +273,7 @@ class Act:
         command = self.command()
         say(f"act: {' '.join(command)}")
         entries: list[dict[str, object]] = []
+        kept = set(ACT_CACHE.iterdir()) if ACT_CACHE.is_dir() else set()
         with open(self.log, "w") as log:
             act = subprocess.Popen(command, cwd=ROOT, env=self.env, stdout=subprocess.PIPE,
                                    stderr=subprocess.STDOUT, text=True, start_new_session=True,
@@ -281,6 +288,8 @@ class Act:
                 act.wait()
             finally:
                 stop(act)
+                for folder in set(ACT_CACHE.iterdir()) - kept if ACT_CACHE.is_dir() else ():
+                    shutil.rmtree(folder, ignore_errors=True)  # the jobs' workspaces, copies
         return parse_log(entries)
 
 

@@ -171,7 +171,8 @@ def job_checks(job: Job, name: str, folder: Path | None, results: list[CellResul
         folder_in_image = path if path.startswith("/") else f"/work/{path}"
         files = expected_files(path, job.matrix["flash_size"])
         seen = {Path(r.scenario).name for r in results
-                if str(Path("/work", r.scenario)).startswith(folder_in_image)}  # fmt: skip
+                if folder_in_image in (str(Path("/work", r.scenario)),
+                                       str(Path("/work", r.scenario).parent))}  # fmt: skip
         missing = sorted(files - seen)
         detail = f"{len(seen)} files; missing: {', '.join(missing) or 'none'}"
         checks.append(Check(f"{label}: every scenario of {path} at this size has cells",
