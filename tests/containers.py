@@ -139,7 +139,7 @@ def with_host_pip(eng: Engine, base: str, work: Path) -> tuple[str, str]:
                     HOST_PIP_BASE, str(context))  # fmt: skip
     if built.returncode != 0:
         raise RuntimeError(f"{eng.name} build of {HOST_PIP_BASE} failed: {built.stderr[-500:]}")
-    return HOST_PIP_BASE, f"{HOST_PIP_BASE}: that, with this machine's {', '.join(PIP_MOUNTS)}"
+    return HOST_PIP_BASE, f"{HOST_PIP_BASE}: {base} with this machine's {', '.join(PIP_MOUNTS)}"
 
 
 def qemu_release_tarball(qemu: Path) -> bytes:

@@ -10,6 +10,7 @@ included: act, the podman service, and any container the run left behind.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -100,6 +101,9 @@ class Podman:
     env: dict[str, str]
     docker: str
     before: set[str] = field(default_factory=set)
+    # the images the run's containers come from: only those are removed (the machine's
+    # podman may hold other people's containers, started meanwhile)
+    images: set[str] = field(default_factory=set)
 
     def run(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
         return subprocess.run(["podman", *args], capture_output=True, text=True,
@@ -108,10 +112,18 @@ class Podman:
     def containers(self) -> set[str]:
         return set(self.run("ps", "-aq").stdout.split())
 
+    def left(self) -> list[str]:
+        """Containers of the run's images that were not there before it."""
+        listed = self.run("ps", "-a", "--format", "{{.ID}} {{.Image}}").stdout.split("\n")
+        pairs = [line.split(maxsplit=1) for line in listed if line.strip()]
+        return sorted(i for i, image in pairs if i not in self.before and any(
+            image == name or image.endswith(f"/{name}") for name in self.images))  # fmt: skip
+
     def act_env(self, image: str) -> dict[str, str]:
         """act's environment for the Docker CLI: tools/podman-compat first on the PATH
         where the API loses `docker run --rm`'s exit status (probed with `image`)."""
         host = {"DOCKER_HOST": f"unix://{self.socket}"}
+        self.images.add(image)
         probe = subprocess.run([self.docker, "run", "--rm", "--entrypoint", "sh", image, "-c",
                                 "exit 3"], env={**os.environ, **host}, capture_output=True,
                                timeout=300)  # fmt: skip
@@ -155,9 +167,9 @@ def podman_service(work: Path) -> Iterator[Podman]:
             "(runc, explicit ulimits)")  # fmt: skip
         yield engine
     finally:
-        left = engine.containers() - engine.before
+        left = engine.left()
         if left:
-            engine.run("rm", "-f", *sorted(left))
+            engine.run("rm", "-f", *left)
             say(f"removed {len(left)} container(s) the run left behind")
         stop(service)
 
@@ -288,9 +300,38 @@ class Act:
                 act.wait()
             finally:
                 stop(act)
-                for folder in set(ACT_CACHE.iterdir()) - kept if ACT_CACHE.is_dir() else ():
+                ours = set(ACT_CACHE.iterdir()) - kept if ACT_CACHE.is_dir() else set()
+                reap(ours)
+                for folder in ours:
                     shutil.rmtree(folder, ignore_errors=True)  # the jobs' workspaces, copies
         return parse_log(entries)
+
+
+def reap(folders: set[Path]) -> None:
+    """What a step left running: act's host mode starts each step in a session of its own,
+    which stopping act does not reach. Every process working in, or started from, this
+    run's job folders gets SIGTERM, then SIGKILL, by process group."""
+    marks = [str(f) for f in folders]
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        groups = set()
+        for proc in Path("/proc").iterdir():
+            if not proc.name.isdigit():
+                continue
+            try:
+                cwd = os.readlink(proc / "cwd")
+                cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                group = os.getpgid(int(proc.name))
+            except OSError:
+                continue
+            if any(cwd.startswith(m) or m in cmd for m in marks) and group != os.getpgid(0):
+                groups.add(group)
+        for group in groups:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(group, sig)
+        if not groups:
+            return
+        say(f"stopped {len(groups)} process group(s) a step left running")
+        time.sleep(5)
 
 
 def _entry(line: str) -> dict[str, object]:

@@ -24,6 +24,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
 from act_local import ROOT, SHARED, Act, Job, SetupError, podman_service, say, tool_cache
 
 sys.path.insert(0, str(ROOT / "tests"))
@@ -67,6 +68,7 @@ def nightly(args: argparse.Namespace) -> int:
         f"{args.scenarios} {args.extra}".rstrip())  # fmt: skip
     with ExitStack() as stack:
         engine = stack.enter_context(podman_service(out))
+        engine.images.add(workflow_image())
         build_args, base = docker_stand_ins(out, stack)
         mirror = stack.enter_context(served(SHARED / "firmware"))
         say(f"firmware mirror (HARNESS_FIRMWARE_MIRROR): {SHARED / 'firmware'} served at {mirror}")
@@ -80,8 +82,16 @@ def nightly(args: argparse.Namespace) -> int:
         ), env=engine.act_env(base))  # fmt: skip
         jobs = act.run()
     unpacked = unpack(act.artifacts, out)
+    for bulky in (act.artifacts, out / "qemu-release"):  # the image (357 MB), the tarball
+        shutil.rmtree(bulky, ignore_errors=True)
     checks = nightly_checks(jobs, unpacked, sizes, expected_releases, args)
     return verdict(jobs, checks, out, unpacked)
+
+
+def workflow_image() -> str:
+    """The image the nightly builds and runs (its `env: IMAGE`)."""
+    flow = yaml.safe_load((ROOT / ".github/workflows/nightly.yml").read_text())
+    return str(flow["env"]["IMAGE"])
 
 
 def docker_stand_ins(out: Path, stack: ExitStack) -> tuple[str, str]:
@@ -89,8 +99,9 @@ def docker_stand_ins(out: Path, stack: ExitStack) -> tuple[str, str]:
     and the base."""
     podman = Engine(shutil.which("podman") or "podman")
     base, what = base_image(podman, out)
-    base, what = with_host_pip(podman, base, out)
     say(f"stand-in for the base image: {what}")
+    base, what = with_host_pip(podman, base, out)
+    say(f"  and for a build through the Docker API: {what}")
     qemu = find_qemu(None)
     www = out / "qemu-release"
     www.mkdir()
