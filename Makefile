@@ -24,6 +24,7 @@ RUN = $(PYTEST) -q -n $(WORKERS) --retries $(RETRIES)
 PROVISION := $(BIN)/harness provision scenarios
 
 .PHONY: venv test test-4mb test-16mb test-matrix test-reliability test-docker test-powerloss lint \
+	test-nightly test-ci-workflow \
 	docs bench-boot \
 	bench-ota \
 	bench-suite bench-memory bench-reset bench-powercut bench-stalls clean docker-build docker-test-4mb docker-test-16mb
@@ -74,13 +75,16 @@ test-reliability: venv
 DOCKER ?= $(shell docker info >/dev/null 2>&1 && echo docker || \
 	(command -v podman >/dev/null 2>&1 && echo podman) || echo docker)
 DOCKER_IMAGE ?= esp32-ota-harness
+# more build options, e.g. a base image from a registry mirror: --build-arg BASE=...
+DOCKER_BUILD_ARGS ?=
 DOCKER_FIRMWARE = $(if $(HARNESS_FIRMWARE_DIR),-v $(HARNESS_FIRMWARE_DIR):/firmware:ro,)
 DOCKER_RUN = $(DOCKER) run --rm --user $$(id -u):$$(id -g) $(DOCKER_FIRMWARE) \
 	-v $(CURDIR)/artifacts:/artifacts $(DOCKER_IMAGE)
 
 docker-build: venv
 	$(DOCKER) build -f docker/Dockerfile -t $(DOCKER_IMAGE) $$($(BIN)/python -c \
-	  "from harness.sources.downloads import docker_build_args as a; print(' '.join(f'--build-arg {k}={v}' for k, v in a().items()))") .
+	  "from harness.sources.downloads import docker_build_args as a; print(' '.join(f'--build-arg {k}={v}' for k, v in a().items()))") \
+	  $(DOCKER_BUILD_ARGS) .
 
 docker-test-16mb docker-test-4mb: docker-test-%:
 	mkdir -p artifacts
@@ -92,9 +96,26 @@ docker-test-16mb docker-test-4mb: docker-test-%:
 test-docker: venv
 	DOCKER=$(DOCKER) $(PYTEST) -q -s -m docker tests/test_docker.py
 
+## .github/workflows/nightly.yml itself, run here with act (image, matrix, report), then checked:
+## every job ran the library in a container, its artifacts, report.html in Chromium, the
+## summaries. NIGHTLY_RELEASES (default v1.25.0; "all": the manifest's nightly list),
+## NIGHTLY_SIZES, NIGHTLY_SCENARIOS, NIGHTLY_EXTRA (e.g. tests/nightly/fails-on-purpose.yaml)
+NIGHTLY_RELEASES ?= v1.25.0
+NIGHTLY_SIZES ?= 4MB 16MB
+NIGHTLY_SCENARIOS ?= /scenarios /scenarios/power-loss
+NIGHTLY_EXTRA ?=
+test-nightly: venv
+	$(BIN)/python tools/run_workflow.py nightly --releases "$(NIGHTLY_RELEASES)" \
+	  --sizes "$(NIGHTLY_SIZES)" --scenarios "$(NIGHTLY_SCENARIOS)" --extra "$(NIGHTLY_EXTRA)"
+
+## .github/workflows/ci.yml's lint and tests jobs, run here with act (CI_JOBS to choose)
+CI_JOBS ?= lint tests
+test-ci-workflow: venv
+	$(BIN)/python tools/run_workflow.py ci $(addprefix --job ,$(CI_JOBS))
+
 lint: venv
-	$(BIN)/ruff check harness tests bench conftest.py images
-	$(BIN)/ruff format --check harness tests bench conftest.py images
+	$(BIN)/ruff check harness tests bench tools conftest.py images
+	$(BIN)/ruff format --check harness tests bench tools conftest.py images
 	$(BIN)/mypy harness
 	$(BIN)/check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/*.yml
 	if [ -x $(BIN)/hadolint ]; then $(BIN)/hadolint docker/Dockerfile; fi

@@ -8,8 +8,9 @@ Each stand-in is named when it is used (the docker test prints them):
   `qemu/share/qemu`) made from the QEMU on this machine, with the shared libraries it
   needs beyond the Dockerfile's packages, served over loopback HTTP, so the Dockerfile's
   own download, checksum, unpack and `-machine help` check all run;
-- running inside: `ENGINE run` where the engine may run containers, else a build stage
-  `FROM` the image whose `RUN` is the command.
+- running inside: `ENGINE run` where the engine may run containers (podman, where its
+  defaults are refused, with tools/containers.conf: runc and explicit ulimits), else a
+  build stage `FROM` the image whose `RUN` is the command.
 """
 
 from __future__ import annotations
@@ -31,12 +32,15 @@ from pathlib import Path
 
 BASE = "python:3.12-slim-bookworm"
 STAND_IN_BASE = "localhost/esp32-ota-harness-base:bookworm-stand-in"
+HOST_PIP_BASE = "localhost/esp32-ota-harness-base:with-host-pip"
 # what the stand-in base needs to be like the official image: python3, pip, certificates
 BASE_PACKAGES = "python3,python3-pip,python3-venv,ca-certificates"
 # the C library's own: the image's glibc provides them
 SYSTEM_LIBS = ("linux-vdso", "libc.so", "libm.so", "ld-linux", "libpthread", "libdl.so", "librt.so")
 # the machine's pip settings and the certificate bundle they name, for pip inside a build
 PIP_MOUNTS = ("/etc/pip.conf", "/etc/ssl/certs/ca-certificates.crt")
+# podman's settings where its defaults may not run containers (crun refused in a sandbox)
+RUNC_CONF = Path(__file__).resolve().parent.parent / "tools" / "containers.conf"
 
 
 @dataclass(frozen=True)
@@ -44,6 +48,7 @@ class Engine:
     """docker or podman, with what this machine lets it do."""
 
     path: str
+    conf: Path | None = None  # podman's CONTAINERS_CONF, when not its defaults
 
     @property
     def name(self) -> str:
@@ -55,9 +60,12 @@ class Engine:
         mounts = [f"-v={p}:{p}:ro" for p in PIP_MOUNTS if Path(p).is_file()]
         return [self.path, "build", *extra, "--network", "host", *mounts]
 
+    def environ(self) -> dict[str, str]:
+        return {**os.environ, "CONTAINERS_CONF": str(self.conf)} if self.conf else dict(os.environ)
+
     def run(self, *args: str, timeout: float = 3600) -> subprocess.CompletedProcess[str]:
         return subprocess.run([self.path, *args], capture_output=True, text=True,
-                              timeout=timeout)  # fmt: skip
+                              timeout=timeout, env=self.environ())  # fmt: skip
 
     def has_image(self, name: str) -> bool:
         return self.run("image", "exists", name).returncode == 0 if self.name == "podman" else (
@@ -67,6 +75,13 @@ class Engine:
         """None when `run` works here; else why not, in the engine's own words."""
         probe = self.run("run", "--rm", "--entrypoint", "true", image, timeout=120)
         return None if probe.returncode == 0 else (probe.stderr.strip().splitlines() or ["?"])[-1]
+
+
+def with_runc(eng: Engine) -> Engine | None:
+    """podman with tools/containers.conf (runc, explicit ulimits), where runc is installed."""
+    if eng.name != "podman" or shutil.which("runc") is None:
+        return None
+    return Engine(eng.path, RUNC_CONF)
 
 
 def engine() -> Engine | None:
@@ -105,6 +120,26 @@ def base_image(eng: Engine, work: Path) -> tuple[str, str]:
         f"{STAND_IN_BASE}: Debian bookworm (debootstrap minbase) with its python3 and pip, "
         f"standing in for {BASE}, which no registry here serves"
     )
+
+
+def with_host_pip(eng: Engine, base: str, work: Path) -> tuple[str, str]:
+    """(image, what it is): `base` with this machine's pip settings and the certificate
+    bundle they name, for a `docker build` that cannot mount them (the Docker API)."""
+    files = [Path(p) for p in PIP_MOUNTS if Path(p).is_file()]
+    if not files:
+        return base, base
+    context = work / "host-pip"
+    context.mkdir(parents=True, exist_ok=True)
+    lines = [f"FROM {base}"]
+    for i, path in enumerate(files):
+        shutil.copyfile(path, context / f"file{i}")
+        lines.append(f"COPY file{i} {path}")
+    (context / "Containerfile").write_text("\n".join(lines) + "\n")
+    built = eng.run(*eng.build_args()[1:], "-f", str(context / "Containerfile"), "-t",
+                    HOST_PIP_BASE, str(context))  # fmt: skip
+    if built.returncode != 0:
+        raise RuntimeError(f"{eng.name} build of {HOST_PIP_BASE} failed: {built.stderr[-500:]}")
+    return HOST_PIP_BASE, f"{HOST_PIP_BASE}: {base} with this machine's {', '.join(PIP_MOUNTS)}"
 
 
 def qemu_release_tarball(qemu: Path) -> bytes:
@@ -167,7 +202,9 @@ class Timed:
     seconds: float
 
 
-def timed(args: list[str], cwd: Path, timeout: float = 3600) -> Timed:
+def timed(args: list[str], cwd: Path, timeout: float = 3600,
+          env: dict[str, str] | None = None) -> Timed:  # fmt: skip
     start = time.monotonic()
-    result = subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    result = subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=timeout,
+                            env=env)  # fmt: skip
     return Timed(result, round(time.monotonic() - start, 1))

@@ -226,3 +226,51 @@ def test_firmware_list_shows_the_newest_release_and_checks_for_a_newer_one(
                       env={})  # fmt: skip
     assert offline.returncode == 0
     assert offline.stdout.splitlines()[-1].startswith("latest release: could not check (cannot")
+
+
+def test_firmware_from_a_mirror_folder_is_checked_against_its_pin(
+    server, tmp_path: Path, fw
+) -> None:
+    """HARNESS_FIRMWARE_MIRROR: a plain folder of the official files (a company mirror);
+    the pinned sha256 still decides, and a file that differs is refused in one line."""
+    url, root = server
+    (root / FW_NAME).write_bytes(fw("OTA-20250415-v1.25.0").read_bytes())
+    cache = tmp_path / "cache"
+    args = ["firmware", "fetch", "ESP32_GENERIC-OTA@v1.25.0", "--cache", str(cache)]
+    run = harness(*args, env={"HARNESS_FIRMWARE_MIRROR": f"{url}/"})
+    assert run.returncode == 0, run.stderr
+    assert (cache / FW_NAME).read_bytes() == (root / FW_NAME).read_bytes()
+    (root / FW_NAME).write_bytes(fw("OTA-20231227-v1.22.0").read_bytes())  # a real image, not it
+    other = tmp_path / "other"
+    run = harness(*args[:-1], str(other), env={"HARNESS_FIRMWARE_MIRROR": url})
+    one_line_error(run, f"sha256 mismatch for {url}/{FW_NAME}", "(pinned)", "not kept")
+    assert not list(other.glob("*.bin"))
+
+
+def test_an_unpinned_release_is_found_in_the_mirrors_folder_listing(
+    server, tmp_path: Path, fw
+) -> None:
+    url, root = server
+    name = "ESP32_GENERIC-OTA-20250101-v1.24.1.bin"  # v1.24.1 OTA: not pinned in the manifest
+    (root / name).write_bytes(fw("OTA-20250415-v1.25.0").read_bytes())
+    cache = tmp_path / "cache"
+    env = {"HARNESS_FIRMWARE_MIRROR": url}
+    run = harness("firmware", "fetch", "ESP32_GENERIC-OTA@v1.24.1", "--cache", str(cache), env=env)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == str(cache / name)
+    assert name in (cache / "checksums.json").read_text()  # recorded on first download
+    run = harness("firmware", "fetch", "ESP32_GENERIC-OTA@v1.26.0", "--cache", str(cache), env=env)
+    one_line_error(run, f"{url}/ lists no ESP32_GENERIC-OTA firmware v1.26.0")
+    bad = harness("firmware", "fetch", "ESP32_GENERIC-OTA@v1.26.0", "--cache", str(cache),
+                  env={"HARNESS_FIRMWARE_MIRROR": "mirror.example/firmware"})  # fmt: skip
+    one_line_error(bad, "HARNESS_FIRMWARE_MIRROR='mirror.example/firmware' is not an http(s)://")
+
+
+def test_the_nightly_list_narrows_to_the_releases_asked_for() -> None:
+    run = harness("firmware", "list", "--nightly", "--json", "--only", "v1.28.0, 1.22.0", env={})
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == '["ESP32_GENERIC-OTA@v1.22.0", "ESP32_GENERIC-OTA@v1.28.0"]'
+    every = harness("firmware", "list", "--nightly", "--json", "--only", "", env={})
+    assert every.stdout == harness("firmware", "list", "--nightly", "--json", env={}).stdout
+    one_line_error(harness("firmware", "list", "--nightly", "--only", "v9.9.9", env={}),
+                   "'v9.9.9' names none of the releases listed")  # fmt: skip

@@ -92,8 +92,11 @@ def test_nightly_matrix_runs_the_library_per_size_and_release() -> None:
     assert "schedule" in triggers and "workflow_dispatch" in triggers
     job = flow["jobs"]["scenarios"]
     assert job["strategy"]["fail-fast"] is False
-    assert job["strategy"]["matrix"]["flash_size"] == ["4MB", "16MB"]
+    assert job["strategy"]["matrix"]["flash_size"] == "${{ fromJSON(needs.image.outputs.sizes) }}"
+    assert triggers["workflow_dispatch"]["inputs"]["sizes"]["default"] == "4MB 16MB"
     assert job["needs"] == "image"
+    upload = next(s for s in job["steps"] if s.get("uses") == "actions/upload-artifact@v4")
+    assert upload["with"]["name"] == "scenarios-${{ matrix.flash_size }}-${{ matrix.firmware }}"
     text = yaml.safe_dump(job)
     for word in ("firmware fetch", "--junit", "GITHUB_STEP_SUMMARY", "upload-artifact"):
         assert word in text

@@ -32,6 +32,9 @@ from ..paths import idf_tools_dir
 
 RELEASES_URL = "https://github.com/espressif/qemu/releases/download"
 MICROPYTHON_URL = "https://micropython.org"
+# A folder of the official firmware files by their own names, over HTTP (a company mirror,
+# or micropython.org's own https://micropython.org/resources/firmware); empty: micropython.org.
+MIRROR_VARIABLE = "HARNESS_FIRMWARE_MIRROR"
 
 
 @dataclass(frozen=True)
@@ -214,9 +217,11 @@ def fetch_firmware(
     """The official firmware file `wanted`; return (path, new).
 
     A pinned file is downloaded and must match its sha256. Otherwise the file name carries
-    a build date the user does not know, so the board's download page is read for the
-    link, and the sha256 is recorded on first download (`checksums.json`). A file already
-    in the cache is checked against its pin or record and used without the network.
+    a build date the user does not know, so the board's download page (or the mirror's
+    folder listing) is read for the link, and the sha256 is recorded on first download
+    (`checksums.json`). A file already in the cache is checked against its pin or record
+    and used without the network. `base_url` (a micropython.org mirror) wins over the
+    firmware mirror of the environment (`firmware_mirror()`).
     """
     name, filename, sha256 = wanted.name, wanted.filename, wanted.sha256
     version = wanted.version if wanted.version.startswith("v") else f"v{wanted.version}"
@@ -241,15 +246,18 @@ def fetch_firmware(
                 f"{expected}): delete it and fetch again"
             )
         return path, False
-    base = (base_url or os.environ.get("HARNESS_MICROPYTHON_URL") or MICROPYTHON_URL).rstrip("/")
+    mirror = None if base_url else firmware_mirror()
+    site = (base_url or os.environ.get("HARNESS_MICROPYTHON_URL") or MICROPYTHON_URL).rstrip("/")
     if not filename:
-        filename = _find_on_download_page(base, name, version, pattern)
+        find = _find_in_listing if mirror else _find_on_download_page
+        filename = find(mirror or site, name, version, pattern)
+    folder = mirror or f"{site}/resources/firmware"
     cache.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=cache, prefix=".fetch-") as tmp:
         staged = Path(tmp) / filename
-        url = f"{base}/resources/firmware/{filename}"
+        url = f"{folder}/{filename}"
         digest = _download(url, staged, None, progress)
-        _check_chip(staged.read_bytes(), name, f"{filename} from {base}")
+        _check_chip(staged.read_bytes(), name, f"{filename} from {folder}")
         if sha256 and digest != sha256:
             raise HarnessError(
                 f"sha256 mismatch for {url}: expected {sha256} (pinned), got {digest}; not kept"
@@ -272,9 +280,28 @@ def _check_chip(data: bytes, name: str, what: str) -> None:
                            f"{expected.board} is; not kept")  # fmt: skip
 
 
+def firmware_mirror() -> str | None:
+    """The firmware mirror of the environment (`HARNESS_FIRMWARE_MIRROR`), None when unset."""
+    value = os.environ.get(MIRROR_VARIABLE, "").strip().rstrip("/")
+    if value and not re.match(r"https?://", value):
+        raise HarnessError(
+            f"{MIRROR_VARIABLE}={value!r} is not an http(s):// address of a folder of "
+            "firmware files: set it to one, or leave it empty"
+        )
+    return value or None
+
+
+def _find_in_listing(mirror: str, name: str, version: str, pattern: re.Pattern[str]) -> str:
+    """The dated file name of `name` `version` in the mirror's folder listing."""
+    return _newest(*_read_page(f"{mirror}/"), name, version, pattern)
+
+
 def _download_page(base: str, board: str) -> tuple[str, str]:
     """(address, text) of micropython.org's download page of `board`."""
-    page = f"{base}/download/{board}/"
+    return _read_page(f"{base}/download/{board}/")
+
+
+def _read_page(page: str) -> tuple[str, str]:
     try:
         with urllib.request.urlopen(page, timeout=30) as reply:
             return page, reply.read().decode("utf-8", "replace")
@@ -285,7 +312,10 @@ def _download_page(base: str, board: str) -> tuple[str, str]:
 
 def _find_on_download_page(base: str, name: str, version: str, pattern: re.Pattern[str]) -> str:
     """The dated file name of `name` `version` on the board's download page."""
-    page, html = _download_page(base, name.split("-")[0])
+    return _newest(*_download_page(base, name.split("-")[0]), name, version, pattern)
+
+
+def _newest(page: str, html: str, name: str, version: str, pattern: re.Pattern[str]) -> str:
     found = sorted({m.group(0) for m in pattern.finditer(html)})
     if not found:
         raise HarnessError(f"{page} lists no {name} firmware {version}")

@@ -70,6 +70,20 @@ class Manifest(BaseModel):
         return next((e for e in self.firmware if e.id == wanted), None)
 
 
+def narrowed(entries: list[FirmwareEntry], specs: str) -> list[FirmwareEntry]:
+    """The entries that `specs` names (ids or versions, space- or comma-separated), in the
+    manifest's order: how a rerun narrows the nightly to `v1.28.0`. Unknown: one line."""
+    chosen: set[str] = set()
+    for spec in specs.replace(",", " ").split():
+        version = spec if spec.startswith("v") else f"v{spec}"
+        hits = [e for e in entries if spec in (e.id, e.name) or e.version == version]
+        if not hits:
+            listed = ", ".join(e.id for e in entries)
+            raise HarnessError(f"{spec!r} names none of the releases listed ({listed})")
+        chosen.update(e.id for e in hits)
+    return [e for e in entries if e.id in chosen]
+
+
 def default_manifest_path() -> Path:
     """The manifest shipped with the harness (the repository's images/firmware.yaml)."""
     return Path(str(resources.files("harness.defaults") / "firmware.yaml"))

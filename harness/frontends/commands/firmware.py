@@ -19,7 +19,8 @@ def register(sub: Subparsers) -> None:
     fw = sub.add_parser("firmware", help="official MicroPython firmware").add_subparsers(
         dest="action", required=True
     )
-    fetch = fw.add_parser("fetch", help="download from micropython.org into the cache")
+    fetch = fw.add_parser("fetch", help="download from micropython.org (or the folder "
+                          "HARNESS_FIRMWARE_MIRROR names) into the cache")  # fmt: skip
     fetch.add_argument("name", metavar="BOARD[-VARIANT][@VERSION]",
                        help="e.g. ESP32_GENERIC-OTA, or ESP32_GENERIC-OTA@v1.25.0")  # fmt: skip
     fetch.add_argument("version", nargs="?", help="e.g. v1.25.0")
@@ -30,6 +31,8 @@ def register(sub: Subparsers) -> None:
     listing = fw.add_parser("list", help="the firmware manifest (images/firmware.yaml)")
     listing.add_argument("--nightly", action="store_true", help="only the nightly releases")
     listing.add_argument("--pinned", action="store_true", help="only entries with a sha256")
+    listing.add_argument("--only", metavar="RELEASES", help="only these of them: ids or "
+                         "versions, e.g. 'v1.28.0 ESP32_GENERIC-OTA@v1.25.0'")  # fmt: skip
     listing.add_argument("--ids", action="store_true", help="entry ids, one per line")
     listing.add_argument("--json", action="store_true", help="entry ids as a JSON list")
     listing.add_argument("--check-latest", action="store_true", help="also read micropython."
@@ -62,6 +65,8 @@ def cmd_firmware_list(args: argparse.Namespace) -> int:
 
     entries = [e for e in manifest.load_manifest().firmware
                if (e.nightly or not args.nightly) and (e.pinned or not args.pinned)]  # fmt: skip
+    if args.only:
+        entries = manifest.narrowed(entries, args.only)
     if args.json:
         print(json.dumps([e.id for e in entries]))
     elif args.ids:
