@@ -52,6 +52,40 @@ def test_an_exclusive_holder_keeps_others_out_and_is_not_starved(
     ]
 
 
+def test_a_thread_holding_a_share_gets_a_second_one_past_a_waiting_exclusive(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A test that boots a second board beside its first must not queue behind an
+    exclusive waiter that waits for the first: that deadlocked a run (bench/README.md)."""
+    monkeypatch.setenv("HARNESS_LOCKS", str(tmp_path))
+    events: list[str] = []
+    first_in, waiter_started = threading.Event(), threading.Event()
+
+    def two_boards() -> None:
+        with hostlock.emulation_slot(alone=False):
+            first_in.set()
+            assert waiter_started.wait(5)
+            time.sleep(0.2)  # the exclusive waiter now holds the turnstile
+            with hostlock.emulation_slot(alone=False):
+                events.append("second board")
+        events.append("both off")
+
+    def alone() -> None:
+        waiter_started.set()
+        with hostlock.emulation_slot(alone=True):
+            events.append("alone")
+
+    holder = threading.Thread(target=two_boards, daemon=True)
+    holder.start()
+    assert first_in.wait(5)
+    waiter = threading.Thread(target=alone, daemon=True)
+    waiter.start()
+    holder.join(10)
+    waiter.join(10)
+    assert not holder.is_alive() and not waiter.is_alive(), "deadlocked"
+    assert events == ["second board", "both off", "alone"]
+
+
 @getattr(pytest.mark, "4mb")
 def test_a_build_that_stalls_on_a_shared_host_boots_beside_another(qemu, fw, build_image) -> None:
     """v1.21.0 SPIRAM (ESP-IDF 5.0.2) stalled in 9 of 10 paired boots without the lock.

@@ -5,7 +5,10 @@ guest measured to stall when the host is shared (harness.emulator.policy)
 holds it exclusively. The locks are `flock`s on files in the user's cache, so they work
 across processes (pytest-xdist workers, parallel `harness run`s) and the kernel drops
 them when a process dies. A turnstile lock taken first stops new shared holders from
-slipping past an exclusive one that waits, so it is never starved.
+slipping past an exclusive one that waits, so it is never starved. A thread that already
+holds a share and asks for another (a test that boots a second board beside its first)
+skips the turnstile: queued behind an exclusive waiter that waits for its own first
+share, it would wait for ever, and both with it.
 """
 
 from __future__ import annotations
@@ -14,11 +17,13 @@ import contextlib
 import fcntl
 import logging
 import os
+import threading
 from collections.abc import Iterator
 
 from .. import paths
 
 _log = logging.getLogger(__name__)
+_held = threading.local()  # .slots: how many this thread holds now
 
 
 @contextlib.contextmanager
@@ -28,8 +33,10 @@ def emulation_slot(alone: bool) -> Iterator[None]:
     folder.mkdir(parents=True, exist_ok=True)
     turnstile = os.open(folder / "turnstile", os.O_RDWR | os.O_CREAT, 0o644)
     host = os.open(folder / "host", os.O_RDWR | os.O_CREAT, 0o644)
+    nested = getattr(_held, "slots", 0) > 0 and not alone
     try:
-        fcntl.flock(turnstile, fcntl.LOCK_EX)
+        if not nested:
+            fcntl.flock(turnstile, fcntl.LOCK_EX)
         try:
             mode = fcntl.LOCK_EX if alone else fcntl.LOCK_SH
             try:
@@ -44,7 +51,11 @@ def emulation_slot(alone: bool) -> Iterator[None]:
                 fcntl.flock(host, mode)
         finally:
             fcntl.flock(turnstile, fcntl.LOCK_UN)
-        yield
+        _held.slots = getattr(_held, "slots", 0) + 1
+        try:
+            yield
+        finally:
+            _held.slots -= 1
     finally:
         os.close(host)  # closing drops the lock
         os.close(turnstile)
