@@ -48,6 +48,26 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+# command -> the Debian package that has it
+PACKAGES = {"podman": "podman", "runc": "runc", "chromium": "chromium",
+            "debootstrap": "debootstrap"}  # fmt: skip
+
+
+def install_missing() -> None:
+    """The Debian packages a run needs, installed where they are missing and we may
+    (root with apt-get, as on this project's machines); elsewhere `need` says what to do."""
+    missing = sorted(p for c, p in PACKAGES.items() if shutil.which(c) is None)
+    if not missing or os.geteuid() != 0 or shutil.which("apt-get") is None:
+        return
+    say(f"installing with apt-get: {' '.join(missing)}")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for attempt in (["install"], ["update"], ["install"]):
+        args = ["apt-get", *attempt, "-y", "-q", *(missing if attempt == ["install"] else [])]
+        done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=1800)
+        if attempt == ["install"] and done.returncode == 0:
+            return
+
+
 def need(tool: str, how: str) -> str:
     found = shutil.which(tool, path=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
     if found is None:

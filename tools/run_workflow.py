@@ -25,7 +25,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
-from act_local import ROOT, SHARED, Act, Job, SetupError, podman_service, say, tool_cache
+from act_local import (
+    ROOT,
+    SHARED,
+    Act,
+    Job,
+    SetupError,
+    install_missing,
+    need,
+    podman_service,
+    say,
+    tool_cache,
+)
 
 sys.path.insert(0, str(ROOT / "tests"))
 from containers import (
@@ -58,6 +69,8 @@ class Check:
 
 
 def nightly(args: argparse.Namespace) -> int:
+    install_missing()
+    need("chromium", "apt-get install chromium (report.html is opened in it)")
     out = fresh(OUT / "nightly")
     releases = "" if args.releases.strip() == "all" else args.releases
     entries = manifest.load_manifest().firmware
@@ -98,10 +111,13 @@ def docker_stand_ins(out: Path, stack: ExitStack) -> tuple[str, str]:
     """The image job's extra `docker build` options (the stand-in base and QEMU release),
     and the base."""
     podman = Engine(shutil.which("podman") or "podman")
-    base, what = base_image(podman, out)
-    say(f"stand-in for the base image: {what}")
-    base, what = with_host_pip(podman, base, out)
-    say(f"  and for a build through the Docker API: {what}")
+    try:
+        base, what = base_image(podman, out)
+        say(f"stand-in for the base image: {what}")
+        base, what = with_host_pip(podman, base, out)
+        say(f"  and for a build through the Docker API: {what}")
+    except RuntimeError as exc:  # debootstrap, the import or the build failed: one line
+        raise SetupError(f"no stand-in base image: {exc}") from None
     qemu = find_qemu(None)
     www = out / "qemu-release"
     www.mkdir()
