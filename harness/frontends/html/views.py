@@ -384,5 +384,7 @@ def _rerun(result: CellResult) -> str:
     fw = result.firmware
     if fw is not None:
         cmd += ["--firmware", fw.entry or fw.path]
+    if result.update is not None:
+        cmd += ["--update", result.update.entry or result.update.path]
     cmd += ["--flash-size", result.cell.flash_size]
     return shlex.join(cmd)
