@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import textwrap
@@ -176,3 +177,72 @@ def test_the_library_upgrade_scenarios_plan(firmware_dir: Path) -> None:
         for cell in plan.cells(loaded, chooser, plan.RunOptions()):
             assert "->" in cell.id
             assert isinstance(cell, plan.CellPlan) or cell.reason
+
+
+# -- the report's from x to view --------------------------------------------------------
+
+
+def test_the_report_draws_each_upgrade_scenario_from_x_to(tmp_path: Path) -> None:
+    """Rows are the release a board was flashed with, columns the update; each square is
+    the cell's verdict and links to it; cells without an update keep the plain grid."""
+    from cells import ran
+
+    from harness.frontends.html import views, write_report
+    from harness.scenario.results import CellId
+
+    def cell(a: str, b: str | None) -> CellId:
+        return CellId(scenario="upgrade" if b else "plain", flash_size="4MB", firmware=a, update=b)
+
+    for a, b in (("v1.20.0", "v1.25.0"), ("v1.22.0", "v1.25.0"), ("v1.22.0", "v1.28.0")):
+        ran(tmp_path, cell(a, b), guarded=b == "v1.28.0")
+    ran(tmp_path, cell("v1.25.0", None))
+    view = views.load(tmp_path, tmp_path / "report.html")
+    assert view.rows == ["plain"] and view.columns == ["4mb-v1.25.0"]
+    (grid,) = view.upgrades
+    assert (grid.scenario, grid.size, grid.froms, grid.tos) == (
+        "upgrade", "4MB", ["v1.20.0", "v1.22.0"], ["v1.25.0", "v1.28.0"])  # fmt: skip
+    assert grid.at("v1.20.0", "v1.28.0") is None
+    yes, no = grid.at("v1.22.0", "v1.25.0"), grid.at("v1.22.0", "v1.28.0")
+    assert yes is not None and yes.verdict == "yes"
+    assert no is not None and no.verdict == "no" and no.reason
+    page = write_report(tmp_path).read_text()
+    square = re.search(r'<table class="upgrades">.*?</table>', page, re.S)
+    assert square is not None
+    assert f'href="#{no.anchor}"' in square.group(0) and ">no<small>" in square.group(0)
+    assert f'id="{no.anchor}"' in page  # the click opens the cell
+    assert "updated to</dt><dd>v1.28.0" in page
+
+
+# -- harness upgrade: bad input -----------------------------------------------------------
+
+
+def upgrade_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "harness", "upgrade", *args],
+                          capture_output=True, text=True)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("given", "said"),
+    [
+        (["--from", "nope.bin", "--to", "nope.bin"], "--from nope.bin: no such file"),
+        (["--from", "{notes}", "--to", "{b}"], "is not an ESP32 firmware image (unknown)"),
+        (["--from", "{b}", "--to", "{notes}"], "notes.txt: not a firmware image (unknown)"),
+        (["--from", "{b}", "--to", "{b}", "--command", "x"], "--device-lib and --command go "
+                                                           "together"),
+        (["--from", "{b}", "--to", "{b}", "--save", "{notes}"], "notes.txt exists"),
+        (["--from", "ESP32_GENERIC@v9.9.9", "--to", "{b}"], "ESP32_GENERIC@v9.9.9 is not in "
+                                                           "the firmware manifest"),
+    ],
+)  # fmt: skip
+def test_bad_input_is_one_line_before_anything_boots(
+    tmp_path: Path, firmware_dir: Path, given: list[str], said: str
+) -> None:
+    notes = tmp_path / "notes.txt"
+    notes.write_text("release notes\n")
+    b = next(firmware_dir.glob("ESP32_GENERIC-OTA-*-v1.25.0.bin"))
+    args = [a.format(notes=notes, b=b) for a in given]
+    run = upgrade_cli(*args, "--artifacts", str(tmp_path / "art"), "--qemu", "/nonexistent")
+    assert run.returncode == 2, run.stdout + run.stderr
+    assert run.stderr.startswith("error: ") and said in run.stderr.splitlines()[0]
+    assert "Traceback" not in run.stderr
+    assert not (tmp_path / "art").exists() or not any((tmp_path / "art").rglob("serial.log"))

@@ -303,6 +303,9 @@ def skip_reason(scenario: Scenario, fw: Firmware, facts: FirmwareFacts) -> str |
             f"needs app rollback, which every MicroPython ESP32 build has from v1.21.0 "
             f"(CONFIG_BOOTLOADER_APP_ROLLBACK_ENABLE); {name} is {release}"
         )
+    if "no-rollback" in needs and facts.rollback:
+        return (f"needs a release without app rollback (before v1.21.0); {name} is {release}, "
+                "which has it (the `rollback` scenarios are its)")  # fmt: skip
     if "vfs-in-table" in needs and not facts.fs_in_table:
         return (
             f"needs a partition table that names the filesystem (releases up to v1.25); "

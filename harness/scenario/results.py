@@ -178,6 +178,7 @@ class Attempt:
     status: Status
     message: str = ""
     artifacts: str = ""
+    emulator: bool = False  # failed by the emulator (policy.RETRYABLE), not by the firmware
 
     def line(self) -> str:
         first = self.message.splitlines()[0] if self.message else ""

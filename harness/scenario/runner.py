@@ -183,12 +183,13 @@ def _attempts(run: CellRun, folder: Path, result: CellResult) -> None:
         result.cuts, result.matched = attempt.cuts, attempt.matched
         result.violation = attempt.violation
         status: Status = "passed" if error is None else "failed"
-        result.attempts.append(Attempt(number, status, str(error or ""), str(run_dir)))
+        emulator = error is not None and retryable(error.__cause__)
+        result.attempts.append(Attempt(number, status, str(error or ""), str(run_dir), emulator))
         if error is None:
             result.status, result.message = "passed", ""
             return
         result.message = str(error)
-        if not retryable(error.__cause__):
+        if not emulator:
             return
 
 

@@ -29,10 +29,12 @@ from ..flash.images import APP_OF
 
 # ota: two OTA slots (made by the OTA recipe where the firmware has none); no-ota: the
 # firmware's own table has none (the plain ESP32_GENERIC layout); spiram: a SPIRAM build;
-# rollback: app rollback (v1.21.0 on); vfs-in-table / vfs-at-boot: the filesystem named in
+# rollback / no-rollback: app rollback (v1.21.0 on) / none (v1.20.0: its app selects an
+# update without PENDING_VERIFY); vfs-in-table / vfs-at-boot: the filesystem named in
 # the partition table (up to v1.25) / made at boot after the last partition, with the
 # flash chip's size queried at start-up (v1.26 on)
-Need = Literal["ota", "no-ota", "spiram", "rollback", "vfs-in-table", "vfs-at-boot"]
+Need = Literal["ota", "no-ota", "spiram", "rollback", "no-rollback", "vfs-in-table",
+               "vfs-at-boot"]  # fmt: skip
 
 
 def _listify(value: Any) -> Any:

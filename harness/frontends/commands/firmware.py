@@ -30,6 +30,9 @@ def register(sub: Subparsers) -> None:
     listing = fw.add_parser("list", help="the firmware manifest (images/firmware.yaml)")
     listing.add_argument("--nightly", action="store_true", help="only the nightly releases")
     listing.add_argument("--pinned", action="store_true", help="only entries with a sha256")
+    listing.add_argument("--at-hand", action="store_true", help="only entries whose file is "
+                         "here: the local folder (HARNESS_FIRMWARE_DIR) or the cache, sha256 "
+                         "checked; nothing is downloaded")  # fmt: skip
     listing.add_argument("--ids", action="store_true", help="entry ids, one per line")
     listing.add_argument("--json", action="store_true", help="entry ids as a JSON list")
     listing.add_argument("--check-latest", action="store_true", help="also read micropython."
@@ -62,6 +65,8 @@ def cmd_firmware_list(args: argparse.Namespace) -> int:
 
     entries = [e for e in manifest.load_manifest().firmware
                if (e.nightly or not args.nightly) and (e.pinned or not args.pinned)]  # fmt: skip
+    if args.at_hand:
+        entries = [e for e in entries if _at_hand(e.id)]
     if args.json:
         print(json.dumps([e.id for e in entries]))
     elif args.ids:
@@ -73,6 +78,17 @@ def cmd_firmware_list(args: argparse.Namespace) -> int:
     if args.check_latest:
         return check_latest(manifest.load_manifest(), args.base_url)
     return 0
+
+
+def _at_hand(entry_id: str) -> bool:
+    """The entry's file is in the local folder or the cache (and matches its sha256)."""
+    from ...sources import manifest
+
+    try:
+        manifest.selector(download=False).entry(entry_id)
+    except manifest.FirmwareUnavailable:
+        return False
+    return True
 
 
 def check_latest(known: Manifest, base_url: str | None) -> int:
