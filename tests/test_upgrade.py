@@ -246,3 +246,37 @@ def test_bad_input_is_one_line_before_anything_boots(
     assert run.stderr.startswith("error: ") and said in run.stderr.splitlines()[0]
     assert "Traceback" not in run.stderr
     assert not (tmp_path / "art").exists() or not any((tmp_path / "art").rglob("serial.log"))
+
+
+# -- harness upgrade on files it has never seen -------------------------------------------
+
+
+@pytest.mark.emulation
+def test_harness_upgrade_answers_every_question_on_files_it_has_never_seen(
+    qemu: Path, firmware_dir: Path, tmp_path: Path
+) -> None:
+    """Two release files under names no manifest knows; the answers, their lines, the
+    exit code of a --require'd yes, and the saved scenario (what ran, as assertions)."""
+    board = tmp_path / "in-the-field.bin"
+    update = tmp_path / "next-release.bin"
+    board.write_bytes(next(firmware_dir.glob("ESP32_GENERIC-OTA-*-v1.22.0.bin")).read_bytes())
+    update.write_bytes(next(firmware_dir.glob("ESP32_GENERIC-OTA-*-v1.25.0.bin")).read_bytes())
+    save = tmp_path / "scenarios" / "fleet.yaml"
+    run = upgrade_cli("--from", str(board), "--to", str(update), "--require", "rollback",
+                      "--require", "downgrade", "--save", str(save), "--qemu", str(qemu),
+                      "--artifacts", str(tmp_path / "art"), "--retries", "2")  # fmt: skip
+    out = run.stdout
+    assert run.returncode == 0, out + run.stderr
+    assert "in-the-field.bin (v1.22.0) -> next-release.bin (v1.25.0), 4MB" in out
+    assert "boots B:            yes" in out
+    assert "| MicroPython v1.25.0 on 2025-04-15" in out
+    assert "from which slot:    ota_1" in out
+    assert "files kept:         yes, all 3 read back under B" in out
+    assert "confirms:           yes" in out and "after a power-on: ota_1" in out
+    assert "rollback protected: yes" in out
+    assert "| otadata while B ran unconfirmed: [VALID, PENDING_VERIFY]" in out
+    assert "downgrade safe:     yes" in out and "| MicroPython v1.22.0 on 2023-12-27" in out
+    saved = scenario.load(save)
+    assert saved.matrix.update == ["${scenario_dir}/../next-release.bin"]
+    booted = [getattr(a, "partition", None) for a in saved.step_args if a.KIND == "assert_booted"]
+    assert booted == ["ota_0", "ota_1"]  # rolled back, then confirmed: what the run saw
