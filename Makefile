@@ -23,8 +23,8 @@ RUN = $(PYTEST) -q -n $(WORKERS) --retries $(RETRIES)
 # The main job gets what it needs first, or stops with one line saying what is missing.
 PROVISION := $(BIN)/harness provision scenarios
 
-.PHONY: venv test test-4mb test-16mb test-matrix test-reliability test-docker test-powerloss lint \
-	test-nightly test-ci-workflow \
+.PHONY: venv test test-4mb test-16mb test-matrix test-upgrades test-reliability test-docker \
+	test-powerloss lint test-nightly test-ci-workflow \
 	docs bench-boot \
 	bench-ota \
 	bench-suite bench-memory bench-reset bench-powercut bench-stalls clean docker-build docker-test-4mb docker-test-16mb
@@ -59,6 +59,16 @@ test-matrix: venv
 	    for f in $(HARNESS_FIRMWARE_DIR)/*.bin; do echo "--firmware $$f"; done; \
 	  else $(BIN)/harness firmware list --pinned --ids | sed 's/^/--firmware /'; fi)"; \
 	$(PROVISION) $$fw && $(RUN) scenarios $$fw
+
+## the upgrade grid: every pinned release with a file at hand (FIRMWARE_DIR, the cache) as the
+## release a board was flashed with, every later one as its update, at 4MB and 16MB
+## (scenarios/upgrade/upgrade.yaml, one cell per pair); report.html draws it from x to.
+## A "no" square is a finding (docs/upgrades.md), and fails the job like any cell.
+UPGRADES = $(BIN)/harness firmware list --pinned --at-hand --ids | sed 's/.*/--firmware & --update &/'
+test-upgrades: venv
+	fw="$$($(UPGRADES))"; \
+	$(BIN)/harness provision scenarios/upgrade/upgrade.yaml $$fw && \
+	$(RUN) scenarios/upgrade/upgrade.yaml $$fw
 
 ## power cuts swept over updates and file writes (scenarios/power-loss), both sizes
 test-powerloss: venv

@@ -106,7 +106,7 @@ def test_an_option_several_commands_take_is_declared_once() -> None:
                 if option in action.option_strings}  # fmt: skip
 
     qemu = declared("--qemu")
-    assert set(qemu) == {"boot", "run", "provision", "repro"}
+    assert set(qemu) == {"boot", "run", "provision", "repro", "upgrade"}
     assert len({id(a) for a in qemu.values()}) == 1  # the same declaration in each
     assert len({id(a) for a in declared("--watchdogs").values()}) == 1
     modules = {c.__name__.rsplit(".", 1)[-1] for c in cli.COMMANDS}

@@ -111,6 +111,15 @@ def decide(
     )
 
 
+def with_update(decided: RunPolicy, update_idf: str | None, requested: int) -> RunPolicy:
+    """A cell that also runs an update's app (a second release): when that build stalls,
+    the cell takes the host alone and gets the retries its own cells would."""
+    if not stalls_under_load(update_idf):
+        return decided
+    retries = max(decided.retries, retry_count(requested, stalls=True))
+    return RunPolicy(decided.watchdogs, decided.psram, True, retries, decided.chip)
+
+
 def for_image(
     image: Path, *, watchdogs: bool | None = None, psram: bool | None = None, alone: bool = False
 ) -> RunPolicy:

@@ -18,7 +18,7 @@ from .. import chips
 from ..chips import Chip
 from ..errors import ImageError
 from . import formats
-from .inputs import read_firmware
+from .inputs import read_firmware, read_input
 from .size import FlashSize
 
 ROLLBACK_SINCE = (1, 21)  # CONFIG_BOOTLOADER_APP_ROLLBACK_ENABLE in sdkconfig.base, v1.21.0
@@ -88,6 +88,36 @@ class FirmwareFacts:
 def _facts(path: Path, mtime_ns: int, size: int) -> FirmwareFacts:
     """One parse per file version (a collection plans many cells of the same firmware)."""
     return FirmwareFacts.of(read_firmware(path), str(path))
+
+
+@dataclass(frozen=True)
+class ReleaseFacts:
+    """What a release file says of itself, a firmware .bin or an app image alike (an
+    update's): its MicroPython and ESP-IDF versions."""
+
+    version: str | None
+    idf_version: str | None
+
+    @classmethod
+    def read(cls, path: Path) -> ReleaseFacts:
+        stat = path.stat() if path.is_file() else None
+        return _release(path, stat.st_mtime_ns if stat else 0, stat.st_size if stat else 0)
+
+    @property
+    def numbers(self) -> tuple[int, ...] | None:
+        """(1, 25, 0) for v1.25.0, to order releases; None: no version in the file."""
+        found = re.findall(r"\d+", self.version or "")[:3]
+        return tuple(int(n) for n in found) if found else None
+
+
+@functools.lru_cache(maxsize=64)
+def _release(path: Path, mtime_ns: int, size: int) -> ReleaseFacts:
+    data = read_input(path)
+    if formats.classify(data) == "app":
+        desc = formats.app_description(data[:512])
+        return ReleaseFacts(formats.micropython_version(data), desc.idf_version if desc else None)
+    facts = FirmwareFacts.read(path)
+    return ReleaseFacts(facts.version, facts.idf_version)
 
 
 def app_idf_version(flash: bytes, table: formats.PartitionTable) -> str | None:

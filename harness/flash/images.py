@@ -49,6 +49,8 @@ OTA_TABLE = "nvs=0x4000,otadata=0x2000,phy_init=0x1000,ota_0={slot:#x},ota_1={sl
 OTA_SLOT = 0x180000
 APP_ALIGN = 0x10000
 PAYLOAD_KINDS = ("full-image", "app", "truncated-app", "corrupt-app")
+# `app-of:FILE`: the app image of another release (an update), as its own .app-bin is
+APP_OF = "app-of:"
 CACHE_FORMAT = 3  # bump when the bytes a recipe makes change
 
 
@@ -319,6 +321,33 @@ def payload(recipe: Recipe, kind: str, cache: Path | None = None) -> Path:
     meta = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest(), "kind": kind,
             "conversion": conversion.command(recipe.firmware.name)}  # fmt: skip
     publish(data, out, meta)
+    return out
+
+
+def is_payload(name: str) -> bool:
+    """A payload the harness makes: a kind of the cell's firmware, or `app-of:FILE`."""
+    return name in PAYLOAD_KINDS or name.startswith(APP_OF)
+
+
+def app_of(path: Path, cache: Path | None = None) -> Path:
+    """The app image of a release, what an OTA of it sends (`app-of:` payloads): an app
+    image as it is, or the app of a firmware .bin extracted with `mp-image-tool-esp32 -x`
+    and not converted, as micropython.org's own `.app-bin` of the release is."""
+    data = read_input(path)
+    kind = formats.classify(data)
+    if kind == "app":
+        return path
+    if kind not in ("firmware", "flash"):
+        raise ImageError(f"app-of {path}: not a firmware image ({kind}): give a MicroPython "
+                         "firmware .bin or an app image (.app-bin)")  # fmt: skip
+    firmware = read_firmware(path)
+    digest = hashlib.sha256(firmware).hexdigest()[:24]
+    out = (cache or paths.image_cache()) / f"{digest}-app-of-{CACHE_FORMAT}.bin"
+    if _cached(out) is None:
+        app = convert(firmware, ["-x"], None, path.name)
+        publish(app, out, {"size": len(app), "sha256": hashlib.sha256(app).hexdigest(),
+                           "kind": "app-of", "conversion": f"mp-image-tool-esp32 "
+                           f"{path.name} -x"})  # fmt: skip
     return out
 
 

@@ -28,10 +28,23 @@ from .commands import (
     repro,
     scenarios,
     schema,
+    upgrade,
 )
 
 # in the order `harness --help` lists them
-COMMANDS = (boot, image, scenarios, repro, qemu, firmware, report, schema, otadata, inspect)
+COMMANDS = (
+    boot,
+    image,
+    scenarios,
+    repro,
+    upgrade,
+    qemu,
+    firmware,
+    report,
+    schema,
+    otadata,
+    inspect,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

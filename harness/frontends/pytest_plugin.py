@@ -71,6 +71,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "replacing the matrix (repeatable)",
     )
     group.addoption(
+        "--update",
+        action="append",
+        help="the release every cell of a matrix with an update axis is updated to, a file "
+        "or BOARD[-VARIANT]@VERSION, replacing that axis (repeatable)",
+    )
+    group.addoption(
         "--artifacts",
         default="artifacts",
         help="folder for per-cell evidence: serial log, timeline, otadata (default: artifacts)",
@@ -111,14 +117,19 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 def _run_options(config: pytest.Config) -> plan.RunOptions:
     """The run's options, decided once (the options as a user gave them)."""
-    given = config.getoption("firmware") or []
+
+    def named(option: str) -> tuple[str, ...]:
+        given = config.getoption(option) or []
+        return tuple(f if manifest.ENTRY_ID.match(f) else str(Path(f).resolve()) for f in given)
+
     try:
         sizes = tuple(FlashSize.emulated(s) for s in config.getoption("flash_size") or [])
     except HarnessError as exc:
         raise pytest.UsageError(str(exc)) from None
     return plan.RunOptions(
         flash_sizes=sizes,
-        firmware=tuple(f if manifest.ENTRY_ID.match(f) else str(Path(f).resolve()) for f in given),
+        firmware=named("firmware"),
+        updates=named("update"),
         watchdogs=policy.on_off(config.getoption("watchdogs")),
         retries=config.getoption("retries"),
     )

@@ -45,7 +45,10 @@ def payload_var(kind: str) -> str:
 # known once the cell runs: the served port, the run's folder and files, payload files
 RUNTIME_VARS = ("port", "rfc2217", "run_dir", "image", "python",
                 *(payload_var(k) for k in PAYLOAD_KINDS))  # fmt: skip
-BUILTIN_VARS = ("firmware", "firmware_dir", "flash_size", "scenario_dir", *RUNTIME_VARS)
+# a matrix with an `update` axis: the update's file and release (`app-of:${update}`: its app)
+UPDATE_VARS = ("update", "update_version")
+BUILTIN_VARS = ("firmware", "firmware_version", "firmware_dir", "flash_size", "scenario_dir",
+                *UPDATE_VARS, *RUNTIME_VARS)  # fmt: skip
 # ${offset_ota_1}, ${offset_otadata}, ...: where a partition of the cell's image starts
 # (hex), so host commands find the slot on every layout, converted or not
 PARTITION_VAR = re.compile(r"offset_(\w+)")
@@ -95,6 +98,9 @@ class ImageSpec(BaseModel):
     # partition -> payload kind or file, written at its offset like `esptool write_flash`
     flash: dict[str, str] = Field(default_factory=dict)
     psram: Psram | None = None
+    # built: formatted at image build time (with `vfs:` in it); first-boot: left erased,
+    # so the firmware makes it at its first boot, as on a board just flashed
+    filesystem: Literal["built", "first-boot"] = "built"
 
 
 class Matrix(BaseModel):
@@ -104,8 +110,14 @@ class Matrix(BaseModel):
     # manifest entries (ESP32_GENERIC-OTA@v1.25.0), file paths or globs; variables allowed
     firmware: list[str] = Field(min_length=1)
     psram: list[bool] | None = None
+    # a second release per cell: the board is flashed with `firmware` and updated to it
+    # (`app-of:${update}`); manifest entries, paths or globs, as `firmware`
+    update: list[str] | None = Field(default=None, min_length=1)
+    # which (firmware, update) pairs make cells: all, or only updates of a later (earlier)
+    # release than the firmware's
+    pairs: Literal["all", "later", "earlier"] = "all"
 
-    _firmware = field_validator("firmware", mode="before")(_listify)
+    _firmware = field_validator("firmware", "update", mode="before")(_listify)
 
     @field_validator("flash_size", mode="before")
     @classmethod
@@ -163,6 +175,9 @@ class Scenario(BaseModel):
     def unknown_var(self, name: str, where: tuple[Any, ...] | None) -> str:
         """The one-line error for a ${name} nothing defines."""
         line = self.lines.get(where, 0) if where else 0
+        if name in UPDATE_VARS and self.matrix.update is None:
+            return (f"{self.path}:{line}: ${{{name}}}: the matrix has no `update` axis (add "
+                    "`update: [BOARD@VERSION, ...]` under matrix:)")  # fmt: skip
         part = PARTITION_VAR.fullmatch(name)
         if part:
             return f"{self.path}:{line}: ${{{name}}}: the image has no partition {part.group(1)}"
@@ -206,6 +221,21 @@ def check(scenario: Scenario, data: dict[str, Any]) -> None:
     _check_order(scenario)
     _check_variables(scenario, data)
     _check_watchdogs(scenario)
+    _check_update(scenario)
+
+
+def _check_update(scenario: Scenario) -> None:
+    """`pairs:` orders a firmware against an update; a filesystem made at first boot
+    cannot also have files baked into it."""
+    if scenario.matrix.update is None and scenario.matrix.pairs != "all":
+        line = scenario.lines.get(("matrix", "pairs"), 0)
+        raise ScenarioError(f"{scenario.path}:{line}: matrix.pairs: needs an `update` axis "
+                            "to compare the firmware with")  # fmt: skip
+    if scenario.image.filesystem == "first-boot" and scenario.image.vfs:
+        line = scenario.lines.get(("image", "vfs"), 0)
+        raise ScenarioError(f"{scenario.path}:{line}: image.vfs: a filesystem the firmware "
+                            "makes at first boot has no files baked in: `put` them after "
+                            "the boot")  # fmt: skip
 
 
 def _check_watchdogs(scenario: Scenario) -> None:
@@ -251,6 +281,8 @@ def _check_order(scenario: Scenario) -> None:
 def _check_variables(scenario: Scenario, data: dict[str, Any]) -> None:
     """Every ${name} used anywhere must be defined (before anything boots)."""
     known = {*BUILTIN_VARS, *scenario.vars}
+    if scenario.matrix.update is None:
+        known -= set(UPDATE_VARS)
 
     def walk(value: Any, where: tuple[Any, ...]) -> None:
         if isinstance(value, str):

@@ -22,13 +22,15 @@ from typing import Any, TypeVar
 
 from ..emulator import launch, policy
 from ..emulator.policy import RunPolicy
-from ..flash import images, recipes
-from ..flash.firmware import FirmwareFacts
+from ..errors import HarnessError
+from ..flash import formats, images, recipes
+from ..flash.firmware import FirmwareFacts, ReleaseFacts
+from ..flash.inputs import read_input
 from ..flash.size import FlashSize
 from ..sources.manifest import ENTRY_ID, Firmware, FirmwareSelector, FirmwareUnavailable
 from .format import PARTITION_VAR, RUNTIME_VARS, VARIABLE, Scenario, ScenarioError, payload_var
 from .results import CellId
-from .stepformats import Args, ImageFile, Staged
+from .stepformats import Args, ImageFile, OtaArgs, Staged
 
 A = TypeVar("A", bound=Args)
 
@@ -39,6 +41,7 @@ class RunOptions:
 
     flash_sizes: tuple[FlashSize, ...] = ()  # only these sizes of each matrix
     firmware: tuple[str, ...] = ()  # replaces every matrix's firmware
+    updates: tuple[str, ...] = ()  # replaces the update axis of every matrix that has one
     watchdogs: bool | None = None  # for scenarios that do not say
     retries: int = 0
 
@@ -87,6 +90,7 @@ class CellPlan:
     policy: RunPolicy
     record_flash: bool = False  # a step cuts the power at flash operations it records
     variables: Mapping[str, str] = field(default_factory=dict)  # the scenario's, expanded
+    update: Firmware | None = None  # the second release, where the matrix has an update axis
 
     @property
     def id(self) -> str:
@@ -147,12 +151,39 @@ def cells(scenario: Scenario, selector: FirmwareSelector, options: RunOptions) -
     if options.flash_sizes:
         sizes = [s for s in sizes if s in options.flash_sizes]
     context = _context(scenario, selector.folder)
-    chosen = _choose_firmware(scenario, selector, options, context)
+    chosen = _choose_firmware(
+        scenario, selector, *_axis(scenario.matrix.firmware, options.firmware, "firmware"), context
+    )
+    updates: list[_Choice | None] = [None]
+    if scenario.matrix.update is not None:
+        updates = list(_choose_firmware(scenario, selector, *_axis(
+            scenario.matrix.update, options.updates, "update"), context))  # fmt: skip
     psram_axis: list[bool | None] = list(scenario.matrix.psram) if scenario.matrix.psram else [None]
     return [
-        _cell(scenario, _Combination(size, choice, psram), context, options)
-        for size, choice, psram in itertools.product(sizes, chosen, psram_axis)
+        _cell(scenario, _Combination(size, choice, psram, update), context, options)
+        for size, choice, update, psram in itertools.product(sizes, chosen, updates, psram_axis)
+        if _paired(scenario.matrix.pairs, choice, update)
     ]
+
+
+def _axis(
+    matrix: list[str], given: tuple[str, ...], name: str
+) -> tuple[tuple[str, ...], str | None]:
+    """What an axis names: the options' replacement (no line to point at), else the file's."""
+    return (given, None) if given else (tuple(matrix), name)
+
+
+def _paired(pairs: str, firmware: _Choice, update: _Choice | None) -> bool:
+    """Whether a (firmware, update) pair makes a cell: `later` (`earlier`) keeps updates of
+    a later (earlier) release; a pair whose order is unknown (a file without a version,
+    a firmware that cannot be had) is kept, to say why."""
+    if pairs == "all" or update is None or firmware.firmware is None or update.firmware is None:
+        return True
+    a = ReleaseFacts.read(firmware.firmware.path).numbers
+    b = ReleaseFacts.read(update.firmware.path).numbers
+    if a is None or b is None:
+        return True
+    return b > a if pairs == "later" else b < a
 
 
 @dataclass(frozen=True)
@@ -164,12 +195,17 @@ class _Choice:
 
 
 def _choose_firmware(
-    scenario: Scenario, selector: FirmwareSelector, options: RunOptions, context: dict[str, str]
+    scenario: Scenario,
+    selector: FirmwareSelector,
+    specs: tuple[str, ...],
+    axis: str | None,
+    context: dict[str, str],
 ) -> list[_Choice]:
-    """One choice per firmware file the matrix (or the options) name, or why there is none."""
+    """One choice per file the matrix's `axis` (firmware, update) names, or the options
+    that replace it (`axis` None), or why there is none."""
     chosen: list[_Choice] = []
-    for i, spec in enumerate(options.firmware or scenario.matrix.firmware):
-        where = ("matrix", "firmware", i) if not options.firmware else None
+    for i, spec in enumerate(specs):
+        where = ("matrix", axis, i) if axis else None
         expanded = expand_text(scenario, spec, context, where)
         try:
             found = selector.resolve(expanded)
@@ -199,19 +235,24 @@ class _Combination:
     size: FlashSize
     choice: _Choice
     psram: bool | None  # None: the matrix has no PSRAM axis
+    update: _Choice | None = None  # None: the matrix has no update axis
 
     def cell_id(self, scenario: Scenario) -> CellId:
         return CellId(scenario=scenario.name, flash_size=str(self.size),
-                      firmware=self.choice.id, psram=self.psram)  # fmt: skip
+                      firmware=self.choice.id, psram=self.psram,
+                      update=self.update.id if self.update else None)  # fmt: skip
 
 
 def _cell(
     scenario: Scenario, combo: _Combination, context: dict[str, str], options: RunOptions
 ) -> Cell:
     size, choice, psram, cell_id = combo.size, combo.choice, combo.psram, combo.cell_id(scenario)
-    fw = choice.firmware
+    fw, update = choice.firmware, combo.update
     if fw is None:
         return Skipped(scenario, cell_id, size, choice.why_not, unavailable=choice.unavailable)
+    if update is not None and update.firmware is None:
+        return Skipped(scenario, cell_id, size, f"update: {update.why_not}", fw,
+                       unavailable=update.unavailable)  # fmt: skip
     facts = FirmwareFacts.read(fw.path)
     ready = launch.prepare(fw.path, launch.Choices(  # a chip that cannot boot stops here
         flash_size=size, ota=needs_ota_layout(scenario, facts),
@@ -222,20 +263,29 @@ def _cell(
     reason = skip_reason(scenario, fw, facts)
     if reason:
         return Skipped(scenario, cell_id, size, reason, fw)
-    variables = {**context, "firmware": str(fw.path), "flash_size": str(size)}
+    variables = {**context, "firmware": str(fw.path), "firmware_version": facts.version or "",
+                 "flash_size": str(size)}  # fmt: skip
+    decided = ready.policy
+    if update is not None and update.firmware is not None:
+        release = ReleaseFacts.read(update.firmware.path)
+        variables.update(update=str(update.firmware.path), update_version=release.version or "")
+        decided = policy.with_update(decided, release.idf_version, options.retries)
     steps = tuple(
         StepPlan(i, scenario.step_line(i), _expand_args(scenario, args, variables, ("steps", i)))
         for i, args in enumerate(scenario.step_args)
     )
     step_args = [s.args for s in steps]
+    image = _image(scenario, ready, steps, variables)
+    _check_apps(scenario, steps, image)
     return CellPlan(
-        scenario, cell_id, size, fw, facts, _image(scenario, ready, steps, variables), steps,
+        scenario, cell_id, size, fw, facts, image, steps,
         staged=tuple(s for a in step_args if (s := a.staged()) is not None),
         serve=any(a.serves() for a in step_args),
         cost=sum(a.cost() for a in step_args),
-        policy=ready.policy,
+        policy=decided,
         record_flash=any(a.records_flash() for a in step_args),
         variables=variables,
+        update=update.firmware if update is not None else None,
     )  # fmt: skip
 
 
@@ -253,6 +303,9 @@ def skip_reason(scenario: Scenario, fw: Firmware, facts: FirmwareFacts) -> str |
             f"needs app rollback, which every MicroPython ESP32 build has from v1.21.0 "
             f"(CONFIG_BOOTLOADER_APP_ROLLBACK_ENABLE); {name} is {release}"
         )
+    if "no-rollback" in needs and facts.rollback:
+        return (f"needs a release without app rollback (before v1.21.0); {name} is {release}, "
+                "which has it (the `rollback` scenarios are its)")  # fmt: skip
     if "vfs-in-table" in needs and not facts.fs_in_table:
         return (
             f"needs a partition table that names the filesystem (releases up to v1.25); "
@@ -285,18 +338,43 @@ def _image(
         changes["resize"] = spec.resize
     if spec.header_flash_size is not None:
         changes["header_size"] = spec.header_flash_size
+    if spec.filesystem == "first-boot":
+        changes["format_vfs"] = False
     recipe = ready.image_recipe(**changes)
 
     def source(text: str, payload: bool) -> str:
         if payload and text in images.PAYLOAD_KINDS:
             return text
-        return str(base / expand_text(scenario, text, variables, None))
+        text = expand_text(scenario, text, variables, None)
+        if payload and text.startswith(images.APP_OF):  # relative to the scenario, as files
+            return images.APP_OF + str(base / text.removeprefix(images.APP_OF))
+        return str(base / text)
 
     files = [ImageFile(source(src, False), dst, False) for dst, src in spec.vfs.items()]
     files += [ImageFile(source(f.source, f.payload), f.device_path, f.payload)
               for s in steps for f in s.args.files()]  # fmt: skip
     writes = tuple((part, source(src, True)) for part, src in spec.flash.items())
     return ImagePlan(recipe, ready.recipe.name, tuple(files), writes)
+
+
+def _check_apps(scenario: Scenario, steps: tuple[StepPlan, ...], image: ImagePlan) -> None:
+    """Every `app-of:` payload names a release file, before anything is built: one line
+    `file:line: ... app-of FILE: not a firmware image` otherwise."""
+    named = [(s.line, s.args.payload) for s in steps if isinstance(s.args, OtaArgs)]
+    named += [(scenario.lines.get(("image", "flash"), 0), src) for _, src in image.writes]
+    for line, payload in named:
+        if not payload.startswith(images.APP_OF) or VARIABLE.search(payload):
+            continue
+        path = scenario.path.parent.resolve() / payload.removeprefix(images.APP_OF)
+        try:
+            kind = formats.classify(read_input(path))
+        except HarnessError as exc:
+            raise ScenarioError(f"{scenario.path}:{line}: app-of: {exc}") from None
+        if kind not in ("app", "firmware", "flash"):
+            raise ScenarioError(
+                f"{scenario.path}:{line}: app-of {path}: not a firmware image ({kind}): give "
+                "a MicroPython firmware .bin or an app image (.app-bin)"
+            )
 
 
 # -- variables ------------------------------------------------------------------------

@@ -33,10 +33,12 @@ from pydantic import (
     PlainSerializer,
     PlainValidator,
     PrivateAttr,
+    SerializerFunctionWrapHandler,
     Tag,
     TypeAdapter,
     ValidationError,
     computed_field,
+    model_serializer,
 )
 
 from ..errors import HarnessError
@@ -60,7 +62,8 @@ class ArtifactsError(HarnessError):
 
 
 class CellId(BaseModel):
-    """Which cell: `ota-full-image-into-slot[16mb-v1.25.0]` is scenario, size, firmware."""
+    """Which cell: `ota-full-image-into-slot[16mb-v1.25.0]` is scenario, size, firmware;
+    `upgrade[16mb-v1.22.0->v1.28.0]` a board flashed with one release, updated to another."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -68,6 +71,15 @@ class CellId(BaseModel):
     flash_size: str  # 16MB
     firmware: str  # the release (v1.25.0), or the file's name where a matrix has one twice
     psram: bool | None = None  # None: the matrix has no PSRAM axis
+    update: str | None = None  # the release it is updated to (None: no update axis)
+
+    @model_serializer(mode="wrap")
+    def _without_no_update(self, dump: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """A cell without an update axis is written as before there was one."""
+        data: dict[str, Any] = dump(self)
+        if data.get("update") is None:
+            data.pop("update", None)
+        return data
 
     @property
     def release(self) -> str:
@@ -77,7 +89,8 @@ class CellId(BaseModel):
 
     @property
     def id(self) -> str:
-        return f"{self.flash_size.lower()}-{self.release}"
+        to = f"->{self.update}" if self.update is not None else ""
+        return f"{self.flash_size.lower()}-{self.release}{to}"
 
     @property
     def name(self) -> str:
@@ -177,6 +190,7 @@ class Attempt:
     status: Status
     message: str = ""
     artifacts: str = ""
+    emulator: bool = False  # failed by the emulator (policy.RETRYABLE), not by the firmware
 
     def line(self) -> str:
         first = self.message.splitlines()[0] if self.message else ""
@@ -336,6 +350,7 @@ class CellResult(_File):
     matched: list[str] = Field(default_factory=list)  # serial lines `expect` matched, in order
     violation: Violation | None = None  # the `not_expect` that failed, and on which line
     firmware: FirmwareUsed | None = None
+    update: FirmwareUsed | None = None  # the release it is updated to (an update axis)
     image: ImageUsed | None = None
     watchdogs: bool | None = None  # the emulated timer-group watchdogs ran (None: unknown)
     faults: list[FaultOutcome] = Field(default_factory=list)  # each fault point's outcome

@@ -38,6 +38,7 @@ from ..flash import formats, images
 from ..flash.firmware import sha256_of
 from ..flash.images import BuiltImage
 from ..flash.inputs import read_input
+from ..sources.manifest import Firmware
 from . import faults
 from .format import payload_var
 from .plan import Cell, CellPlan, Skipped, StepPlan
@@ -92,10 +93,14 @@ class Built:
 
 
 def payload_path(plan: CellPlan, name: str, cache: Path | None = None) -> Path:
-    """A payload kind made from the cell's firmware, or a file relative to the scenario."""
+    """A payload kind made from the cell's firmware, the app of a release (`app-of:FILE`),
+    or a file relative to the scenario."""
     if name in images.PAYLOAD_KINDS:
         return images.payload(plan.image.recipe, name, cache)
-    return plan.scenario.path.parent.resolve() / name
+    base = plan.scenario.path.parent.resolve()
+    if name.startswith(images.APP_OF):
+        return images.app_of(base / name.removeprefix(images.APP_OF), cache)
+    return base / name
 
 
 def build(plan: CellPlan, cache: Path | None = None) -> Built:
@@ -139,9 +144,8 @@ def run_cell(cell: Cell, setup: Setup, progress: Progress | None = None) -> Cell
         return about
     fw, start = cell.firmware, time.monotonic()
     result = about.model_copy(update=dict(
-        status="failed", watchdogs=cell.policy.watchdogs,
-        firmware=FirmwareUsed(str(fw.path), fw.id, fw.sha256, fw.entry.id if fw.entry else None,
-                              fw.pinned, fw.origin),
+        status="failed", watchdogs=cell.policy.watchdogs, firmware=_used(fw),
+        update=_used(cell.update) if cell.update else None,
     ))  # fmt: skip
     try:
         built = build(cell, setup.cache)
@@ -181,13 +185,19 @@ def _attempts(run: CellRun, folder: Path, result: CellResult) -> None:
         result.faults, result.matched = attempt.faults, attempt.matched
         result.violation = attempt.violation
         status: Status = "passed" if error is None else "failed"
-        result.attempts.append(Attempt(number, status, str(error or ""), str(run_dir)))
+        emulator = error is not None and retryable(error.__cause__)
+        result.attempts.append(Attempt(number, status, str(error or ""), str(run_dir), emulator))
         if error is None:
             result.status, result.message = "passed", ""
             return
         result.message = str(error)
-        if not retryable(error.__cause__):
+        if not emulator:
             return
+
+
+def _used(fw: Firmware) -> FirmwareUsed:
+    return FirmwareUsed(str(fw.path), fw.id, fw.sha256, fw.entry.id if fw.entry else None,
+                        fw.pinned, fw.origin)  # fmt: skip
 
 
 def _safe(name: str) -> str:
@@ -368,7 +378,7 @@ class CellAttempt:
         return self.plan.scenario.path.parent / name
 
     def inspect_target(self, name: str) -> Path:
-        if name in images.PAYLOAD_KINDS:
+        if images.is_payload(name):
             return self.payload(name)
         if name == "image":
             return self.built.image.path

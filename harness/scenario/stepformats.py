@@ -26,13 +26,16 @@ from pydantic import (
 
 from ..chips import names_watchdog_reset
 from ..flash.formats import OtaState, Select
+from ..flash.images import APP_OF
 
 # ota: two OTA slots (made by the OTA recipe where the firmware has none); no-ota: the
 # firmware's own table has none (the plain ESP32_GENERIC layout); spiram: a SPIRAM build;
-# rollback: app rollback (v1.21.0 on); vfs-in-table / vfs-at-boot: the filesystem named in
+# rollback / no-rollback: app rollback (v1.21.0 on) / none (v1.20.0: its app selects an
+# update without PENDING_VERIFY); vfs-in-table / vfs-at-boot: the filesystem named in
 # the partition table (up to v1.25) / made at boot after the last partition, with the
 # flash chip's size queried at start-up (v1.26 on)
-Need = Literal["ota", "no-ota", "spiram", "rollback", "vfs-in-table", "vfs-at-boot"]
+Need = Literal["ota", "no-ota", "spiram", "rollback", "no-rollback", "vfs-in-table",
+               "vfs-at-boot"]  # fmt: skip
 
 
 def _listify(value: Any) -> Any:
@@ -231,10 +234,12 @@ class OtaArgs(Args):
     """Write a payload into the next OTA slot, select it, reboot.
 
     payload: full-image | app | truncated-app | corrupt-app (made from this cell's
-    firmware, converted as the image is), or a file path. method: `harness` (the device
-    writes it, delivered over UART1), `staged` (written into the slot of the flash file
-    before the boot, as esptool would; the device only selects it and reboots) or
-    `library` (a device library's REPL `command`, payload in the filesystem).
+    firmware, converted as the image is), `app-of:FILE` (or `{app-of: FILE}`: the app
+    image of another release, as its .app-bin is; `app-of:${update}`), or a file path.
+    method: `harness` (the device writes it, delivered over UART1), `staged` (written
+    into the slot of the flash file before the boot, as esptool would; the device only
+    selects it and reboots) or `library` (a device library's REPL `command`, payload in
+    the filesystem).
     select: `set_boot` (MicroPython's Partition.set_boot(), which validates the app),
     `otadata` (write the otadata record directly, as the bootloader reads it), `none`.
     `timeout` bounds the whole step (default 60 s staged, where the device only selects
@@ -255,6 +260,14 @@ class OtaArgs(Args):
     reboot: bool = True
     target: str | None = None
     timeout: PositiveFloat | None = None
+
+    @field_validator("payload", mode="before")
+    @classmethod
+    def _app_of(cls, value: Any) -> Any:
+        """`payload: {app-of: FILE}` is `app-of:FILE`."""
+        if isinstance(value, dict) and list(value) == [APP_OF[:-1]]:
+            return APP_OF + str(value[APP_OF[:-1]])
+        return value
 
     @property
     def how(self) -> OtaMethod:

@@ -33,6 +33,9 @@ def register(sub: Subparsers) -> None:
     listing.add_argument("--pinned", action="store_true", help="only entries with a sha256")
     listing.add_argument("--only", metavar="RELEASES", help="only these of them: ids or "
                          "versions, e.g. 'v1.28.0 ESP32_GENERIC-OTA@v1.25.0'")  # fmt: skip
+    listing.add_argument("--at-hand", action="store_true", help="only entries whose file is "
+                         "here: the local folder (HARNESS_FIRMWARE_DIR) or the cache, sha256 "
+                         "checked; nothing is downloaded")  # fmt: skip
     listing.add_argument("--ids", action="store_true", help="entry ids, one per line")
     listing.add_argument("--json", action="store_true", help="entry ids as a JSON list")
     listing.add_argument("--check-latest", action="store_true", help="also read micropython."
@@ -67,6 +70,8 @@ def cmd_firmware_list(args: argparse.Namespace) -> int:
                if (e.nightly or not args.nightly) and (e.pinned or not args.pinned)]  # fmt: skip
     if args.only:
         entries = manifest.narrowed(entries, args.only)
+    if args.at_hand:
+        entries = [e for e in entries if _at_hand(e.id)]
     if args.json:
         print(json.dumps([e.id for e in entries]))
     elif args.ids:
@@ -78,6 +83,17 @@ def cmd_firmware_list(args: argparse.Namespace) -> int:
     if args.check_latest:
         return check_latest(manifest.load_manifest(), args.base_url)
     return 0
+
+
+def _at_hand(entry_id: str) -> bool:
+    """The entry's file is in the local folder or the cache (and matches its sha256)."""
+    from ...sources import manifest
+
+    try:
+        manifest.selector(download=False).entry(entry_id)
+    except manifest.FirmwareUnavailable:
+        return False
+    return True
 
 
 def check_latest(known: Manifest, base_url: str | None) -> int:

@@ -26,6 +26,9 @@ SCENARIOS.add_argument("--flash-size", action="append",
 SCENARIOS.add_argument("--firmware", action="append", metavar="FILE|BOARD[-VARIANT]@VERSION",
                        help="use this firmware in every cell: a file, or a manifest entry "
                        "(repeatable)")  # fmt: skip
+SCENARIOS.add_argument("--update", action="append", metavar="FILE|BOARD[-VARIANT]@VERSION",
+                       help="the release every cell of a matrix with an update axis is "
+                       "updated to, replacing that axis (repeatable)")  # fmt: skip
 SCENARIOS.add_argument("--firmware-dir", type=Path, help="a folder of firmware files, looked "
                        "in before the cache (default: HARNESS_FIRMWARE_DIR)")  # fmt: skip
 
@@ -51,14 +54,16 @@ def cells(args: argparse.Namespace) -> list[Cell]:
     from ...sources import manifest
 
     chooser = manifest.selector(args.firmware_dir)
-    for given in args.firmware or []:
-        if not manifest.ENTRY_ID.match(given) and not Path(given).is_file():
-            raise HarnessError(f"--firmware {given}: no such file (or BOARD[-VARIANT]@VERSION)")
+    for option, named in (("--firmware", args.firmware), ("--update", args.update)):
+        for given in named or []:
+            if not manifest.ENTRY_ID.match(given) and not Path(given).is_file():
+                raise HarnessError(f"{option} {given}: no such file (or "
+                                   "BOARD[-VARIANT]@VERSION)")  # fmt: skip
     loaded = format.load_all(args.scenarios)
     run_options = plan.RunOptions(
         flash_sizes=tuple(FlashSize.emulated(s) for s in args.flash_size or []),
-        firmware=tuple(g if manifest.ENTRY_ID.match(g) else str(Path(g).resolve())
-                       for g in args.firmware or []),
+        firmware=_named(args.firmware),
+        updates=_named(args.update),
         watchdogs=policy.on_off(getattr(args, "watchdogs", None)),
         retries=getattr(args, "retries", 0),
     )  # fmt: skip
@@ -66,6 +71,13 @@ def cells(args: argparse.Namespace) -> list[Cell]:
     if not found:
         raise HarnessError("no cells to run: no scenario has the flash size asked for")
     return found
+
+
+def _named(given: list[str] | None) -> tuple[str, ...]:
+    """Manifest entries as they are, files as absolute paths."""
+    from ...sources import manifest
+
+    return tuple(g if manifest.ENTRY_ID.match(g) else str(Path(g).resolve()) for g in given or [])
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -104,7 +116,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_provision(args: argparse.Namespace) -> int:
     """What the scenarios need, got or refused in one line: firmware, then QEMU."""
     from ...emulator.qemu import find_qemu
-    from ...scenario.plan import Skipped
+    from ...scenario.plan import CellPlan, Skipped
     from ...sources import downloads, manifest
 
     seen: set[Path] = set()
@@ -112,10 +124,13 @@ def cmd_provision(args: argparse.Namespace) -> int:
     for cell in planned:
         if isinstance(cell, Skipped) and cell.firmware is None:
             raise manifest.FirmwareUnavailable(cell.reason)
-        if cell.firmware is not None and cell.firmware.path not in seen:
-            seen.add(cell.firmware.path)
-            print(f"firmware: {cell.firmware.path} ({cell.firmware.origin}, "
-                  f"{_pin(cell.firmware)})")  # fmt: skip
+        if isinstance(cell, Skipped) and cell.unavailable:  # an update that cannot be had
+            raise manifest.FirmwareUnavailable(cell.reason)
+        update = cell.update if isinstance(cell, CellPlan) else None
+        for fw in (cell.firmware, update):
+            if fw is not None and fw.path not in seen:
+                seen.add(fw.path)
+                print(f"firmware: {fw.path} ({fw.origin}, {_pin(fw)})")
     for chip in _chips(planned):
         try:
             print(f"qemu: {find_qemu(args.qemu, chip)}")

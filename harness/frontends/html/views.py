@@ -122,6 +122,21 @@ class CellView:
     rerun: str
     firmware: str
     image: str
+    update: str = ""  # the release it is updated to (a matrix with an update axis)
+
+    @property
+    def verdict(self) -> str:
+        """An upgrade square's word: the cell passed (yes), failed (no), was skipped, or
+        the emulator failed its last attempt (no answer: a stalled guest is not a no)."""
+        if self.status == "failed" and self.attempts and self.attempts[-1].emulator:
+            return "no answer"
+        return {"passed": "yes", "retried": "yes", "failed": "no"}.get(self.status, "skip")
+
+    @property
+    def reason(self) -> str:
+        """What failed, in a few words (the failure line after `failed: `)."""
+        why = self.failure.split(" failed: ", 1)[-1].split(" (silent", 1)[0]
+        return why if len(why) <= 60 else why[:57] + "..."
 
     @property
     def hover(self) -> str:
@@ -140,6 +155,41 @@ class FirmwareRow:
     origin: str
 
 
+@dataclass(frozen=True)
+class UpgradeGrid:
+    """A scenario with an update axis at one flash size: the release a board was flashed
+    with (rows) x the release it is updated to (columns); each square is a cell."""
+
+    scenario: str
+    title: str
+    size: str
+    froms: list[str]
+    tos: list[str]
+    squares: dict[tuple[str, str], CellView]
+
+    def at(self, source: str, target: str) -> CellView | None:
+        return self.squares.get((source, target))
+
+    @property
+    def anchor(self) -> str:
+        return f"upgrades-{self.scenario}-{self.size}".lower()
+
+
+def upgrade_grids(cells: list[CellView]) -> list[UpgradeGrid]:
+    """One from x to grid per scenario and size, of the cells with an update."""
+    grids = []
+    for scenario, size in sorted({(c.scenario, c.size) for c in cells if c.update},
+                                 key=lambda k: (k[0], len(k[1]), k[1])):  # fmt: skip
+        mine = [c for c in cells if c.update and c.scenario == scenario and c.size == size]
+        grids.append(UpgradeGrid(
+            scenario, mine[0].title, size,
+            sorted({c.release for c in mine}, key=_version_key),
+            sorted({c.update for c in mine}, key=_version_key),
+            {(c.release, c.update): c for c in mine},
+        ))  # fmt: skip
+    return grids
+
+
 @dataclass
 class ReportView:
     title: str
@@ -150,6 +200,7 @@ class ReportView:
     qemu: list[str]
     totals: dict[str, int] = field(default_factory=dict)
     elapsed_s: float = 0.0
+    upgrades: list[UpgradeGrid] = field(default_factory=list)  # from x to, per size
 
     def at(self, scenario: str, column: str) -> CellView | None:
         return next((c for c in self.cells if c.scenario == scenario and c.column == column), None)
@@ -173,8 +224,9 @@ def load(artifacts: Path, page: Path, title: str = "",
         results = list(iter_cells(artifacts))
     cells = [cell(result, page.parent) for result in results]
     cells.sort(key=lambda c: (c.scenario, _version_key(c.release), c.size))
-    columns = sorted({c.column for c in cells}, key=lambda k: _column_key(k, cells))
-    rows = sorted({c.scenario for c in cells})
+    plain = [c for c in cells if not c.update]  # cells with an update: the from x to grids
+    columns = sorted({c.column for c in plain}, key=lambda k: _column_key(k, plain))
+    rows = sorted({c.scenario for c in plain})
     totals = {s: sum(c.status == s for c in cells) for s in STATUSES}
     firmware: dict[str, FirmwareRow] = {}
     qemus: set[str] = set()
@@ -188,7 +240,7 @@ def load(artifacts: Path, page: Path, title: str = "",
     return ReportView(
         title or f"esp32-ota-harness: {len(cells)} cells in {artifacts}",
         cells, columns, rows, sorted(firmware.values(), key=lambda f: f.name), sorted(qemus),
-        totals, round(sum(c.elapsed_s for c in cells), 1),
+        totals, round(sum(c.elapsed_s for c in cells), 1), upgrade_grids(cells),
     )  # fmt: skip
 
 
@@ -229,6 +281,7 @@ def cell(result: CellResult, page_dir: Path) -> CellView:
         rerun=_rerun(result),
         firmware=Path(result.firmware.path).name if result.firmware else "",
         image=result.image.conversion if result.image else "",
+        update=result.cell.update or "",
     )
 
 
@@ -407,5 +460,7 @@ def _rerun(result: CellResult) -> str:
     fw = result.firmware
     if fw is not None:
         cmd += ["--firmware", fw.entry or fw.path]
+    if result.update is not None:
+        cmd += ["--update", result.update.entry or result.update.path]
     cmd += ["--flash-size", result.cell.flash_size]
     return shlex.join(cmd)

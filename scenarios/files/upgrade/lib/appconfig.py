@@ -1,0 +1,2 @@
+# The user's own module under /lib.
+NAME = "fleet-42"
