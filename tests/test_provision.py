@@ -43,6 +43,7 @@ def offline_env(tmp_path: Path) -> dict[str, str]:
         "HARNESS_FIRMWARE_DIR": str(tmp_path / "empty"),
         "HARNESS_FIRMWARE_CACHE": str(tmp_path / "cache"),
         "HARNESS_MICROPYTHON_URL": closed_port_url(),
+        "HARNESS_FIRMWARE_MIRROR": "",  # no company mirror either (the ci workflow sets one)
     }
 
 
