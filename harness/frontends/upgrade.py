@@ -215,7 +215,7 @@ def steps(req: Request, files: Inputs, where: Path, fits: bool) -> Steps:
         ota.update(method="library", command=req.command)
         if req.device_lib:
             ota["device_lib"] = _rel(req.device_lib, where)
-    if not fits:
+    if not fits and not req.command:  # a library meets the slot's end its own way
         ota["set_boot_error"] = "ESP_ERR_OTA_VALIDATE_FAILED"
     run: Steps = [
         ("", {"boot": "prompt"}),
