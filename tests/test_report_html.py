@@ -220,3 +220,29 @@ def test_the_cells_record_the_lines_expect_matched_and_the_one_not_expect_failed
     for result in (starting, failed):
         loaded = load_cell(Path(result.artifacts))
         assert (loaded.matched, loaded.violation) == (result.matched, result.violation)
+
+
+def test_the_upgrade_view_squares_open_their_cells(browser: Any, run: Any, tmp_path: Path) -> None:
+    """Upgrade cells (written as the runner writes them, tests/cells.py) are drawn from x
+    to; a click on a square opens its cell; `failed only` leaves the no squares."""
+    from cells import ran
+
+    from harness.scenario.results import CellId
+
+    for a, b, failed in (("v1.22.0", "v1.25.0", False), ("v1.22.0", "v1.28.0", True),
+                         ("v1.27.0", "v1.28.0", False)):  # fmt: skip
+        ran(tmp_path, CellId(scenario="upgrade", flash_size="16MB", firmware=a, update=b), failed)
+    page, errors = _open(browser, write_report(tmp_path))
+    squares = page.locator("table.upgrades td.cell")
+    assert [s.inner_text().split("\n")[0] for s in squares.all()] == ["yes", "no", "yes"]
+    assert page.locator("table.upgrades thead th").all_inner_texts() == [
+        "from \\ to", "v1.25.0", "v1.28.0"]  # fmt: skip
+    page.locator("table.upgrades td.cell.failed a").click()
+    assert page.evaluate("location.hash") == "#upgrade-16mb-v1-22-0--v1-28-0"
+    assert page.locator("section.cellpage:target h2").inner_text().endswith(
+        "upgrade[16mb-v1.22.0->v1.28.0]")  # fmt: skip
+    page.locator("#failed-only").check()
+    assert page.locator("table.upgrades td.cell:not(.hidden)").count() == 1
+    page.screenshot(path=str(run["shots"] / "upgrade-paths.png"))
+    assert errors == []
+    page.close()

@@ -276,7 +276,19 @@ def test_harness_upgrade_answers_every_question_on_files_it_has_never_seen(
     assert "rollback protected: yes" in out
     assert "| otadata while B ran unconfirmed: [VALID, PENDING_VERIFY]" in out
     assert "downgrade safe:     yes" in out and "| MicroPython v1.22.0 on 2023-12-27" in out
+    assert "| /upgrade-check.txt, written by B (v1.25.0), under A: v1.25.0" in out
     saved = scenario.load(save)
     assert saved.matrix.update == ["${scenario_dir}/../next-release.bin"]
     booted = [getattr(a, "partition", None) for a in saved.step_args if a.KIND == "assert_booted"]
     assert booted == ["ota_0", "ota_1"]  # rolled back, then confirmed: what the run saw
+
+
+def test_the_exit_code_is_the_required_answers() -> None:
+    from harness.frontends import upgrade
+
+    answers = [upgrade.Answer("rollback", "no", "an unconfirmed B boots again"),
+               upgrade.Answer("slot", "ota_1"), upgrade.Answer("downgrade", "yes")]  # fmt: skip
+    assert upgrade.exit_code(answers, (), "") == upgrade.ANSWERED == 0
+    assert upgrade.exit_code(answers, ("slot", "downgrade"), "") == 0
+    assert upgrade.exit_code(answers, ("rollback",), "") == upgrade.REQUIRED_NO == 1
+    assert upgrade.exit_code(answers, ("rollback",), "the guest stalled") == 2

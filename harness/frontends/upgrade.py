@@ -83,6 +83,15 @@ if esp32.Partition(esp32.Partition.RUNNING).info()[4] != {SLOT!r}:
     esp32.Partition.find(esp32.Partition.TYPE_APP, label={SLOT!r})[0].set_boot()
 """
 CONFIRM = "import esp32; esp32.Partition.mark_app_valid_cancel_rollback()"
+# a write by B's own filesystem code, which A must read back after the downgrade (a
+# release's littlefs may not see what a later one wrote: docs/upgrades.md)
+MARKER = "/upgrade-check.txt"
+WRITE_MARKER = f"with open({MARKER!r}, 'w') as _f:\n    _f.write('${{update_version}}')\n"
+READ_MARKER = f"""try:
+    print(open({MARKER!r}).read())
+except OSError as _e:
+    print('missing', _e)
+"""
 D = TypeVar("D")
 
 
@@ -190,8 +199,9 @@ def _sample(folder: Path) -> Path:
 # -- the run, as a scenario -------------------------------------------------------------
 
 # what each step of the run is for: the judge reads the steps by these names
-Role = Literal["", "ota_b", "banner_b", "files_b", "pending", "after_cut", "confirm",
-               "confirmed", "after_on", "ota_a", "banner_a", "files_a"]  # fmt: skip
+Role = Literal["", "ota_b", "banner_b", "files_b", "marker_b", "pending", "after_cut",
+               "confirm", "confirmed", "after_on", "ota_a", "banner_a", "files_a",
+               "marker_a"]  # fmt: skip
 
 
 Steps = list[tuple[Role, dict[str, Any]]]
@@ -205,7 +215,7 @@ def steps(req: Request, files: Inputs, where: Path, fits: bool) -> Steps:
         ota.update(method="library", command=req.command)
         if req.device_lib:
             ota["device_lib"] = _rel(req.device_lib, where)
-    if not fits:
+    if not fits and not req.command:  # a library meets the slot's end its own way
         ota["set_boot_error"] = "ESP_ERR_OTA_VALIDATE_FAILED"
     run: Steps = [
         ("", {"boot": "prompt"}),
@@ -219,6 +229,7 @@ def steps(req: Request, files: Inputs, where: Path, fits: bool) -> Steps:
         *run,
         ("banner_b", {"expect": "MicroPython ${update_version} on"}),
         ("files_b", {"repl": files.check}),
+        ("marker_b", {"repl": WRITE_MARKER}),
         ("pending", {"assert_otadata": {}}),
         ("", {"power_cut": {}}),
         ("", {"boot": "prompt"}),
@@ -233,6 +244,7 @@ def steps(req: Request, files: Inputs, where: Path, fits: bool) -> Steps:
         ("ota_a", {"ota": {"payload": "app", "method": "staged", "target": "ota_0"}}),
         ("banner_a", {"expect": "MicroPython ${firmware_version} on"}),
         ("files_a", {"repl": files.check}),
+        ("marker_a", {"repl": READ_MARKER}),
     ]
 
 
@@ -313,10 +325,14 @@ def run(
         out.append(_save(save, data, result, roles))
     elif save is not None:
         out.append(f"not saved: the run stopped before its end ({_first_line(result)})")
-    code = COULD_NOT_RUN if stopped else ANSWERED
-    if not stopped and any(not a.yes for a in answers if a.question in req.require):
-        code = REQUIRED_NO
-    return Verdict("\n".join(out), code, tuple(answers))
+    return Verdict("\n".join(out), exit_code(answers, req.require, stopped), tuple(answers))
+
+
+def exit_code(answers: list[Answer], require: tuple[Question, ...], stopped: str) -> int:
+    """2 when the run could not answer; 1 when a required answer is not yes; else 0."""
+    if stopped:
+        return COULD_NOT_RUN
+    return REQUIRED_NO if any(not a.yes for a in answers if a.question in require) else ANSWERED
 
 
 def _tail(result: CellResult, stopped: str, artifacts: Path, given: Inputs) -> list[str]:
@@ -476,7 +492,7 @@ def _states(states: list[str]) -> str:
 
 
 def _downgrade(run: _Run, files: Inputs) -> Answer:
-    if run.failed_role in ("ota_a", "banner_a", "files_a") or (
+    if run.failed_role in ("ota_a", "banner_a", "files_a", "marker_a") or (
         run.failed is not None and run.result.violation is not None
     ):
         return Answer("downgrade", "no", "A does not come back", run.failure())
@@ -486,7 +502,15 @@ def _downgrade(run: _Run, files: Inputs) -> Answer:
         return Answer("downgrade", "not reached")
     if not kept.yes:
         return Answer("downgrade", "no", f"A runs, but {kept.why}", [*banner.lines, *kept.lines])
-    return Answer("downgrade", "yes", f"A runs from ota_0 again and {kept.why}", banner.lines)
+    marker = run.detail("marker_a", ReplDetail)
+    wrote = ReleaseFacts.read(files.target).version or ""
+    said = marker.output if marker is not None and marker.output is not None else "not read"
+    lines = [*banner.lines, f"{MARKER}, written by B ({wrote}), under A: {said}"]
+    if said != wrote:
+        return Answer("downgrade", "no", f"A runs and {kept.why}, but what B wrote is not "
+                      "there: A's filesystem code does not see B's writes", lines)  # fmt: skip
+    return Answer("downgrade", "yes", f"A runs from ota_0 again, {kept.why}, and reads what "
+                  "B wrote", lines)  # fmt: skip
 
 
 # -- saving -------------------------------------------------------------------------------
@@ -512,6 +536,10 @@ def _observed(record: StepRecord[Any], role: Role, step: dict[str, Any]) -> dict
     if isinstance(detail, OtadataDetail):
         return {"assert_otadata": {"states": detail.state.states(),
                                    "selects": detail.state.boot.slot}}  # fmt: skip
-    if isinstance(detail, ReplDetail) and role in ("files_b", "files_a") and detail.output:
+    if (
+        isinstance(detail, ReplDetail)
+        and role in ("files_b", "files_a", "marker_a")
+        and (detail.output)
+    ):
         return {"repl": {"code": step["repl"], "expect": detail.output}}
     return None

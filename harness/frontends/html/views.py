@@ -134,8 +134,12 @@ class CellView:
 
     @property
     def reason(self) -> str:
-        """What failed, in a few words (the failure line after `failed: `)."""
+        """What failed, in a few words (the failure line after `failed: `; an ESP-IDF
+        error's name where set_boot() raised one)."""
         why = self.failure.split(" failed: ", 1)[-1].split(" (silent", 1)[0]
+        code = re.search(r"ESP_ERR_\w+", why)
+        if why.startswith("set_boot() raised") and code:
+            return f"set_boot(): {code.group(0)}"
         return why if len(why) <= 60 else why[:57] + "..."
 
     @property
