@@ -15,6 +15,7 @@ boots, and its tests (docs/architecture.md, "Add a chip").
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
@@ -22,6 +23,40 @@ from typing import Literal
 # What a reset reason of the ROM's banner means to the harness: the ones the harness did
 # not ask for and a starved host causes are the watchdogs'.
 ResetKind = Literal["power-on", "software", "watchdog", "other"]
+
+
+@dataclass(frozen=True)
+class Wifi:
+    """A QEMU build that emulates the chip's Wi-Fi, found beside Espressif's release.
+
+    esp32-open-mac's tree (espressif/qemu PR #80, not in Espressif's releases) emulates
+    an open access point bridged to QEMU's user networking: the guest gets `guest` by
+    DHCP and reaches the host's 127.0.0.1 at `host`. Its MAC model answers the register
+    reads of ESP-IDF 5.0's Wi-Fi driver only: from 5.2 on, QEMU stops at
+    `w.active(True)` (`unmapped peripheral read for 3ff5103c`), so it serves the builds
+    whose ESP-IDF is in `serves` (MicroPython v1.21.0 to v1.23.0).
+    """
+
+    tool: str  # its folder under ~/.espressif/tools: qemu-xtensa-wifi
+    device: str  # the NIC model it has, probed with `-device NAME,help`: misc.esp32_wifi
+    serves: tuple[str, ...]  # ESP-IDF versions (major.minor) its model answers: ("5.0",)
+    env: str  # the variable that names the binary: HARNESS_QEMU_WIFI
+    ssid: str = "Open Wifi"  # the access point it emulates (open: no password)
+    host: str = "10.0.2.2"  # the host's 127.0.0.1, as the guest reaches it (QEMU user net)
+    guest: str = "10.0.2.15"  # the guest's address (QEMU's DHCP)
+
+    def nic(self) -> list[str]:
+        """The command line that gives the guest its Wi-Fi (replacing `-nic none`)."""
+        return ["-nic", f"user,model={self.device}"]
+
+    def why_not(self, release: str, idf_version: str | None) -> str:
+        """Why a release gets no network on it, in one line ("" when it does)."""
+        numbers = re.findall(r"\d+", idf_version or "")
+        if ".".join(numbers[:2]) in self.serves:
+            return ""
+        built = f"is {idf_version.lstrip('v')}" if idf_version else "does not say its ESP-IDF"
+        return (f"this QEMU emulates Wi-Fi for ESP-IDF {' and '.join(self.serves)} builds only; "
+                f"{release} {built}")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -35,6 +70,7 @@ class Qemu:
     gpio: str  # the driver whose `strap_mode` is the boot strap
     download_strap: int  # its value for the ROM's download mode (GPIO0 or GPIO9 low)
     cannot_boot: str = ""  # why the harness cannot boot the chip on it; "": it can
+    wifi: Wifi | None = None  # a build of it with Wi-Fi, where one exists
 
     def watchdogs_off(self) -> list[str]:
         """What ESP-IDF's `idf.py qemu` passes to turn the timer-group watchdogs off."""
@@ -114,7 +150,8 @@ ESP32 = Chip(
     resets=_ESP32_RESETS,
     # as ESP-IDF's `idf.py qemu` runs it (tools/idf_py_actions/qemu_ext.py)
     qemu=Qemu("qemu-xtensa", "qemu-system-xtensa", "esp32", ("timer.esp32.timg",), "esp32.gpio",
-              0x0F),
+              0x0F, wifi=Wifi("qemu-xtensa-wifi", "misc.esp32_wifi", ("5.0",),
+                              "HARNESS_QEMU_WIFI")),
 )  # fmt: skip
 ESP32C3 = Chip(
     "esp32c3", 5, 0x0, board="ESP32_GENERIC_C3",

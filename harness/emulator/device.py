@@ -34,7 +34,7 @@ from . import hostlock, janitor, stall
 from .board import Board, QemuBoard, ServedBoard
 from .console import RESET_BANNER, Console, Watch, log_lines
 from .policy import RunPolicy
-from .qemu import MachineSetup, find_qemu
+from .qemu import MachineSetup, find_qemu, find_wifi_qemu
 from .repl import Repl
 
 ResetKind = Literal["soft", "hard"]
@@ -211,9 +211,10 @@ def _run_dir(options: BootOptions) -> tuple[Path, bool]:
 def boot(image: Path, options: BootOptions) -> Iterator[Device]:
     """Boot `image` (a flash image of an exact size) as `options` say; yield the Device."""
     chip = options.policy.chip
-    setup = MachineSetup(find_qemu(options.qemu, chip), options.policy.psram,
-                         options.policy.watchdogs, trace_flash=options.record_flash,
-                         chip=chip)  # fmt: skip
+    network = options.policy.network  # Espressif's release, or the chip's Wi-Fi build
+    binary = find_wifi_qemu(options.qemu, chip) if network else find_qemu(options.qemu, chip)
+    setup = MachineSetup(binary, options.policy.psram, options.policy.watchdogs,
+                         trace_flash=options.record_flash, chip=chip, network=network)  # fmt: skip
     run_dir, keep = _run_dir(options)
     board: Board | None = None
     try:

@@ -11,15 +11,18 @@ plan (whose runner builds and boots the cell), the pytest plugin's `board` fixtu
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..errors import QemuNotFound
 from ..flash import images, recipes
 from ..flash.firmware import FirmwareFacts
 from ..flash.size import FlashSize
 from . import policy
 from .policy import RunPolicy
+from .qemu import find_wifi_qemu
 
 
 @dataclass(frozen=True)
@@ -33,6 +36,7 @@ class Choices:
     psram: bool | None = None  # default: as the recipe says, else as the firmware needs
     alone: bool = False  # the host to itself (a step or a served port needs it)
     retries: int = 0
+    network: bool = False  # Wi-Fi (the chip's Wi-Fi QEMU; why_no_network says whether)
 
 
 @dataclass(frozen=True)
@@ -67,4 +71,21 @@ def prepare(firmware: Path, choices: Choices, search: list[Path]) -> Launch:
     psram = choices.psram if choices.psram is not None else policy.auto(named.spec.psram)
     decided = policy.decide(facts, watchdogs=choices.watchdogs, psram=psram,
                             alone=choices.alone, retries=choices.retries)  # fmt: skip
-    return Launch(firmware, facts, named, decided)
+    return Launch(firmware, facts, named, dataclasses.replace(decided, network=choices.network))
+
+
+def why_no_network(facts: FirmwareFacts, qemu: str | Path | None = None) -> str:
+    """Why a firmware gets no network here, in one line ("" when it does): its chip's
+    Wi-Fi QEMU (harness.chips.Wifi) must serve the release's ESP-IDF, read from its app
+    description, and be found, probed for the model (harness.emulator.qemu)."""
+    wifi = facts.chip.qemu.wifi if facts.chip.qemu is not None else None
+    if wifi is None:
+        return f"no QEMU emulates the Wi-Fi of {facts.chip.name}"
+    reason = wifi.why_not(facts.version or facts.name, facts.idf_version)
+    if reason:
+        return reason
+    try:
+        find_wifi_qemu(qemu, facts.chip)
+    except QemuNotFound as exc:
+        return str(exc)
+    return ""

@@ -21,6 +21,7 @@ below (`Machine`, `boot()`) have no defaults of their own for any of it.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,6 +60,7 @@ class RunPolicy:
     alone: bool  # no other emulation shares the host meanwhile (harness.emulator.hostlock)
     retries: int = 0  # more attempts after an emulator failure (RETRYABLE)
     chip: Chip = DEFAULT  # whose QEMU machine runs it (harness.chips)
+    network: bool = False  # Wi-Fi on QEMU's user networking (the chip's Wi-Fi QEMU runs it)
 
 
 def stalls_under_load(idf_version: str | None) -> bool:
@@ -98,7 +100,8 @@ def decide(
     alone: bool = False,
     retries: int = 0,
 ) -> RunPolicy:
-    """The policy for one firmware; an argument left None is decided by the rules above."""
+    """The policy for one firmware; an argument left None is decided by the rules above
+    (`network` is set by harness.emulator.launch, whose why_no_network says whether)."""
     if not facts.chip.boots:
         raise ImageError(f"{facts.name} is built for {facts.chip.name}: {facts.chip.why_not()}")
     stalls = stalls_under_load(facts.idf_version)
@@ -117,7 +120,7 @@ def with_update(decided: RunPolicy, update_idf: str | None, requested: int) -> R
     if not stalls_under_load(update_idf):
         return decided
     retries = max(decided.retries, retry_count(requested, stalls=True))
-    return RunPolicy(decided.watchdogs, decided.psram, True, retries, decided.chip)
+    return dataclasses.replace(decided, alone=True, retries=retries)
 
 
 def for_image(

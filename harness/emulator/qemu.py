@@ -90,6 +90,52 @@ def has_machine(qemu: Path, machine: str) -> bool:
     return any(line.split()[:1] == [machine] for line in out.splitlines())
 
 
+@functools.cache
+def has_device(qemu: Path, device: str) -> bool:
+    """The QEMU build has the device model `device` (`-device NAME,help` lists its
+    options; a build without it says `Device 'NAME' not found`)."""
+    try:
+        out = subprocess.run([str(qemu), "-device", f"{device},help"], capture_output=True,
+                             text=True, timeout=20)  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return f"{device} options" in out.stdout + out.stderr
+
+
+def wifi_hint(wifi: chips.Wifi) -> str:
+    return (f"build it with `harness qemu install --wifi` (esp32-open-mac's QEMU, about 15 "
+            f"minutes on 2 cores), or point {wifi.env} at a qemu-system-xtensa with the "
+            f"{wifi.device} model")  # fmt: skip
+
+
+def find_wifi_qemu(explicit: str | os.PathLike[str] | None = None,
+                   chip: Chip = chips.DEFAULT) -> Path:  # fmt: skip
+    """The QEMU that emulates the chip's Wi-Fi (its profile's `wifi`), probed for the
+    model: the variable that names it (HARNESS_QEMU_WIFI), `explicit` (--qemu) when that
+    build has the model, then ~/.espressif/tools/qemu-xtensa-wifi/*/qemu/bin. Espressif's
+    release stays the QEMU of every cell without a network."""
+    qemu = _profile(chip)
+    wifi = qemu.wifi
+    if wifi is None:
+        raise QemuNotFound(f"no QEMU emulates the Wi-Fi of {chip.name}")
+    found: list[tuple[str, Path]] = []
+    if os.environ.get(wifi.env):
+        found.append((wifi.env, Path(os.environ[wifi.env])))
+    if explicit is not None:
+        found.append(("--qemu", Path(explicit)))
+    pattern = str(idf_tools_dir() / wifi.tool / "*" / "qemu" / "bin" / qemu.binary)
+    found += [("ESP-IDF tools folder", Path(p)) for p in sorted(glob.glob(pattern), reverse=True)]
+    rejected = []
+    for source, path in found:
+        if path.is_file() and os.access(path, os.X_OK) and has_device(path, wifi.device):
+            return path
+        if source != "--qemu":
+            rejected.append(f"{path} ({source})")
+    why = f" (found but without it: {', '.join(rejected)})" if rejected else ""
+    raise QemuNotFound(f"no {qemu.binary} with the {wifi.device} Wi-Fi model{why}; "
+                       f"{wifi_hint(wifi)}")  # fmt: skip
+
+
 def find_qemu(explicit: str | os.PathLike[str] | None = None, chip: Chip = chips.DEFAULT) -> Path:
     """Return Espressif's QEMU with the chip's machine (qemu-system-xtensa, esp32).
 
@@ -160,6 +206,7 @@ class MachineSetup:
     data_channel: bool = True  # UART1 wired to a socket of its own: a byte pipe for payloads
     trace_flash: bool = False  # the flash model can report its operations (flashtrace)
     chip: Chip = chips.DEFAULT
+    network: bool = False  # the chip's Wi-Fi model on QEMU's user networking (a Wi-Fi build)
 
 
 class Machine:
@@ -183,7 +230,7 @@ class Machine:
             "-machine", profile.machine,
             "-display", "none",
             "-monitor", "none",
-            "-nic", "none",
+            *(self._nic(profile)),
             "-S",
             "-drive", f"file={self.flash},if=mtd,format=raw",
             "-chardev", f"socket,id=uart0,path={sockets / 'serial'}",
@@ -202,6 +249,13 @@ class Machine:
         if self.setup.download:  # the strap low at reset: the ROM waits for esptool
             cmd += profile.download_mode()
         return cmd
+
+    def _nic(self, profile: chips.Qemu) -> list[str]:
+        if not self.setup.network:
+            return ["-nic", "none"]
+        if profile.wifi is None:
+            raise ImageError(f"no QEMU emulates the Wi-Fi of {self.setup.chip.name}")
+        return profile.wifi.nic()
 
     def start(
         self, attach: Callable[[socket.socket], None] | None = None, timeout: float = 20.0
@@ -231,7 +285,8 @@ class Machine:
             self.proc = subprocess.Popen(
                 cmd,
                 stdin=subprocess.DEVNULL,
-                stdout=log,
+                # the Wi-Fi build prints every 802.11 frame it passes on its stdout
+                stdout=subprocess.DEVNULL if self.setup.network else log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
                 preexec_fn=_die_with_parent,

@@ -1,0 +1,107 @@
+"""Network as a capability: which QEMU emulates Wi-Fi, which releases it serves, and a
+board that downloads from the host's server (the boots need the Wi-Fi QEMU, built by
+`harness qemu install --wifi`; they skip with the reason where it is absent)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from harness import chips
+from harness.emulator import launch
+from harness.emulator import qemu as machine
+from harness.errors import QemuNotFound
+from harness.flash.firmware import FirmwareFacts
+
+WIFI = chips.ESP32.qemu.wifi if chips.ESP32.qemu else None
+V122 = "ESP32_GENERIC-OTA-20231227-v1.22.0.bin"
+V127 = "ESP32_GENERIC-20251209-v1.27.0.bin"
+
+
+@pytest.fixture(scope="session")
+def wifi_qemu() -> Path:
+    """The Wi-Fi QEMU, or a skip that says how to get one."""
+    try:
+        return machine.find_wifi_qemu()
+    except QemuNotFound as exc:
+        pytest.skip(f"emulation test skipped: {exc}")
+
+
+def test_the_profile_serves_esp_idf_5_0_and_says_why_not_in_one_line() -> None:
+    assert WIFI is not None and WIFI.serves == ("5.0",)
+    assert WIFI.why_not("v1.22.0", "v5.0.4") == ""
+    assert WIFI.why_not("v1.27.0", "v5.5.1") == (
+        "this QEMU emulates Wi-Fi for ESP-IDF 5.0 builds only; v1.27.0 is 5.5.1"
+    )
+    assert WIFI.why_not("v1.20.0", None).endswith("v1.20.0 does not say its ESP-IDF")
+
+
+@pytest.mark.parametrize(
+    ("name", "served"),
+    [(V122, True), ("ESP32_GENERIC-SPIRAM-20231005-v1.21.0.bin", True),
+     ("ESP32_GENERIC-20240602-v1.23.0.bin", True), ("ESP32_GENERIC-20241025-v1.24.0.bin", False),
+     (V127, False), ("ESP32_GENERIC-20230426-v1.20.0.bin", False)],
+)  # fmt: skip
+def test_releases_served_are_read_from_the_app_description(
+    name: str, served: bool, fw: Callable[[str], Path], firmware_dir: Path
+) -> None:
+    """The ESP-IDF version comes from the app's esp_app_desc_t, not from a file name."""
+    path = firmware_dir / name
+    if not path.is_file():
+        pytest.skip(f"{name} is not in {firmware_dir}")
+    facts = FirmwareFacts.read(path)
+    assert WIFI is not None
+    assert (WIFI.why_not(facts.version or "", facts.idf_version) == "") is served
+
+
+def test_espressifs_release_is_not_taken_for_the_wifi_build(qemu: Path, wifi_qemu: Path) -> None:
+    """Both are qemu-system-xtensa with the esp32 machine: only the probe tells them apart."""
+    assert WIFI is not None
+    assert not qemu.samefile(wifi_qemu)
+    assert not qemu_has_wifi(qemu) and qemu_has_wifi(wifi_qemu)
+    assert machine.find_wifi_qemu(qemu) == wifi_qemu  # an explicit --qemu without it is passed over
+
+
+def qemu_has_wifi(path: Path) -> bool:
+    assert WIFI is not None
+    return machine.has_device(path, WIFI.device)
+
+
+def test_a_named_binary_without_the_model_is_refused_with_the_way_out(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake = tmp_path / "qemu-system-xtensa"
+    fake.write_text("#!/bin/sh\necho \"Device '$2' not found\" >&2\nexit 1\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("HARNESS_QEMU_WIFI", str(fake))
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.espressif/tools here
+    monkeypatch.delenv("IDF_TOOLS_PATH", raising=False)
+    with pytest.raises(QemuNotFound) as err:
+        machine.find_wifi_qemu()
+    assert f"found but without it: {fake} (HARNESS_QEMU_WIFI)" in str(err.value)
+    assert "harness qemu install --wifi" in str(err.value)
+
+
+def test_a_release_it_does_not_serve_gets_the_reason_before_any_probe(
+    fw: Callable[[str], Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(launch, "find_wifi_qemu", _never)
+    facts = FirmwareFacts.read(fw("v1.27.0"))
+    assert launch.why_no_network(facts) == (
+        "this QEMU emulates Wi-Fi for ESP-IDF 5.0 builds only; v1.27.0 is 5.5.1"
+    )
+
+
+def _never(*_: object) -> Path:
+    raise AssertionError("probed a QEMU for a release it cannot serve")
+
+
+def test_the_wifi_qemu_runs_with_its_nic_and_without_the_frames_in_the_logs() -> None:
+    setup = machine.MachineSetup(Path("/q"), psram=False, watchdogs=False, network=True)
+    cmd = machine.Machine(setup, Path("/f.bin"), Path("/run")).command(Path("/s"))
+    assert "user,model=misc.esp32_wifi" in cmd and "none" not in cmd[cmd.index("-nic") + 1]
+    plain = machine.MachineSetup(Path("/q"), psram=False, watchdogs=False)
+    plain_cmd = machine.Machine(plain, Path("/f.bin"), Path("/run")).command(Path("/s"))
+    assert plain_cmd[plain_cmd.index("-nic") + 1] == "none"
