@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import socket
 import tempfile
@@ -39,6 +40,18 @@ from .repl import Repl
 
 ResetKind = Literal["soft", "hard"]
 RUNNING = "esp32.Partition(esp32.Partition.RUNNING)"
+WIFI_CONNECT = """import network, time
+w = network.WLAN(network.STA_IF)
+w.active(True)
+if not w.isconnected():
+    w.connect(%r)
+t = time.ticks_ms()
+while not w.isconnected():
+    if time.ticks_diff(time.ticks_ms(), t) > %d:
+        raise OSError('no connection to %s within %gs: status %%r' %% (w.status(),))
+    time.sleep_ms(100)
+print(w.ifconfig())
+"""
 
 
 @dataclass(frozen=True)
@@ -121,6 +134,17 @@ class Device:
         """The slot esp_ota_get_next_update_partition() names."""
         code = f"import esp32; print({RUNNING}.get_next_update().info()[4])"
         return self.repl.exec(code, timeout).strip()
+
+    def connect_wifi(self, timeout: float = 30.0) -> tuple[str, ...]:
+        """Join the access point the chip's Wi-Fi QEMU emulates and wait for an address
+        (a board without the network fails here with MicroPython's own error); its
+        ifconfig(): address, netmask, gateway, DNS."""
+        wifi = self.chip.qemu.wifi if self.chip.qemu is not None else None
+        if wifi is None:
+            raise HarnessError(f"no QEMU emulates the Wi-Fi of {self.chip.name}")
+        code = WIFI_CONNECT % (wifi.ssid, int(timeout * 1000), wifi.ssid, timeout)
+        out = self.repl.exec(code, timeout + 15).strip()
+        return tuple(re.findall(r"'([^']*)'", out))
 
     def flash_state(self) -> formats.FlashState:
         """otadata and the bootloader's choice, read from the live flash file."""

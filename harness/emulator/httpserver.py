@@ -138,10 +138,10 @@ class HttpServer:
         self.stop()
 
     def log(self, served: Served) -> None:
-        with self.lock:
+        with self.lock:  # one request at a time reaches `on_request` (it may write a file)
             self.requests.append(served)
-        if self.on_request is not None:
-            self.on_request(served)
+            if self.on_request is not None:
+                self.on_request(served)
 
 
 def _path(path: str) -> str:

@@ -241,11 +241,13 @@ class Library:
     vfs_readsize: int | None = VFS_READSIZE
 
 
-def run_library(dev: Device, payload: Path, library: Library, timeout: float = 900.0) -> OtaReport:
-    """Run a user's OTA library (payload already in the filesystem), follow the reboot."""
+def run_library(dev: Device, payload: Path, library: Library, timeout: float = 900.0,
+                method: str = "library") -> OtaReport:  # fmt: skip
+    """Run a user's OTA library (payload already in the filesystem, or on the host's
+    server for a download), follow the reboot."""
     command, confirm = library.command, library.confirm
     deadline = Deadline(timeout, dev.console)
-    report = OtaReport(str(payload), formats.classify(read_input(payload)), "library")
+    report = OtaReport(str(payload), formats.classify(read_input(payload)), method)
     report.before = dev.flash_state()
     report.target = dev.next_update_partition()
     remount(dev, library.vfs_readsize)
@@ -399,6 +401,16 @@ def _by_library(dev: Device, req: Request) -> OtaReport:
     if not req.command:
         raise HarnessError("a library's update needs its REPL `command`")
     return run_library(dev, req.payload, Library(req.command, req.after.confirm), req.timeout)
+
+
+@method("download")
+def _by_download(dev: Device, req: Request) -> OtaReport:
+    """The library downloads the payload from the host's server (the step offered it
+    there, harness.scenario.serving); the filesystem is not read, so not remounted."""
+    if not req.command:
+        raise HarnessError("a download's update needs the library's REPL `command`")
+    library = Library(req.command, req.after.confirm, vfs_readsize=None)
+    return run_library(dev, req.payload, library, req.timeout, "download")
 
 
 def _printable(text: str) -> str:

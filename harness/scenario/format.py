@@ -30,7 +30,7 @@ from ..flash.recipes import Psram
 from ..flash.size import EmulatedSize, emulated_size
 from . import plugins
 from .stepformats import STEP_FORMATS as STEP_FORMATS
-from .stepformats import Args, Need, _listify
+from .stepformats import Args, Need, ServedFile, _listify
 
 plugins.load_formats()  # a plugin's steps are in the schema built below
 
@@ -42,8 +42,9 @@ def payload_var(kind: str) -> str:
     return f"payload_{kind.replace('-', '_')}"
 
 
-# known once the cell runs: the served port, the run's folder and files, payload files
-RUNTIME_VARS = ("port", "rfc2217", "run_dir", "image", "python",
+# known once the cell runs: the served port, the run's folder and files, payload files,
+# the host's HTTP server as the board reaches it (`http`) and a download's URL (`url`)
+RUNTIME_VARS = ("port", "rfc2217", "run_dir", "image", "python", "http", "url",
                 *(payload_var(k) for k in PAYLOAD_KINDS))  # fmt: skip
 # a matrix with an `update` axis: the update's file and release (`app-of:${update}`: its app)
 UPDATE_VARS = ("update", "update_version")
@@ -103,6 +104,24 @@ class ImageSpec(BaseModel):
     filesystem: Literal["built", "first-boot"] = "built"
 
 
+class Serve(BaseModel):
+    """The host's HTTP server for a networked cell (`${http}`, 10.0.2.2 to the board):
+    URL path -> a payload kind, `app-of:FILE` or a file (relative to the scenario), or
+    `{source: ..., close_after: N, ...}` to serve it wrong on purpose."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    files: dict[str, ServedFile] = Field(default_factory=dict)
+
+    @field_validator("files", mode="before")
+    @classmethod
+    def _sources(cls, value: Any) -> Any:
+        """`PATH: SOURCE` is `PATH: {source: SOURCE}`."""
+        if isinstance(value, dict):
+            return {k: {"source": v} if isinstance(v, str) else v for k, v in value.items()}
+        return value
+
+
 class Matrix(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -141,6 +160,7 @@ class Scenario(BaseModel):
     vars: dict[str, str] = Field(default_factory=dict)
     matrix: Matrix
     image: ImageSpec = Field(default_factory=ImageSpec)
+    serve: Serve | None = None  # files on the host's HTTP server (the `network` cells)
     # the emulated timer-group watchdogs: on (as on a board), off (as `idf.py qemu` runs),
     # or unset: the run's setting (--watchdogs), else the run policy's default (off)
     watchdogs: Literal["on", "off"] | None = None
@@ -169,8 +189,10 @@ class Scenario(BaseModel):
         return self.lines.get(("steps", index), 0)
 
     def needs(self) -> set[Need]:
-        """What the scenario asks of firmware and image: declared, and its steps' needs."""
-        return {*self.requires, *(need for a in self.step_args for need in a.needs())}
+        """What the scenario asks of firmware and image: declared, and its steps' needs
+        (serving files means the board downloads them: the network)."""
+        served: set[Need] = {"network"} if self.serve is not None else set()
+        return {*self.requires, *served, *(need for a in self.step_args for need in a.needs())}
 
     def unknown_var(self, name: str, where: tuple[Any, ...] | None) -> str:
         """The one-line error for a ${name} nothing defines."""

@@ -259,6 +259,7 @@ def _cell(
         watchdogs=policy.on_off(scenario.watchdogs) if scenario.watchdogs else options.watchdogs,
         psram=psram if psram is not None else policy.auto(scenario.image.psram),
         alone=any(a.alone() for a in scenario.step_args), retries=options.retries,
+        network="network" in scenario.needs(),
     ), recipes.search_path(scenario.path.parent.parent, Path.cwd()))  # fmt: skip
     reason = skip_reason(scenario, fw, facts)
     if reason:
@@ -317,6 +318,8 @@ def skip_reason(scenario: Scenario, fw: Firmware, facts: FirmwareFacts) -> str |
             f"needs a release that makes its filesystem at boot after the last partition "
             f"(v1.26 on); {release} names vfs in its partition table"
         )
+    if "network" in needs:  # the chip's Wi-Fi QEMU, for the ESP-IDF it serves
+        return launch.why_no_network(facts) or None
     return None
 
 

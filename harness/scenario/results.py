@@ -41,11 +41,12 @@ from pydantic import (
     model_serializer,
 )
 
+from ..emulator.httpserver import Served
 from ..errors import HarnessError
 from ..flash import formats, ops
 
 SCHEMA = 3  # of result.json, timeline.json, flash-before.json and flash-after.json
-RESULT, TIMELINE = "result.json", "timeline.json"
+RESULT, TIMELINE, HTTP_LOG = "result.json", "timeline.json", "http.json"
 FLASH_FILES = {"before": "flash-before.json", "after": "flash-after.json"}
 When = Literal["before", "after"]
 Status = Literal["passed", "failed", "skipped", "running"]
@@ -391,6 +392,12 @@ class CellResult(_File):
                 return record.detail
         return None
 
+    def http_log(self) -> HttpLog | None:
+        """The requests the host's HTTP server answered in the last attempt (None: it
+        ran none)."""
+        path = self.last_run / HTTP_LOG
+        return _read(path, HttpLog) if path.exists() else None
+
     def flash(self, when: When) -> FlashSummary | None:
         """The flash before or after the last attempt, as its flash summary says."""
         path = self.last_run / FLASH_FILES[when]
@@ -405,6 +412,17 @@ class CellResult(_File):
         result = _read(path, cls)
         result._folder = path.parent
         return result
+
+
+class HttpLog(_File):
+    """http.json: the host's HTTP server in one attempt of a networked cell, every
+    request as it saw it (rewritten after each, so a killed run keeps it)."""
+
+    url: str  # the server's base URL, as the board reaches it
+    requests: list[Served] = Field(default_factory=list)
+
+    def write(self, folder: Path) -> None:
+        self._write(folder / HTTP_LOG)
 
 
 def attempt_folder(cell: Path, number: int) -> Path:

@@ -32,6 +32,7 @@ from typing import Any
 
 from ..emulator.console import log_lines
 from ..emulator.device import BootOptions, Device, boot
+from ..emulator.httpserver import HttpServer
 from ..emulator.policy import retryable
 from ..errors import HarnessError, StepFailed, UnexpectedOutput
 from ..flash import formats, images
@@ -39,7 +40,7 @@ from ..flash.firmware import sha256_of
 from ..flash.images import BuiltImage
 from ..flash.inputs import read_input
 from ..sources.manifest import Firmware
-from . import faults
+from . import faults, serving
 from .format import payload_var
 from .plan import Cell, CellPlan, Skipped, StepPlan
 from .results import (
@@ -224,11 +225,16 @@ class CellAttempt:
         self.violation: Violation | None = None  # the `not_expect` that failed, first
         self.stack = contextlib.ExitStack()
         self.clock = time.monotonic()
+        self.http: HttpServer | None = None  # the host's server of a networked cell
 
     def run(self) -> StepFailed | None:
         """Run all steps; return the failure (None when every step passed)."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
         with self.stack:
+            if self.plan.policy.network:  # up before the board, down with the attempt
+                self.http = self.stack.enter_context(
+                    serving.serve(self.plan, self.run_dir, self.payload)
+                )
             failure = self._steps(self.plan.steps)
             self._finish(failed=failure is not None)
         return failure
@@ -344,6 +350,9 @@ class CellAttempt:
             "image": str(self.built.image.path),
             "python": sys.executable,
         }
+        if self.http is not None:
+            base = self.http.url(serving.host(self.plan))
+            values.update(http=base, url=base + serving.UPDATE_PATH)
         values.update({f"offset_{name}": f"0x{off:x}" for name, off in self.built.offsets.items()})
         for kind in self.plan.payload_vars:  # made only when a step names them
             values[payload_var(kind)] = str(self.payload(kind))
@@ -362,6 +371,11 @@ class CellAttempt:
         self.dev = self.stack.enter_context(boot(self.built.image.path, options))
         _flash_summary(self.run_dir, "before", self.dev.flash)
         return self.dev
+
+    def server(self) -> HttpServer:
+        if self.http is None:
+            raise StepFailed("no HTTP server: this cell has no network (requires: [network])")
+        return self.http
 
     def device(self) -> Device:
         if self.dev is None:  # the format rejects this order; kept for API users

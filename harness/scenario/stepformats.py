@@ -33,9 +33,10 @@ from ..flash.images import APP_OF
 # rollback / no-rollback: app rollback (v1.21.0 on) / none (v1.20.0: its app selects an
 # update without PENDING_VERIFY); vfs-in-table / vfs-at-boot: the filesystem named in
 # the partition table (up to v1.25) / made at boot after the last partition, with the
-# flash chip's size queried at start-up (v1.26 on)
+# flash chip's size queried at start-up (v1.26 on); network: Wi-Fi to the host's server
+# (the chip's Wi-Fi QEMU, for the releases it serves: harness.chips.Wifi)
 Need = Literal["ota", "no-ota", "spiram", "rollback", "no-rollback", "vfs-in-table",
-               "vfs-at-boot"]  # fmt: skip
+               "vfs-at-boot", "network"]  # fmt: skip
 
 
 def _listify(value: Any) -> Any:
@@ -204,7 +205,7 @@ class PutArgs(Args):
 
 # -- OTA methods: what each means for a plan (how each runs: harness.emulator.ota.METHODS) --
 
-OtaMethodName = Literal["harness", "staged", "library"]
+OtaMethodName = Literal["harness", "staged", "library", "download"]
 
 
 @dataclass(frozen=True)
@@ -226,7 +227,43 @@ OTA_STAGED = OtaMethod("staged", stages=True, device_writes=False, runs_command=
                        cost=1, timeout=60.0)  # fmt: skip
 OTA_LIBRARY = OtaMethod("library", stages=False, device_writes=True, runs_command=True,
                         cost=15, timeout=300.0)  # fmt: skip
-OTA_METHODS: dict[str, OtaMethod] = {m.name: m for m in (OTA_HARNESS, OTA_STAGED, OTA_LIBRARY)}
+# download: the library's `command` downloads the payload over Wi-Fi from the host's
+# server (`${url}`), as the report's `ota.update.from_file("http://...")` did
+OTA_DOWNLOAD = OtaMethod("download", stages=False, device_writes=True, runs_command=True,
+                         cost=12, timeout=300.0)  # fmt: skip
+OTA_METHODS: dict[str, OtaMethod] = {
+    m.name: m for m in (OTA_HARNESS, OTA_STAGED, OTA_LIBRARY, OTA_DOWNLOAD)
+}
+
+
+class Stall(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    after: NonNegativeInt  # body bytes sent first
+    seconds: PositiveFloat
+
+
+class HttpFault(BaseModel):
+    """How the host's server serves a file wrong on purpose (harness.emulator.httpserver):
+    `close_after` N body bytes, `stall` {after: N, seconds: S}, a wrong `content_length`,
+    `not_found` (404 with an HTML page), `flip` (body offsets inverted in flight), `rate`
+    (bytes a second)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    close_after: NonNegativeInt | None = None
+    stall: Stall | None = None
+    content_length: NonNegativeInt | None = None
+    not_found: bool = False
+    flip: list[NonNegativeInt] = Field(default_factory=list)
+    rate: PositiveInt | None = None
+
+
+class ServedFile(HttpFault):
+    """A file the host's server serves: `source` is a payload kind (full-image, app, ...),
+    `app-of:FILE` or a file relative to the scenario; the rest, how it misbehaves."""
+
+    source: str
 
 
 @step_format
@@ -260,6 +297,7 @@ class OtaArgs(Args):
     reboot: bool = True
     target: str | None = None
     timeout: PositiveFloat | None = None
+    served: HttpFault | None = None  # method download: how the server serves the payload
 
     @field_validator("payload", mode="before")
     @classmethod
@@ -284,13 +322,22 @@ class OtaArgs(Args):
             raise ValueError(f"method: {self.method} needs a `command` (the user's REPL line)")
         if self.how.runs_command and self.select != "set_boot":
             raise ValueError(f"method: {self.method} selects the slot itself; drop `select`")
+        if self.served is not None and self.method != OTA_DOWNLOAD.name:
+            raise ValueError("`served` is how a download is served: it needs method: download")
         return self
 
+    def needs(self) -> frozenset[Need]:
+        """A download needs the network."""
+        return self.NEEDS | ({"network"} if self.method == OTA_DOWNLOAD.name else set())
+
     def files(self) -> list[ImageFile]:
-        """A device library's payload lives in the filesystem, the library under /lib."""
+        """A device library's payload lives in the filesystem (a download's on the host's
+        server), the library under /lib."""
         if not self.how.runs_command:
             return []
-        files = [ImageFile(self.payload, self.device_path, payload=True)]
+        files = []
+        if self.method != OTA_DOWNLOAD.name:
+            files.append(ImageFile(self.payload, self.device_path, payload=True))
         if self.device_lib:
             files.append(ImageFile(self.device_lib, "/lib", payload=False))
         return files
@@ -313,6 +360,22 @@ class OtaArgs(Args):
         write, it stops before that reboot (the power-on after the cut is it); a user's
         command reboots by itself."""
         return self if self.how.runs_command else self.model_copy(update={"reboot": False})
+
+
+@step_format
+class WifiArgs(Args):
+    """Connect to the emulated access point (the Wi-Fi QEMU's open "Open Wifi") and wait
+    for an address: the host's server is then `${http}`, at 10.0.2.2."""
+
+    KIND: ClassVar[str] = "wifi"
+    SHORTHAND: ClassVar[str | None] = "action"
+    NEEDS: ClassVar[frozenset[Need]] = frozenset({"network"})
+
+    action: Literal["connect"] = "connect"
+    timeout: PositiveFloat = 30.0
+
+    def cost(self) -> int:
+        return 2
 
 
 @step_format
@@ -546,3 +609,41 @@ class BitFlipArgs(Args):
 
     def cost(self) -> int:
         return self.trials
+
+
+@step_format
+class DownloadDiesArgs(Args):
+    """The connection of a download update (`ota:` with method: download) dies part way:
+    the host's server closes it after chosen bytes of the payload. `sweep: K` spreads K
+    points over the payload, plus its ends (0 bytes and all but one); `at:` names byte
+    counts. Per point, the board powers on from the flash before the step, connects, and
+    runs the download; the steps after it (from a `boot`) run from the flash it left,
+    once per point, like a power cut's."""
+
+    KIND: ClassVar[str] = "download_dies"
+    FAULT: ClassVar[str | None] = "harness.scenario.download:DownloadDies"
+
+    ota: OtaArgs
+    sweep: PositiveInt | None = None
+    at: list[NonNegativeInt] | None = None
+
+    @model_validator(mode="after")
+    def _one_choice(self) -> DownloadDiesArgs:
+        if (self.sweep is None) == (self.at is None):
+            raise ValueError("download_dies needs one of `sweep: K`, `at: [BYTES, ...]`")
+        if self.ota.method != OTA_DOWNLOAD.name:
+            raise ValueError("download_dies interrupts a download: give its `ota` method: download")
+        return self
+
+    def files(self) -> list[ImageFile]:
+        return self.ota.files()
+
+    def cost(self) -> int:
+        points = (self.sweep + 2) if self.sweep else len(self.at or ())
+        return self.ota.cost() * points
+
+    def alone(self) -> bool:
+        return self.ota.alone()
+
+    def needs(self) -> frozenset[Need]:
+        return self.ota.needs()

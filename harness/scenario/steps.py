@@ -25,10 +25,11 @@ from typing import Any, Protocol, TypeVar
 from ..emulator import hostcommand, ota
 from ..emulator.console import Forbidden
 from ..emulator.device import Boot, Device
+from ..emulator.httpserver import HttpServer
 from ..errors import BootLoop, DeviceError, FirmwareCrash, HarnessError, StepFailed
 from ..flash import formats
 from ..flash.inspect import examine
-from . import faults, plugins
+from . import faults, plugins, serving
 from .stepformats import (
     STEP_FORMATS,
     Args,
@@ -43,6 +44,7 @@ from .stepformats import (
     ReplArgs,
     ResetArgs,
     RunArgs,
+    WifiArgs,
     WriteOtadataArgs,
 )
 
@@ -55,6 +57,7 @@ class Run(Protocol):
 
     def boot(self) -> Device: ...
     def device(self) -> Device: ...
+    def server(self) -> HttpServer: ...
     def staged_slot(self, payload: str) -> str: ...
     def payload(self, name: str) -> Path: ...
     def host_path(self, name: str) -> Path: ...
@@ -229,7 +232,10 @@ def ota_step(run: Run, args: OtaArgs) -> ota.OtaReport:
                 f"updates {now}: stage it elsewhere (target:) or use method: harness"
             )
     after = ota.After(args.select, args.reboot, args.confirm)
-    request = ota.Request(run.payload(args.payload), target, after, args.deadline_s, args.command)
+    payload = run.payload(args.payload)
+    if args.method == "download":  # the library fetches it from ${url}
+        serving.offer_update(run.server(), payload, args.served)
+    request = ota.Request(payload, target, after, args.deadline_s, args.command)
     report = ota.METHODS[args.method](dev, request)
     run.booted = report.booted
     if report.slot_matches_payload is False or report.delivered_sha_ok is False:
@@ -244,6 +250,21 @@ def ota_step(run: Run, args: OtaArgs) -> ota.OtaReport:
         raise StepFailed(f"set_boot() raised {report.set_boot_error}")
     report.output = ""  # the library's output is in serial.log; keep the timeline small
     return report
+
+
+@dataclass
+class WifiDetail:
+    """What the board's Wi-Fi came to: ifconfig() (address, netmask, gateway, DNS)."""
+
+    ifconfig: list[str]
+    connect_s: float
+
+
+@handles(WifiArgs)
+def wifi(run: Run, args: WifiArgs) -> WifiDetail:
+    start = time.monotonic()
+    ifconfig = run.device().connect_wifi(args.timeout)
+    return WifiDetail(list(ifconfig), round(time.monotonic() - start, 3))
 
 
 @handles(ResetArgs)
