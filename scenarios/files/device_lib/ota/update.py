@@ -61,7 +61,7 @@ def from_json(url, verify=True, verbose=True, reboot=True):
     with open_url(url) as f:
         data = json.load(f)
     firmware = data["firmware"]
-    if not firmware.startswith(("http:", "https:", "/")):
+    if not any(firmware.startswith(p) for p in ("http:", "https:", "/")):
         firmware = url.rsplit("/", 1)[0] + "/" + firmware
     from_file(firmware, data["sha"], data["length"], verify, verbose, reboot)
 
