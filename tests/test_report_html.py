@@ -246,3 +246,26 @@ def test_the_upgrade_view_squares_open_their_cells(browser: Any, run: Any, tmp_p
     page.screenshot(path=str(run["shots"] / "upgrade-paths.png"))
     assert errors == []
     page.close()
+
+
+def test_a_networked_cell_shows_the_servers_requests_beside_its_serial_log(tmp_path: Path) -> None:
+    """http.json, written through harness.scenario.results, is drawn as a table of the
+    requests (a cut one marked) just before the serial log."""
+    from cells import ran
+
+    from harness.emulator.httpserver import Served
+    from harness.scenario.results import CellId, HttpLog
+
+    cell = CellId(scenario="download-dies", flash_size="4MB", firmware="v1.22.0")
+    result = ran(tmp_path / "artifacts", cell)
+    cut = Served("GET", "/update.bin", 200, 1483648, 1483648, 494549,
+                 "closed after 494549 of 1483648 bytes (asked)", 7.5, 0.2, "127.0.0.1",
+                 "closed after 494549 bytes")  # fmt: skip
+    HttpLog(url="http://10.0.2.2:40123", requests=[cut]).write(result.folder)
+    assert load_cell(result.folder).http_log() == HttpLog(url="http://10.0.2.2:40123",
+                                                          requests=[cut])  # fmt: skip
+    html = write_report(tmp_path / "artifacts").read_text()
+    section = html[html.index("HTTP requests") : html.index("Serial log")]
+    assert "http://10.0.2.2:40123" in section
+    assert '<tr class="fail"><td>7.50</td><td>GET /update.bin</td><td>200</td>' in section
+    assert "closed after 494549 of 1483648 bytes (asked)" in section

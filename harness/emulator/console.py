@@ -110,6 +110,11 @@ class SerialLog:
         self.violation: tuple[Forbidden, str] | None = None
         self.received = 0  # bytes the board printed so far (is it still talking?)
 
+    @property
+    def started(self) -> float:
+        """When the log's clock reads 0 (time.monotonic()): its lines' stamps count from it."""
+        return self._start
+
     def write(self, data: bytes) -> None:
         self.received += len(data)
         lines = (self._partial + data).split(b"\n")

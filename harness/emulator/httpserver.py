@@ -69,7 +69,7 @@ class Served:
     declared: int | None  # the Content-Length header sent
     sent: int  # body bytes that went out
     outcome: str  # complete, closed after N bytes (asked), the client went away, ...
-    start_s: float  # since the server started
+    start_s: float  # since the server started (or the serial log, harness.scenario.serving)
     elapsed_s: float
     client: str = ""
     fault: str = ""  # Misbehaviour.describe()
@@ -106,6 +106,11 @@ class HttpServer:
     def url(self, host: str = "127.0.0.1") -> str:
         """The base URL, as `host` reaches it (the guest: 10.0.2.2)."""
         return f"http://{host}:{self.port}"
+
+    def count_from(self, start: float) -> None:
+        """Time requests from `start` (time.monotonic()): the serial log's, so both read
+        on one clock."""
+        self.clock = start
 
     def misbehave(self, path: str, how: Misbehaviour) -> None:
         """Serve `path` as `how` says from the next request on."""

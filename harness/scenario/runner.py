@@ -369,6 +369,8 @@ class CellAttempt:
             record_flash=self.plan.record_flash,
         )  # fmt: skip
         self.dev = self.stack.enter_context(boot(self.built.image.path, options))
+        if self.http is not None:  # requests timed as the serial log's lines are
+            self.http.count_from(self.dev.board.log.started)
         _flash_summary(self.run_dir, "before", self.dev.flash)
         return self.dev
 

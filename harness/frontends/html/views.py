@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ...emulator.console import strip_ansi
+from ...emulator.httpserver import Served
 from ...emulator.ota import OtaReport
 from ...scenario.results import (
     FAULT_COLUMNS,
@@ -57,6 +58,15 @@ class SerialView:
     cut: int  # lines left out of the page (0: all shown)
     href: str  # the full log, relative to the report ("" when not beside it)
     after_head: int  # lines[:after_head] are the start; the rest the end
+
+
+@dataclass(frozen=True)
+class HttpView:
+    """The host's HTTP server in a networked cell: its URL as the board reaches it, and
+    each request as the server saw it (harness.scenario.results.HttpLog)."""
+
+    url: str
+    requests: list[Served]
 
 
 @dataclass(frozen=True)
@@ -119,6 +129,7 @@ class CellView:
     steps: list[StepBar]
     serial: SerialView | None
     faults: list[FaultView]
+    http: HttpView | None
     rerun: str
     firmware: str
     image: str
@@ -282,6 +293,7 @@ def cell(result: CellResult, page_dir: Path) -> CellView:
         steps=_bars(result.timeline),
         serial=_serial(result, page_dir),
         faults=_faults(summaries.get("before"), result.faults),
+        http=_http(result),
         rerun=_rerun(result),
         firmware=Path(result.firmware.path).name if result.firmware else "",
         image=result.image.conversion if result.image else "",
@@ -388,6 +400,11 @@ def _detail(step: StepRecord[Any]) -> str:
         parts.append(f"{key}: {value}" if key else str(value))
     text = "; ".join(parts)
     return text if len(text) < 600 else text[:600] + " ..."
+
+
+def _http(result: CellResult) -> HttpView | None:
+    log = result.http_log()
+    return HttpView(log.url, log.requests) if log is not None else None
 
 
 def _serial(result: CellResult, page_dir: Path) -> SerialView | None:
