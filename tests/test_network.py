@@ -4,6 +4,9 @@ board that downloads from the host's server (the boots need the Wi-Fi QEMU, buil
 
 from __future__ import annotations
 
+import dataclasses
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,6 +17,7 @@ from harness.emulator import launch
 from harness.emulator import qemu as machine
 from harness.errors import QemuNotFound
 from harness.flash.firmware import FirmwareFacts
+from harness.frontends import repro
 
 WIFI = chips.ESP32.qemu.wifi if chips.ESP32.qemu else None
 V122 = "ESP32_GENERIC-OTA-20231227-v1.22.0.bin"
@@ -105,3 +109,47 @@ def test_the_wifi_qemu_runs_with_its_nic_and_without_the_frames_in_the_logs() ->
     plain = machine.MachineSetup(Path("/q"), psram=False, watchdogs=False)
     plain_cmd = machine.Machine(plain, Path("/f.bin"), Path("/run")).command(Path("/s"))
     assert plain_cmd[plain_cmd.index("-nic") + 1] == "none"
+
+
+LIB = Path(__file__).parent.parent / "scenarios" / "files" / "device_lib"
+FETCH = "import ota.update; ota.update.from_file('${url}')"
+
+
+def _repro(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "harness", "repro", *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+
+
+def test_repro_url_makes_the_board_join_the_network_and_download_it(
+    fw: Callable[[str], Path], tmp_path: Path
+) -> None:
+    req = repro.Request(fw("v1.22.0"), fw("v1.22.0"), command=FETCH, device_lib=LIB, url=True)
+    data = repro.scenario_data(req, tmp_path)
+    assert [next(iter(s)) for s in data["steps"]] == ["boot", "wifi", "ota"]
+    assert data["steps"][2]["ota"]["method"] == "download"
+    cut = repro.scenario_data(dataclasses.replace(req, power_cut=5), tmp_path)["steps"]
+    assert [next(iter(s)) for s in cut] == ["boot", "wifi", "power_cut", "boot"]
+
+
+def test_repro_url_needs_a_command_that_names_the_url(
+    fw: Callable[[str], Path], tmp_path: Path
+) -> None:
+    v122 = str(fw("v1.22.0"))
+    run = _repro("--firmware", v122, "--update", v122, "--url", "--command",
+                 "import ota.update; ota.update.from_file('/fw.bin')", cwd=tmp_path)  # fmt: skip
+    assert run.returncode == 2
+    assert run.stderr.strip().startswith("error: --url serves the update over HTTP")
+    assert "Traceback" not in run.stderr
+
+
+def test_repro_url_on_a_release_the_wifi_cannot_serve_says_why_without_booting(
+    fw: Callable[[str], Path], tmp_path: Path, qemu: Path
+) -> None:
+    v127 = str(fw("v1.27.0"))
+    run = _repro("--firmware", v127, "--update", v127, "--url", "--command", FETCH,
+                 "--device-lib", str(LIB), "--qemu", str(qemu), cwd=tmp_path)  # fmt: skip
+    assert run.returncode == 2, run.stdout + run.stderr
+    assert ("reproduced: could not run: this QEMU emulates Wi-Fi for ESP-IDF 5.0 builds only; "
+            "v1.27.0 is 5.5.1") in run.stdout  # fmt: skip
+    assert list((tmp_path / "artifacts").rglob("result.json"))  # the skip, recorded
+    assert not list((tmp_path / "artifacts").rglob("serial.log"))  # nothing booted

@@ -30,7 +30,13 @@ from ..flash.inspect import FileReport, examine
 from ..flash.size import FlashSize
 from ..scenario import format, plan, runner
 from ..scenario.results import CellResult, StepRecord, fault_table, load_cell
-from ..scenario.stepformats import OTA_HARNESS, OTA_LIBRARY, OTA_METHODS, OTA_STAGED
+from ..scenario.stepformats import (
+    OTA_DOWNLOAD,
+    OTA_HARNESS,
+    OTA_LIBRARY,
+    OTA_METHODS,
+    OTA_STAGED,
+)
 from ..sources.manifest import FirmwareSelector
 from .html import write_report
 
@@ -51,6 +57,7 @@ class Request:
     # bootloader judges is the same bytes: tests/test_staged.py), or written by the device
     method: str = OTA_STAGED.name
     power_cut: int | None = None  # sweep this many cut points over the update's writes
+    url: bool = False  # served over HTTP; the library's `command` downloads `${url}`
 
 
 @dataclass(frozen=True)
@@ -64,14 +71,17 @@ def scenario_data(req: Request, where: Path) -> dict[str, Any]:
     size = req.flash_size or FirmwareFacts.read(req.firmware).header_flash_size
     ota: dict[str, Any] = {"payload": _rel(req.update, where), "method": req.method}
     if req.command:
-        ota.update(method=OTA_LIBRARY.name, command=req.command)
+        method = OTA_DOWNLOAD if req.url else OTA_LIBRARY
+        ota.update(method=method.name, command=req.command)
         if req.device_lib:
             ota["device_lib"] = _rel(req.device_lib, where)
-    steps: list[dict[str, Any]] = [{"boot": "prompt"}, {"ota": ota}]
+    # over the network, the board joins the Wi-Fi QEMU's access point first
+    head: list[dict[str, Any]] = [{"boot": "prompt"}, *([{"wifi": "connect"}] if req.url else [])]
+    steps: list[dict[str, Any]] = [*head, {"ota": ota}]
     if req.power_cut:  # a staged update makes no emulated writes: the device writes it
         if not OTA_METHODS[ota["method"]].device_writes:
             ota["method"] = OTA_HARNESS.name
-        steps[1:] = [{"power_cut": {"ota": ota, "sweep": req.power_cut}}, {"boot": "prompt"}]
+        steps = [*head, {"power_cut": {"ota": ota, "sweep": req.power_cut}}, {"boot": "prompt"}]
     if req.expect:
         steps.append({"expect": list(req.expect)})
     data: dict[str, Any] = {
@@ -91,7 +101,12 @@ def _rel(path: Path, where: Path) -> str:
 
 
 def check(req: Request, save: Path | None) -> None:
-    """Bad input, before anything boots: missing or empty files, a --save that exists."""
+    """Bad input, before anything boots: missing or empty files, a --save that exists, a
+    download whose command does not name the URL."""
+    if req.url and (req.command is None or "${url}" not in req.command):
+        raise HarnessError("--url serves the update over HTTP for the device's library to "
+                           "download: give --command with ${url} in it, e.g. --command "
+                           "\"import ota.update; ota.update.from_file('${url}')\"")  # fmt: skip
     read_input(req.update)
     read_firmware(req.firmware)  # a firmware image, for an esp32
     if save is not None and save.exists():

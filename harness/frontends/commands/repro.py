@@ -27,7 +27,12 @@ def register(sub: Subparsers) -> None:
                    help="without --command: how the update gets into the slot; staged "
                    "(default): written into the flash file before the boot, the device "
                    "runs set_boot() and reboots; harness: the device writes it")  # fmt: skip
-    p.add_argument("--command", help="their REPL line; the update is /fw.bin in the vfs")
+    p.add_argument("--command", help="their REPL line; the update is /fw.bin in the vfs, or "
+                   "${url} with --url")  # fmt: skip
+    p.add_argument("--url", action="store_true",
+                   help="serve the update over HTTP: the board joins the Wi-Fi QEMU's "
+                   "access point and --command downloads ${url} (ESP-IDF 5.0 builds: "
+                   "v1.21-v1.23)")  # fmt: skip
     p.add_argument("--device-lib", type=Path, help="their device library folder (-> /lib)")
     p.add_argument("--expect", action="append", default=[], help="text that shows the bug")
     p.add_argument("--power-cut", metavar="sweep:N",
@@ -50,7 +55,7 @@ def cmd_repro(args: argparse.Namespace) -> int:
     request = repro.Request(
         args.firmware, args.update, FlashSize.emulated(args.flash_size) if args.flash_size
         else None, args.layout, args.command, args.device_lib, tuple(args.expect), args.method,
-        power_cut=_sweep_points(args.power_cut) if args.power_cut else None,
+        power_cut=_sweep_points(args.power_cut) if args.power_cut else None, url=args.url,
     )  # fmt: skip
     repro.check(request, args.save)
     find_qemu(args.qemu)
