@@ -27,7 +27,7 @@ PROVISION := $(BIN)/harness provision scenarios
 	test-powerloss lint test-nightly test-ci-workflow \
 	docs bench-boot \
 	bench-ota \
-	bench-suite bench-memory bench-reset bench-powercut bench-stalls clean docker-build docker-test-4mb docker-test-16mb
+	bench-suite bench-memory bench-reset bench-powercut bench-stalls bench-network clean docker-build docker-test-4mb docker-test-16mb
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -151,6 +151,10 @@ bench-reset: venv
 
 bench-powercut: venv
 	$(BIN)/python bench/powercut.py
+
+## the device's download speed over the Wi-Fi QEMU, a network cell against a staged one
+bench-network: venv
+	$(BIN)/python bench/network.py
 
 ## the old builds booted 30 times each through make test's waits: every stall named?
 bench-stalls: venv

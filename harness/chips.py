@@ -41,6 +41,7 @@ class Wifi:
     device: str  # the NIC model it has, probed with `-device NAME,help`: misc.esp32_wifi
     serves: tuple[str, ...]  # ESP-IDF versions (major.minor) its model answers: ("5.0",)
     env: str  # the variable that names the binary: HARNESS_QEMU_WIFI
+    commit: str = ""  # the tree it is built from: esp32-open-mac/qemu's esp-develop commit
     ssid: str = "Open Wifi"  # the access point it emulates (open: no password)
     host: str = "10.0.2.2"  # the host's 127.0.0.1, as the guest reaches it (QEMU user net)
     guest: str = "10.0.2.15"  # the guest's address (QEMU's DHCP)
@@ -151,7 +152,7 @@ ESP32 = Chip(
     # as ESP-IDF's `idf.py qemu` runs it (tools/idf_py_actions/qemu_ext.py)
     qemu=Qemu("qemu-xtensa", "qemu-system-xtensa", "esp32", ("timer.esp32.timg",), "esp32.gpio",
               0x0F, wifi=Wifi("qemu-xtensa-wifi", "misc.esp32_wifi", ("5.0",),
-                              "HARNESS_QEMU_WIFI")),
+                              "HARNESS_QEMU_WIFI", "4a5c772afe")),
 )  # fmt: skip
 ESP32C3 = Chip(
     "esp32c3", 5, 0x0, board="ESP32_GENERIC_C3",

@@ -85,7 +85,7 @@ def test_a_named_binary_without_the_model_is_refused_with_the_way_out(
     with pytest.raises(QemuNotFound) as err:
         machine.find_wifi_qemu()
     assert f"found but without it: {fake} (HARNESS_QEMU_WIFI)" in str(err.value)
-    assert "harness qemu install --wifi" in str(err.value)
+    assert "esp32-open-mac's QEMU (esp-develop at 4a5c772afe" in str(err.value)
 
 
 def test_a_release_it_does_not_serve_gets_the_reason_before_any_probe(

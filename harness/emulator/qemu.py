@@ -103,9 +103,9 @@ def has_device(qemu: Path, device: str) -> bool:
 
 
 def wifi_hint(wifi: chips.Wifi) -> str:
-    return (f"build it with `harness qemu install --wifi` (esp32-open-mac's QEMU, about 15 "
-            f"minutes on 2 cores), or point {wifi.env} at a qemu-system-xtensa with the "
-            f"{wifi.device} model")  # fmt: skip
+    return (f"build esp32-open-mac's QEMU (esp-develop at {wifi.commit}, docs/network.md) "
+            f"into {idf_tools_dir() / wifi.tool}/, or point {wifi.env} at a "
+            f"qemu-system-xtensa with the {wifi.device} model")  # fmt: skip
 
 
 def find_wifi_qemu(explicit: str | os.PathLike[str] | None = None,
