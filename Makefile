@@ -24,7 +24,7 @@ RUN = $(PYTEST) -q -n $(WORKERS) --retries $(RETRIES)
 PROVISION := $(BIN)/harness provision scenarios
 
 .PHONY: venv test test-4mb test-16mb test-matrix test-upgrades test-reliability test-docker \
-	test-powerloss lint test-nightly test-ci-workflow \
+	test-powerloss test-network lint test-nightly test-ci-workflow \
 	docs bench-boot \
 	bench-ota \
 	bench-suite bench-memory bench-reset bench-powercut bench-stalls bench-network clean docker-build docker-test-4mb docker-test-16mb
@@ -39,16 +39,17 @@ venv: $(STAMP)
 
 ## the project's tests and the scenario library (emulation skips with a reason without QEMU)
 test: venv
-	$(RUN) --timeout 600 -m "not slow and not docker" --ignore=scenarios/power-loss
+	$(RUN) --timeout 600 -m "not slow and not docker" --ignore=scenarios/power-loss \
+	  --ignore=scenarios/network
 
 ## the main job: the scenario library on 16MB images (-f 16M --resize vfs=0 where there is a vfs line)
 test-16mb: venv
 	$(PROVISION) --flash-size 16MB
-	$(RUN) scenarios --flash-size 16MB --ignore=scenarios/power-loss
+	$(RUN) scenarios --flash-size 16MB --ignore=scenarios/power-loss --ignore=scenarios/network
 
 test-4mb: venv
 	$(PROVISION) --flash-size 4MB
-	$(RUN) scenarios --flash-size 4MB --ignore=scenarios/power-loss
+	$(RUN) scenarios --flash-size 4MB --ignore=scenarios/power-loss --ignore=scenarios/network
 
 ## every scenario x every size x every firmware file in FIRMWARE_DIR (else every pinned release);
 ## cells that cannot apply skip with the reason. Builds before ESP-IDF 5.0.4 (v1.20.0, v1.21.0)
@@ -74,6 +75,12 @@ test-upgrades: venv
 test-powerloss: venv
 	$(BIN)/harness provision scenarios/power-loss
 	$(RUN) scenarios/power-loss
+
+## updates over Wi-Fi from the host's HTTP server (scenarios/network): the Wi-Fi QEMU
+## (docs/network.md); without it, every cell skips with the reason
+test-network: venv
+	$(BIN)/harness provision scenarios/network
+	$(RUN) scenarios/network
 
 ## the long runs: 120 kills, 40 repeats of the starting report, host load, the report with
 ## mpremote moving every byte, the user's library on today's release (about 50 min)

@@ -275,8 +275,9 @@ class OtaArgs(Args):
     image of another release, as its .app-bin is; `app-of:${update}`), or a file path.
     method: `harness` (the device writes it, delivered over UART1), `staged` (written
     into the slot of the flash file before the boot, as esptool would; the device only
-    selects it and reboots) or `library` (a device library's REPL `command`, payload in
-    the filesystem).
+    selects it and reboots), `library` (a device library's REPL `command`, payload in
+    the filesystem) or `download` (the library's `command` downloads `${url}` from the
+    host's HTTP server over Wi-Fi, served as `served:` says: a network cell).
     select: `set_boot` (MicroPython's Partition.set_boot(), which validates the app),
     `otadata` (write the otadata record directly, as the bootloader reads it), `none`.
     `timeout` bounds the whole step (default 60 s staged, where the device only selects
