@@ -153,3 +153,72 @@ def test_repro_url_on_a_release_the_wifi_cannot_serve_says_why_without_booting(
             "v1.27.0 is 5.5.1") in run.stdout  # fmt: skip
     assert list((tmp_path / "artifacts").rglob("result.json"))  # the skip, recorded
     assert not list((tmp_path / "artifacts").rglob("serial.log"))  # nothing booted
+
+
+FETCH_SHA = """import requests, hashlib, binascii, time
+t = time.ticks_ms()
+r = requests.get('{url}')
+h = hashlib.sha256()
+buf = bytearray(1024)
+n = 0
+while True:
+    got = r.raw.readinto(buf)
+    if not got:
+        break
+    h.update(memoryview(buf)[:got])
+    n += got
+r.close()
+print(r.status_code, n, binascii.hexlify(h.digest()).decode(), time.ticks_diff(time.ticks_ms(), t))
+"""
+
+
+@pytest.mark.emulation
+def test_the_board_downloads_from_the_host_and_sees_each_fault_as_sent(
+    qemu: Path, wifi_qemu: Path, fw: Callable[[str], Path], tmp_path: Path
+) -> None:
+    """One boot of v1.22.0 in the Wi-Fi QEMU: what the board receives through
+    MicroPython's `requests` is what the server says it sent, fault by fault."""
+    import hashlib
+
+    from harness.emulator import device
+    from harness.emulator.httpserver import HttpServer, Misbehaviour
+    from harness.flash import recipes
+
+    data = bytes((i * 7) & 0xFF for i in range(64 * 1024))
+    ready = launch.prepare(fw("v1.22.0"), launch.Choices(network=True),
+                           recipes.search_path(Path.cwd()))  # fmt: skip
+    assert ready.policy.network
+    cases = {
+        "plain": (Misbehaviour(), data),
+        "flipped": (Misbehaviour(flip=(100, 40000)), _flipped(data, (100, 40000))),
+        "cut": (Misbehaviour(close_after=5000), data[:5000]),
+        "long": (Misbehaviour(content_length=len(data) + 1000), data),
+        "stalled": (Misbehaviour(stall_after=1000, stall_s=2.0), data),
+    }
+    with (
+        HttpServer({"/f.bin": data}) as server,
+        device.boot(
+            ready.build(), device.BootOptions(ready.policy, qemu=wifi_qemu, artifacts=tmp_path)
+        ) as dev,
+    ):
+        dev.wait_prompt(60)
+        assert dev.connect_wifi() == ("10.0.2.15", "255.255.255.0", "10.0.2.2", "10.0.2.3")
+        for name, (how, received) in cases.items():
+            server.misbehave("/f.bin", how)
+            url = server.url("10.0.2.2") + "/f.bin"
+            status, n, sha, ms = dev.repl.exec(FETCH_SHA.format(url=url), 120).split()
+            want = ("200", len(received), hashlib.sha256(received).hexdigest())
+            assert (status, int(n), sha) == want, name
+            if name == "stalled":
+                assert int(ms) >= 2000
+        cmdline = next(tmp_path.glob("*/qemu-cmdline.txt")).read_text()
+    assert str(wifi_qemu) in cmdline and "user,model=misc.esp32_wifi" in cmdline
+    assert [r.sent for r in server.requests] == [len(r) for _, r in cases.values()]
+    assert server.requests[2].outcome == f"closed after 5000 of {len(data)} bytes (asked)"
+
+
+def _flipped(data: bytes, offsets: tuple[int, ...]) -> bytes:
+    out = bytearray(data)
+    for o in offsets:
+        out[o] ^= 0xFF
+    return bytes(out)
