@@ -222,3 +222,19 @@ def _flipped(data: bytes, offsets: tuple[int, ...]) -> bytes:
     for o in offsets:
         out[o] ^= 0xFF
     return bytes(out)
+
+
+def test_a_scenario_naming_the_server_without_a_network_is_refused_in_one_line(
+    tmp_path: Path,
+) -> None:
+    from harness.scenario import format as scenario_format
+
+    path = tmp_path / "s.yaml"
+    path.write_text("title: t\nmatrix: {flash_size: [4MB], firmware: [x.bin]}\nsteps:\n"
+                    "  - boot: prompt\n  - repl: \"print('${http}')\"\n")  # fmt: skip
+    with pytest.raises(scenario_format.ScenarioError) as err:
+        scenario_format.load(path)
+    assert str(err.value) == (f"{path}:5: ${{http}}: the cell has no network: add "
+                              "`requires: [network]` (or a `wifi` step, or `serve:`)")  # fmt: skip
+    path.write_text(path.read_text().replace("title: t\n", "title: t\nrequires: [network]\n"))
+    assert scenario_format.load(path).needs() == {"network"}

@@ -46,6 +46,7 @@ def payload_var(kind: str) -> str:
 # the host's HTTP server as the board reaches it (`http`) and a download's URL (`url`)
 RUNTIME_VARS = ("port", "rfc2217", "run_dir", "image", "python", "http", "url",
                 *(payload_var(k) for k in PAYLOAD_KINDS))  # fmt: skip
+NETWORK_VARS = ("http", "url")  # the host's HTTP server: a networked cell's (`needs()`)
 # a matrix with an `update` axis: the update's file and release (`app-of:${update}`: its app)
 UPDATE_VARS = ("update", "update_version")
 BUILTIN_VARS = ("firmware", "firmware_version", "firmware_dir", "flash_size", "scenario_dir",
@@ -200,6 +201,9 @@ class Scenario(BaseModel):
         if name in UPDATE_VARS and self.matrix.update is None:
             return (f"{self.path}:{line}: ${{{name}}}: the matrix has no `update` axis (add "
                     "`update: [BOARD@VERSION, ...]` under matrix:)")  # fmt: skip
+        if name in NETWORK_VARS and "network" not in self.needs():
+            return (f"{self.path}:{line}: ${{{name}}}: the cell has no network: add "
+                    "`requires: [network]` (or a `wifi` step, or `serve:`)")  # fmt: skip
         part = PARTITION_VAR.fullmatch(name)
         if part:
             return f"{self.path}:{line}: ${{{name}}}: the image has no partition {part.group(1)}"
@@ -300,11 +304,20 @@ def _check_order(scenario: Scenario) -> None:
             )
 
 
-def _check_variables(scenario: Scenario, data: dict[str, Any]) -> None:
-    """Every ${name} used anywhere must be defined (before anything boots)."""
+def _known_vars(scenario: Scenario) -> set[str]:
+    """The variables a scenario may name: the update's with an update axis, the server's
+    in a networked cell."""
     known = {*BUILTIN_VARS, *scenario.vars}
     if scenario.matrix.update is None:
         known -= set(UPDATE_VARS)
+    if "network" not in scenario.needs():
+        known -= set(NETWORK_VARS)
+    return known
+
+
+def _check_variables(scenario: Scenario, data: dict[str, Any]) -> None:
+    """Every ${name} used anywhere must be defined (before anything boots)."""
+    known = _known_vars(scenario)
 
     def walk(value: Any, where: tuple[Any, ...]) -> None:
         if isinstance(value, str):
