@@ -215,6 +215,8 @@ def _write(save: Path, data: dict[str, Any]) -> str:
     save.write_text(header + yaml.safe_dump(data, sort_keys=False, width=100))
     format.load(save)
     size = data["matrix"]["flash_size"][0].lower()
+    if any("wifi" in step for step in data["steps"]):  # a networked cell
+        return f"\nsaved:     {save} (runs in make test-network from scenarios/network/)"
     return f"\nsaved:     {save} (runs in make test-{size})"
 
 
