@@ -238,3 +238,50 @@ def test_a_scenario_naming_the_server_without_a_network_is_refused_in_one_line(
                               "`requires: [network]` (or a `wifi` step, or `serve:`)")  # fmt: skip
     path.write_text(path.read_text().replace("title: t\n", "title: t\nrequires: [network]\n"))
     assert scenario_format.load(path).needs() == {"network"}
+
+
+def test_download_dies_points_spread_over_the_payload_and_its_ends() -> None:
+    from harness.scenario.download import points
+    from harness.scenario.stepformats import DownloadDiesArgs
+
+    ota = {"payload": "app", "method": "download", "command": "x('${url}')"}
+    assert points(DownloadDiesArgs(ota=ota, sweep=2), 900) == [0, 300, 600, 899]
+    assert points(DownloadDiesArgs(ota=ota, at=[5, 1]), 900) == [1, 5]
+    with pytest.raises(Exception, match="900 is not before the payload's end: it has 900 bytes"):
+        points(DownloadDiesArgs(ota=ota, at=[900]), 900)
+    with pytest.raises(ValueError, match="interrupts a download"):
+        DownloadDiesArgs(ota={**ota, "method": "library"}, sweep=2)
+
+
+def test_a_cells_server_serves_its_files_and_is_gone_when_the_attempt_fails(
+    wifi_qemu: Path, fw: Callable[[str], Path], tmp_path: Path
+) -> None:
+    """serving.serve: the scenario's `serve:` files on 127.0.0.1, each request in
+    http.json; an error inside the attempt still stops the server."""
+    import urllib.request
+
+    from harness.scenario import format as scenario_format
+    from harness.scenario import plan, serving
+    from harness.scenario.results import HttpLog
+    from harness.sources.manifest import FirmwareSelector
+
+    (tmp_path / "hello.txt").write_text("hello")
+    path = tmp_path / "s.yaml"
+    matrix = f"matrix: {{flash_size: [4MB], firmware: [{fw('v1.22.0')}]}}\n"
+    path.write_text(f"title: t\n{matrix}serve: {{files: {{/hello.txt: hello.txt}}}}\n"
+                    "steps:\n  - boot: prompt\n")  # fmt: skip
+    [cell] = plan.cells(scenario_format.load(path), FirmwareSelector(download=False),
+                        plan.RunOptions())  # fmt: skip
+    assert isinstance(cell, plan.CellPlan) and cell.policy.network
+    with (
+        pytest.raises(RuntimeError),
+        serving.serve(cell, tmp_path, lambda s: tmp_path / s) as server,
+    ):
+        url = server.url() + "/hello.txt"
+        assert urllib.request.urlopen(url, timeout=10).read() == b"hello"
+        raise RuntimeError("the attempt failed")
+    with pytest.raises(OSError):
+        urllib.request.urlopen(url, timeout=2)
+    log = HttpLog.model_validate_json((tmp_path / "http.json").read_text())
+    assert log.url == f"http://10.0.2.2:{server.port}"
+    assert [(r.path, r.status, r.sent) for r in log.requests] == [("/hello.txt", 200, 5)]
