@@ -57,7 +57,7 @@ while True:
 s.close()
 print(n, time.ticks_diff(time.ticks_ms(), t) / 1000)
 """
-CELLS = {
+CELLS: dict[str, list[dict[str, Any]]] = {
     "staged": [{"ota": {"payload": "app", "method": "staged"}}],
     "library": [{"ota": {"payload": "app", "method": "library", "device_lib": str(LIB),
                          "command": "import ota.update\nota.update.from_file('/fw.bin')"}}],
