@@ -285,3 +285,23 @@ def test_a_cells_server_serves_its_files_and_is_gone_when_the_attempt_fails(
     log = HttpLog.model_validate_json((tmp_path / "http.json").read_text())
     assert log.url == f"http://10.0.2.2:{server.port}"
     assert [(r.path, r.status, r.sent) for r in log.requests] == [("/hello.txt", 200, 5)]
+
+
+def test_a_served_file_that_cannot_be_read_fails_the_cell_in_one_line(
+    wifi_qemu: Path, fw: Callable[[str], Path], tmp_path: Path
+) -> None:
+    from harness.scenario import format as scenario_format
+    from harness.scenario import plan, runner
+    from harness.sources.manifest import FirmwareSelector
+
+    path = tmp_path / "s.yaml"
+    matrix = f"matrix: {{flash_size: [4MB], firmware: [{fw('v1.22.0')}]}}\n"
+    path.write_text(f"title: t\n{matrix}serve: {{files: {{/a.bin: missing.bin}}}}\n"
+                    "steps:\n  - boot: prompt\n")  # fmt: skip
+    [cell] = plan.cells(scenario_format.load(path), FirmwareSelector(download=False),
+                        plan.RunOptions())  # fmt: skip
+    result = runner.run_cell(cell, runner.Setup(tmp_path / "artifacts", "/nonexistent"))
+    assert result.status == "failed"
+    assert result.message.startswith(f"{cell.name}: the HTTP server cannot start: ")
+    assert "missing.bin" in result.message.splitlines()[0]
+    assert not list((tmp_path / "artifacts").rglob("serial.log"))  # nothing booted

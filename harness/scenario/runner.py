@@ -232,9 +232,12 @@ class CellAttempt:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         with self.stack:
             if self.plan.policy.network:  # up before the board, down with the attempt
-                self.http = self.stack.enter_context(
-                    serving.serve(self.plan, self.run_dir, self.payload)
-                )
+                try:
+                    self.http = self.stack.enter_context(
+                        serving.serve(self.plan, self.run_dir, self.payload)
+                    )
+                except HarnessError as exc:  # a `serve:` file that cannot be read
+                    return StepFailed(f"{self.plan.name}: the HTTP server cannot start: {exc}")
             failure = self._steps(self.plan.steps)
             self._finish(failed=failure is not None)
         return failure
