@@ -79,6 +79,13 @@ class Board(Protocol):
     def vm_status(self) -> str | None:
         """QEMU's run state ("running", "paused", ...); None when QEMU cannot say."""
 
+    def read_words(self, address: int, count: int) -> list[int] | None:
+        """32-bit words of the guest's physical memory (device registers through their
+        read ops); None when QEMU cannot say."""
+
+    def guest_resets(self) -> int:
+        """Resets the guest made itself since the last call (or since power-on)."""
+
     @property
     def data(self) -> socket.socket:
         """UART1: a byte pipe for payloads."""
@@ -151,6 +158,12 @@ class QemuBoard:
 
     def vm_status(self) -> str | None:
         return self.machine.vm_status() if self.machine is not None else None
+
+    def read_words(self, address: int, count: int) -> list[int] | None:
+        return self.machine.read_words(address, count) if self.machine is not None else None
+
+    def guest_resets(self) -> int:
+        return self.machine.guest_resets() if self.machine is not None else 0
 
     @property
     def data(self) -> socket.socket:
@@ -313,6 +326,16 @@ class ServedBoard:
         with self._lock:
             machine = self.machine
         return machine.vm_status() if machine is not None else None
+
+    def read_words(self, address: int, count: int) -> list[int] | None:
+        with self._lock:
+            machine = self.machine
+        return machine.read_words(address, count) if machine is not None else None
+
+    def guest_resets(self) -> int:
+        with self._lock:
+            machine = self.machine
+        return machine.guest_resets() if machine is not None else 0
 
     @property
     def data(self) -> socket.socket:

@@ -39,7 +39,7 @@ from ..flash.firmware import sha256_of
 from ..flash.images import BuiltImage
 from ..flash.inputs import read_input
 from ..sources.manifest import Firmware
-from . import faults
+from . import cutfile, faults, verdict
 from .format import payload_var
 from .plan import Cell, CellPlan, Skipped, StepPlan
 from .results import (
@@ -268,6 +268,9 @@ class CellAttempt:
         log = dev.board.log
         first: StepFailed | None = None
         rules = list(log.forbidden)  # not_expect from before the fault holds at every point
+        update = verdict.update_of([r.detail for r in self.timeline])
+        known = verdict.Known.of(branches.before, update)  # the apps a verdict tells apart
+        cutfile.keep(self.run_dir, record.index, branches)  # for `harness powercut export`
         for point, flash in fault.flashes(branches):
             fault.power_on_from(dev, flash)
             log.note(f"power on after `{record.step}` {point.label}")
@@ -276,6 +279,7 @@ class CellAttempt:
             self.booted = None
             failure = self._steps(rest, branch=f"{record.step} {point.short}")
             outcome = self._outcome(record, point, failure, (branches.before, flash), since)
+            outcome.verdict = verdict.judge(dev, known, failure and failure.__cause__)
             branches.outcomes.append(outcome)
             self.faults.append(outcome)
             dev.board.power_cut()
