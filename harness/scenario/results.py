@@ -45,6 +45,7 @@ from ..errors import HarnessError
 from ..flash import formats, ops
 
 SCHEMA = 3  # of result.json, timeline.json, flash-before.json and flash-after.json
+# (a field added with a default, as FaultOutcome.verdict, keeps it: older files read as before)
 RESULT, TIMELINE = "result.json", "timeline.json"
 FLASH_FILES = {"before": "flash-before.json", "after": "flash-after.json"}
 When = Literal["before", "after"]
