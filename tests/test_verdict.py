@@ -199,7 +199,7 @@ def test_bad_export_input_is_one_line(
 def test_the_markdown_summary_counts_the_points_by_verdict(tmp_path: Path) -> None:
     _cell_with_cut(tmp_path / "art")
     text = report.markdown(tmp_path / "art")
-    assert "cut[4mb-v1.25.0] step 3 `power_cut`, 1 points: 1 old app running (ota_0)" in text
+    assert "cut[4mb-v1.25.0] step 3 `power_cut`, 1 point: 1 old app running (ota_0)" in text
 
 
 # -- in QEMU ---------------------------------------------------------------------------

@@ -80,7 +80,8 @@ def verdict_lines(results: list[CellResult]) -> list[str]:
     """Per fault step, its points by what the board ran, judged from its flash and its
     MMU, not asked of the firmware."""
     lines = [
-        f"- {result.name} step {step} `{kind}`, {len(mine)} points: {verdict_counts(mine)}"
+        f"- {result.name} step {step} `{kind}`, {len(mine)} point{'s' * (len(mine) != 1)}: "
+        f"{verdict_counts(mine)}"
         for result in results
         for (step, kind), mine in by_step(result.faults).items()
     ]
