@@ -215,6 +215,7 @@ steps:
       sweep: 2
   - boot: prompt
   - assert_booted: [ota_0, ota_1]
+  - assert_verdict: {{kind: [old app, new app], payload: "app-of:{new}"}}
 """
 
 
@@ -258,6 +259,8 @@ def test_the_verdict_agrees_with_assert_booted_and_an_export_boots_the_same(
     _agrees(result)
     kinds = [o.verdict.kind for o in result.faults if o.verdict]
     assert kinds[0] == "old app" and kinds[-1] == "new app", kinds  # before, after the switch
+    steps = [r.detail for r in result.timeline if r.step == "assert_verdict"]  # the step's own
+    assert [v.kind for v in steps] == kinds and all(isinstance(v, Verdict) for v in steps)
     assert not running_qemus(str(tmp_path))
     for outcome in (result.faults[0], result.faults[-1]):
         out = tmp_path / f"state-{outcome.point.key}.bin"

@@ -27,6 +27,7 @@ from pydantic import (
 from ..chips import names_watchdog_reset
 from ..flash.formats import OtaState, Select
 from ..flash.images import APP_OF
+from .results import VerdictKind
 
 # ota: two OTA slots (made by the OTA recipe where the firmware has none); no-ota: the
 # firmware's own table has none (the plain ESP32_GENERIC layout); spiram: a SPIRAM build;
@@ -413,6 +414,26 @@ class AssertOtadataArgs(Args):
     states: list[str] | None = None
     selects: str | None = None
     valid: bool | None = None
+
+
+@step_format
+class AssertVerdictArgs(Args):
+    """What runs, judged without asking the firmware (docs/scenarios.md, the verdict): the
+    partition the cache MMU maps the code from, and which known image it holds: the `old
+    app` (the one the cell's image boots), the `new app` (`payload`, when given: a payload
+    kind or file), an `other app`, or `nothing` running; one of a list, and from the
+    partition `runs` when given."""
+
+    KIND: ClassVar[str] = "assert_verdict"
+    SHORTHAND: ClassVar[str | None] = "kind"
+
+    kind: VerdictKind | list[VerdictKind]
+    payload: str | None = None
+    runs: str | None = None
+
+    @property
+    def any_of(self) -> list[VerdictKind]:
+        return self.kind if isinstance(self.kind, list) else [self.kind]
 
 
 @step_format

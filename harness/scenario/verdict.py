@@ -68,23 +68,39 @@ class Known:
         table = formats.parse_table(before)
         old_slot = (update.before.boot.slot if update is not None and update.before is not None
                     else formats.FlashState.of(before).boot.slot)  # fmt: skip
-        old = None
-        part = table.get(old_slot) if old_slot else None
-        if part is not None and part.is_app:
-            length = formats.check_app(before[part.offset : part.end]).length
-            if length:
-                app = before[part.offset : part.offset + length]
-                old = KnownImage.of("old app", part.name, app)
-        new = None
         target = table.get(update.target) if update is not None and update.target else None
+        new = None
         if update is not None and target is not None:
-            try:
-                payload = read_input(Path(update.payload))[: target.size]
-            except HarnessError:
-                payload = b""
-            if payload:
-                new = KnownImage.of("new app", target.name, payload)
-        return Known(table, old, new)
+            new = _payload(Path(update.payload), target.name, target.size)
+        return Known(table, _old(before, table, old_slot), new)
+
+    @staticmethod
+    def of_image(image: bytes, payload: Path | None = None) -> Known:
+        """From the image a cell started from (its old app: the slot it boots) and an
+        update's payload file (the new app, wherever it is written)."""
+        table = formats.parse_table(image)
+        room = max((p.size for p in table if p.is_app), default=0)
+        new = _payload(payload, "", room) if payload else None
+        return Known(table, _old(image, table, formats.FlashState.of(image).boot.slot), new)
+
+
+def _old(flash: bytes, table: formats.PartitionTable, slot: str | None) -> KnownImage | None:
+    """The app in `slot` of `flash`, measured as the bootloader reads it."""
+    part = table.get(slot) if slot else None
+    if part is None or not part.is_app:
+        return None
+    length = formats.check_app(flash[part.offset : part.end]).length
+    app = flash[part.offset : part.offset + length] if length else b""
+    return KnownImage.of("old app", part.name, app) if app else None
+
+
+def _payload(path: Path, slot: str, room: int) -> KnownImage | None:
+    """A payload file as an update writes it (cut to its slot's `room`)."""
+    try:
+        data = read_input(path)[:room]
+    except HarnessError:
+        return None
+    return KnownImage.of("new app", slot, data) if data else None
 
 
 def update_of(details: Sequence[object]) -> OtaReport | None:
