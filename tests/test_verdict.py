@@ -236,6 +236,7 @@ def _agrees(result: CellResult) -> None:
                 o.point.label, o.verdict)  # fmt: skip
 
 
+@pytest.mark.slow  # minutes of emulation: run by make test-powerloss
 def test_the_verdict_agrees_with_assert_booted_and_an_export_boots_the_same(
     qemu, fw, firmware_selector, tmp_path
 ) -> None:
