@@ -4,6 +4,7 @@ rebuilt flash equals what a live cut at the same operation leaves."""
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
 from pathlib import Path
@@ -12,13 +13,14 @@ import pytest
 
 from harness.emulator import device, policy
 from harness.emulator.device import BootOptions
-from harness.emulator.flashtrace import TraceFile, parse
+from harness.emulator.flashtrace import TraceFile, parse, parse_reads
 from harness.emulator.qemu import running_qemus
 from harness.errors import StepFailed
 from harness.flash import formats
+from harness.flash.distinct import ReadSet, Reduction, distinct_points, reduce
 from harness.flash.ops import FlashOp, apply, states
 from harness.scenario import format as scenario_format
-from harness.scenario.powercut import Recorded, cut_points
+from harness.scenario.powercut import Cut, Recorded, coverage_line, cut_points
 from harness.scenario.results import load_cell
 from harness.scenario.stepformats import PowerCutArgs
 
@@ -308,3 +310,108 @@ def test_a_cut_by_time_cuts_live_reruns_and_reports_what_it_found(
     assert whole.key == recorded.of and "cut by time: as asked" in whole.label
     assert result.faults[-1].changed  # the whole rewrite changed the filesystem
     assert not running_qemus(str(tmp_path))
+
+
+# -- distinct states, and the classes a power-on cannot tell apart ----------------------
+
+
+def test_an_operation_that_changes_nothing_or_comes_back_adds_no_state() -> None:
+    before = b"\xff" * 0x3000
+    ops = [
+        FlashOp("program", 0x10, 2, b"\xff\xff"),  # programs no bit: no state
+        FlashOp("program", 0x10, 2, b"\x00\x01"),  # new
+        FlashOp("program", 0x10, 2, b"\x00\x01"),  # the bits are already 0: no state
+        FlashOp("erase", 0x2000, 0x1000),  # erased already: no state
+        FlashOp("erase", 0, 0x1000),  # back to the flash before: the same state as 0
+        FlashOp("program", 0x1000, 1, b"\x7f"),  # new
+    ]
+    assert distinct_points(before, ops) == [0, 2, 6]
+
+
+def test_sectors_are_hashed_by_their_number_so_swapped_contents_differ() -> None:
+    before = b"\xff" * 0x2000
+    ops = [FlashOp("program", 0, 1, b"\x00"), FlashOp("erase", 0, 0x1000),
+           FlashOp("program", 0x1000, 1, b"\x00")]  # fmt: skip
+    assert distinct_points(before, ops) == [0, 1, 3]
+
+
+def _drive(before: bytes, ops: list[FlashOp], reads: dict[int, ReadSet | None]) -> Reduction:
+    """`reduce`, sent for each booted state the read-set `reads` gives its point."""
+    into = Reduction()
+    walk = reduce(before, ops, into)
+    sent: ReadSet | None = None
+    booted = []
+    with contextlib.suppress(StopIteration):
+        while True:
+            n, flash = walk.send(sent)
+            assert flash == dict(states(before, ops, [n]))[n]
+            booted.append(n)
+            sent = reads.get(n)
+    assert booted == [c.rep for c in into.classes]
+    return into
+
+
+def test_a_state_joins_the_class_of_a_booted_one_it_agrees_with_on_every_byte_read() -> None:
+    """The power-on from state 0 read otadata (sector 0) and nothing of the slot (sector
+    2): writing the slot makes states it cannot tell apart; otadata's write does not."""
+    before = b"\x00" * 0x20 + b"\xff" * (0x3000 - 0x20)
+    slot = [FlashOp("program", 0x2000 + 16 * i, 16, bytes([i]) * 16) for i in range(5)]
+    ops = [*slot, FlashOp("erase", 0, 0x1000), FlashOp("program", 0, 4, b"\x01\x00\x00\x00")]
+    otadata = ReadSet.of([(0, 0x20)])
+    into = _drive(before, ops, {0: otadata, 6: otadata | ReadSet.of([(0x2000, 0x2050)]),
+                                7: otadata})  # fmt: skip
+    assert [(c.rep, c.states) for c in into.classes] == [(0, [0, 1, 2, 3, 4, 5]), (6, [6]),
+                                                          (7, [7])]  # fmt: skip
+    assert into.distinct == 8
+    assert into.class_of == [0, 0, 0, 0, 0, 0, 1, 2]
+
+
+def test_a_state_that_differs_on_a_byte_read_is_booted_and_unknown_reads_keep_it_alone() -> None:
+    before = b"\xff" * 0x2000
+    ops = [FlashOp("program", 0x1000 + i, 1, b"\x00") for i in range(4)]
+    into = _drive(before, ops, {0: ReadSet.of([(0x1002, 0x1003)]), 3: None})
+    # 1, 2 join 0 (byte 0x1002 unread by them); 3 programs it: booted; 4 joins nothing
+    assert [c.rep for c in into.classes] == [0, 3, 4]
+    assert into.classes[0].states == [0, 1, 2] and into.classes[1].read == -1
+
+
+def test_a_state_that_changes_back_a_byte_read_rejoins_the_class() -> None:
+    before = b"\xff" * 0x2000
+    ops = [FlashOp("program", 0, 1, b"\x00"), FlashOp("erase", 0, 0x1000),
+           FlashOp("program", 1, 1, b"\x00")]  # fmt: skip
+    into = _drive(before, ops, {0: ReadSet.of([(0, 1)]), 1: ReadSet.of([(0, 1)])})
+    assert [(c.rep, c.states) for c in into.classes] == [(0, [0, 3]), (1, [1])]
+    assert into.class_of == [0, 1, 0, 0]  # 2 is state 0 again
+
+
+def test_what_a_power_on_read_is_read_from_qemus_trace() -> None:
+    text = (
+        "m25p80_read_byte [0x55] Read byte 0x8000=0xaa\n"
+        "m25p80_read_byte [0x55] Read byte 0x8001=0x50\n"
+        "memory_region_ops_write cpu 0 mr 0x5 addr 0x3ff10004 value 0x3 size 4 name "
+        "'misc.esp32.dport'\n"  # PRO DROM0 entry 1 -> page 3
+        "memory_region_ops_write cpu 0 mr 0x5 addr 0x3ff12100 value 0x105 size 4 name "
+        "'misc.esp32.dport'\n"  # APP IRAM0 entry, invalid
+        "memory_region_ops_write cpu 0 mr 0x5 addr 0x3ff00040 value 0x28 size 4 name "
+        "'misc.esp32.dport'\n"  # a DPORT register, not the MMU
+        "memory_region_ops_write cpu 0 mr 0x6 addr 0x3ff03000 value 0x7 size 4 name "
+        "'misc.esp32.sha'\n"
+    )
+    reads = parse_reads(text, 0x400000)
+    assert reads.spans == ((0, 0x10000), (0x30000, 0x40000))  # 0x8000 lies in page 0
+    assert parse_reads("m25p80_read_byte [0x1] Read byte 0x20000=0x1\n", 0x400000).spans == (
+        (0, 0x10000), (0x20000, 0x20001))  # fmt: skip
+
+
+def test_a_coverage_line_says_every_state_or_what_was_sampled() -> None:
+    every = Recorded(of=22752, distinct=310, every=True, by_reads=True,
+                     points=[Cut(n, 22752).point() for n in (0, 5, 9)])  # fmt: skip
+    assert coverage_line(every) == (
+        "22,752 operations, 310 distinct states, 3 power-ons, every state covered (3 booted, "
+        "307 read the same as a booted one by every byte its power-on read)"
+    )
+    sampled = Recorded(of=22752, distinct=310, points=[Cut(n, 22752).point() for n in (0, 5, 6)])
+    assert coverage_line(sampled) == (
+        "22,752 operations, 310 distinct states, 3 power-ons, sampled: the states after "
+        "operations 0, 5-6 (`sweep: all` covers every state)"
+    )
