@@ -1,0 +1,64 @@
+"""`sweep: all` is exact: on a small update (littlefs rewriting a file, then otadata
+written by set_boot()), every distinct flash state is booted (`sweep: distinct`, the
+brute force) and each outcome is its class's. A state joins a class only when it agrees
+with the class's booted state on every byte that power-on read, so the two must agree
+on every state; this checks the read-set (QEMU's flash reads and cache MMU pages) misses
+nothing the firmware looks at. Minutes of emulation: run by `make test-powerloss`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from harness.scenario import format as scenario_format
+from harness.scenario import plan, runner
+from harness.scenario.powercut import Recorded
+from harness.scenario.results import CellResult
+
+UPDATE = """title: t
+source: s
+matrix: {{flash_size: [4MB], firmware: [ESP32_GENERIC-OTA@v1.25.0]}}
+steps:
+  - boot: prompt
+  - repl: "with open('/s.txt', 'w') as f: f.write('old.' * 300)"
+  - power_cut:
+      repl: "import esp32\\nwith open('/s.txt', 'w') as f: f.write('new!' * 300)\\n\\
+        esp32.Partition(esp32.Partition.RUNNING).set_boot()"
+      sweep: {sweep}
+  - boot: prompt
+  - repl: {{code: "print(open('/s.txt').read() == 'old.' * 300)", expect: "True"}}
+  - assert_booted: ota_0
+"""
+
+
+def _run(tmp_path: Path, selector, qemu, sweep: str) -> tuple[CellResult, Recorded]:
+    path = tmp_path / f"{sweep}.yaml"
+    path.write_text(UPDATE.format(sweep=sweep))
+    cell = plan.cells(scenario_format.load(path), selector, plan.RunOptions())[0]
+    result = runner.run_cell(cell, runner.Setup(tmp_path / sweep, qemu))
+    recorded = result.detail("power_cut", Recorded)
+    assert recorded is not None and result.faults, result.message
+    return result, recorded
+
+
+@pytest.mark.slow
+def test_every_state_booted_comes_to_its_class_outcome(qemu, firmware_selector, tmp_path) -> None:
+    exact, classes = _run(tmp_path, firmware_selector, qemu, "all")
+    brute, every = _run(tmp_path, firmware_selector, qemu, "distinct")
+    assert (every.of, every.distinct) == (classes.of, classes.distinct)  # the same update
+    assert len(brute.faults) == every.distinct  # each distinct state booted once
+    assert sum(c.states for c in classes.classes) == classes.distinct
+    rep_outcome = {o.point.key: (o.status, o.booted) for o in exact.faults}
+    class_of = {n: c.rep for c in classes.classes for a, b in c.operations
+                for n in range(a, b + 1)}  # fmt: skip
+    differ = [(o.point.key, (o.status, o.booted), rep_outcome[class_of[o.point.key]])
+              for o in brute.faults
+              if (o.status, o.booted) != rep_outcome[class_of[o.point.key]]]  # fmt: skip
+    assert not differ, differ
+    both = {o.status for o in brute.faults}
+    assert both == {"passed", "failed"}  # old file before littlefs commits, new after
+    factor = len(brute.faults) / len(exact.faults)
+    print(f"\n{classes.coverage}\nbrute force: {len(brute.faults)} power-ons; reduction "
+          f"{factor:.1f}x")  # fmt: skip
+    assert factor > 2
