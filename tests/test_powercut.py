@@ -16,11 +16,11 @@ from harness.emulator.device import BootOptions
 from harness.emulator.flashtrace import TraceFile, parse, parse_reads
 from harness.emulator.qemu import running_qemus
 from harness.errors import StepFailed
-from harness.flash import formats
-from harness.flash.distinct import ReadSet, Reduction, distinct_points, reduce
+from harness.flash import formats, torn
+from harness.flash.distinct import ReadSet, Reduction, Seen, distinct_points, reduce
 from harness.flash.ops import FlashOp, apply, states
 from harness.scenario import format as scenario_format
-from harness.scenario.powercut import Cut, Recorded, coverage_line, cut_points
+from harness.scenario.powercut import Cut, PowerCut, Recorded, coverage_line, cut_points
 from harness.scenario.results import load_cell
 from harness.scenario.stepformats import PowerCutArgs
 
@@ -415,3 +415,70 @@ def test_a_coverage_line_says_every_state_or_what_was_sampled() -> None:
         "22,752 operations, 310 distinct states, 3 power-ons, sampled: the states after "
         "operations 0, 5-6 (`sweep: all` covers every state)"
     )
+
+
+def test_a_torn_erase_keeps_some_old_zero_bits_and_a_torn_program_leaves_some_ones() -> None:
+    old = bytes(range(256)) * 16  # a sector of mixed bits
+    erase = FlashOp("erase", 0, 4096)
+    cut = torn.torn(old, erase, torn.rng_for(0, 1))
+    zeros = sum(8 - bin(b).count("1") for b in old)
+    kept = sum(8 - bin(b).count("1") for b in cut)
+    assert all((~c & 0xFF) & o == 0 for c, o in zip(cut, old, strict=True))  # only old 0s
+    assert 0.035 < kept / zeros < 0.055  # 4.5%, the model's figure
+    assert cut == torn.torn(old, erase, torn.rng_for(0, 1))  # the seed decides
+    assert cut != torn.torn(old, erase, torn.rng_for(1, 1))
+    program = FlashOp("program", 0, 64, bytes(64))
+    half = torn.torn(b"\xff" * 64, program, torn.rng_for(0, 2))
+    ones = sum(bin(b).count("1") for b in half)
+    assert 0.35 < ones / 512 < 0.65  # each bit due to go 0 still 1 with p 1/2
+
+
+def test_a_torn_state_joins_a_class_only_by_the_bytes_read() -> None:
+    """A torn program in the unread slot joins state 0's class; torn inside otadata's
+    program, a byte read differs: booted."""
+    before = b"\xff" * 0x3000
+    ops = [FlashOp("program", 0x2000, 16, bytes(16)), FlashOp("program", 0, 4, bytes(4))]
+
+    def tear(old: bytes, op: FlashOp, number: int) -> bytes:
+        return torn.torn(old, op, torn.rng_for(0, number))
+
+    into = Reduction()
+    walk = reduce(before, ops, into, tear)
+    booted, sent = [], None
+    with contextlib.suppress(StopIteration):
+        while True:
+            n, _ = walk.send(sent)
+            booted.append(n)
+            sent = ReadSet.of([(0, 0x10)])
+    assert booted == [0, -2, 2]  # state 0; torn inside op 2 (otadata); after op 2
+    assert into.classes[0].states == [0, -1, 1] and into.torn == 2
+
+
+def test_depth_2_cuts_what_each_booted_power_on_wrote_and_keeps_its_class_exact() -> None:
+    """The power-on from state 0 read otadata (sector 0xd) and wrote it (the bootloader's
+    NEW -> PENDING_VERIFY, say): its two operations are cut too, and a later state joins
+    state 0's class only if it agrees with it on what those second power-ons read."""
+    before = bytearray(b"\xff" * 0x20000)
+    before[0x8000 : 0x8000 + 32] = (
+        formats.PartitionTable(()).to_bytes()[:32] if False else b"\xff" * 32
+    )
+    ops = [FlashOp("program", 0x10000 + 16 * i, 16, bytes(16)) for i in range(3)]
+    recovery = (FlashOp("erase", 0xD000, 0x1000), FlashOp("program", 0xD000, 4, b"\x01\0\0\0"))
+    recorded = Recorded(of=3, before=before, ops=ops, every=True, by_reads=True, depth=2)
+    walk = PowerCut().flashes(recorded)
+    otadata = ReadSet.of([(0xD000, 0xD020)])
+    second_read = otadata | ReadSet.of([(0x10010, 0x10011)])  # a second power-on read op 2's byte
+    booted = []
+    sent = None
+    with contextlib.suppress(StopIteration):
+        while True:
+            point, _ = walk.send(sent)
+            booted.append(point.short)
+            first = point.key == 0
+            sent = Seen(otadata if first else second_read, recovery if first else ())
+    # state 0, its recovery's program (the erase of an erased sector adds no state), then
+    # op 2 changed a byte a second power-on read: booted, with its own second cuts
+    assert booted[:2] == ["0/3", "0/3+2/2"]
+    assert "2/3" in booted
+    assert recorded.second >= 1 and recorded.second_ops >= 2
+    assert "second cuts" in recorded.coverage

@@ -1,6 +1,7 @@
 """`sweep: all` is exact: on a small update (littlefs rewriting a file, then otadata
-written by set_boot()), every distinct flash state is booted (`sweep: distinct`, the
-brute force) and each outcome is its class's. A state joins a class only when it agrees
+written by set_boot()), every distinct flash state, and the state torn inside each
+operation, is booted (`sweep: distinct`, the brute force) and each outcome is its
+class's. A state joins a class only when it agrees
 with the class's booted state on every byte that power-on read, so the two must agree
 on every state; this checks the read-set (QEMU's flash reads and cache MMU pages) misses
 nothing the firmware looks at. Minutes of emulation: run by `make test-powerloss`."""
@@ -26,6 +27,7 @@ steps:
       repl: "import esp32\\nwith open('/s.txt', 'w') as f: f.write('new!' * 300)\\n\\
         esp32.Partition(esp32.Partition.RUNNING).set_boot()"
       sweep: {sweep}
+      torn: true
   - boot: prompt
   - repl: {{code: "print(open('/s.txt').read() == 'old.' * 300)", expect: "True"}}
   - assert_booted: ota_0
@@ -47,11 +49,15 @@ def test_every_state_booted_comes_to_its_class_outcome(qemu, firmware_selector, 
     exact, classes = _run(tmp_path, firmware_selector, qemu, "all")
     brute, every = _run(tmp_path, firmware_selector, qemu, "distinct")
     assert (every.of, every.distinct) == (classes.of, classes.distinct)  # the same update
-    assert len(brute.faults) == every.distinct  # each distinct state booted once
+    assert every.torn == classes.torn > 0  # the same seed: the same torn states
+    assert len(brute.faults) == every.distinct + every.torn  # each state booted once
     assert sum(c.states for c in classes.classes) == classes.distinct
+    assert sum(c.torn for c in classes.classes) == classes.torn
     rep_outcome = {o.point.key: (o.status, o.booted) for o in exact.faults}
     class_of = {n: c.rep for c in classes.classes for a, b in c.operations
                 for n in range(a, b + 1)}  # fmt: skip
+    class_of |= {-k: c.rep for c in classes.classes for a, b in c.torn_in
+                 for k in range(a, b + 1)}  # fmt: skip
     differ = [(o.point.key, (o.status, o.booted), rep_outcome[class_of[o.point.key]])
               for o in brute.faults
               if (o.status, o.booted) != rep_outcome[class_of[o.point.key]]]  # fmt: skip

@@ -30,9 +30,9 @@ from pathlib import Path
 from typing import Protocol
 
 from ..errors import FlashTraceUnavailable, HarnessError, QemuExited
-from ..flash.distinct import ReadSet
+from ..flash.distinct import Seen
 from .console import SerialLog
-from .flashtrace import READ_EVENTS, TRACE_FILE, TraceFile
+from .flashtrace import EVENTS, READ_EVENTS, TRACE_FILE, TraceFile
 from .qemu import CpuState, Machine, MachineSetup
 from .serialport import SerialRelay
 
@@ -69,10 +69,12 @@ class Board(Protocol):
         last start (harness.emulator.flashtrace)."""
 
     def record_reads(self, on: bool) -> None:
-        """From the next power-on, report (True) or not what the guest reads of the flash."""
+        """From the next power-on, report (True) or not what the guest reads of the flash
+        and the operations it makes on it."""
 
-    def reads(self) -> ReadSet:
-        """What the guest read of the flash since this power-on (`record_reads`)."""
+    def seen(self) -> Seen:
+        """What the guest read of the flash since this power-on, and the operations it
+        made (`record_reads`)."""
 
     def pause(self) -> None:
         """Stop the emulated CPUs; the flash file then holds every write made so far."""
@@ -130,20 +132,20 @@ class QemuBoard:
             attach(sock)
             if self.reading is not None:
                 self.reading.mark()  # QEMU opened the trace anew: from here
-                machine.trace_flash(True, READ_EVENTS)
+                machine.trace_flash(True, READ_EVENTS + EVENTS)
 
         machine.start(wired)
 
     def record_reads(self, on: bool) -> None:
         self.reading = TraceFile(self.trace.path) if on else None
 
-    def reads(self) -> ReadSet:
+    def seen(self) -> Seen:
         if self.reading is None:
             raise HarnessError("the board is not recording what it reads")
         with contextlib.suppress(HarnessError):  # gone already: its trace is complete
             self.pause()
         size = self.flash.stat().st_size
-        return self.reading.reads(size)
+        return Seen(self.reading.reads(size), tuple(self.reading.ops(size)))
 
     def _running(self) -> Machine:
         if self.machine is None:
@@ -294,7 +296,7 @@ class ServedBoard:
             raise FlashTraceUnavailable("a served board's power-ons are not traced for what "
                                         "they read")  # fmt: skip
 
-    def reads(self) -> ReadSet:
+    def seen(self) -> Seen:
         raise FlashTraceUnavailable("a served board does not record what it reads")
 
     def pause(self) -> None:

@@ -20,7 +20,7 @@ Exact: nothing is sampled, and nothing is assumed about the firmware.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Generator, Iterable, Sequence
+from collections.abc import Callable, Generator, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from . import formats
@@ -64,6 +64,14 @@ class ReadSet:
                 lo, hi = max(start, sector * SECTOR), min(end, (sector + 1) * SECTOR)
                 out.setdefault(sector, []).append((lo, hi))
         return {s: tuple(v) for s, v in out.items()}
+
+
+@dataclass(frozen=True)
+class Seen:
+    """What a power-on read of the flash, and the operations it made on it."""
+
+    reads: ReadSet
+    writes: tuple[FlashOp, ...] = ()
 
 
 class Walk:
@@ -133,6 +141,11 @@ class Rep:
         spans = reads.by_sector()
         return cls(point, index, spans, {s: _gather(flash, v) for s, v in spans.items()})
 
+    def agrees(self, flash: bytearray, sectors: Iterable[int]) -> bool:
+        """`flash` has the bytes this rep's power-on read in `sectors`, as they were."""
+        return all(_gather(flash, self.reads[s]) == self.saved[s] for s in sectors
+                   if s in self.reads)  # fmt: skip
+
     def update(self, flash: bytearray, touched: Iterable[int]) -> None:
         for sector in touched:
             spans = self.reads.get(sector)
@@ -150,8 +163,9 @@ def _gather(flash: bytearray, spans: Iterable[tuple[int, int]]) -> bytes:
 
 @dataclass
 class CutClass:
-    """States that a power-on cannot tell apart: the one booted (`rep`), and the distinct
-    states that joined it, as operation counts (the rep first)."""
+    """States that a power-on cannot tell apart: the one booted (`rep`), and the states
+    that joined it (the rep first): operation counts, and -k for the state torn inside
+    operation k."""
 
     rep: int
     states: list[int]
@@ -161,51 +175,107 @@ class CutClass:
 @dataclass
 class Reduction:
     """What `reduce` came to: the classes in the order their reps were booted, the
-    distinct states, and each operation count's class (its index in `classes`)."""
+    distinct states (and torn ones), and each operation count's class (its index in
+    `classes`)."""
 
     classes: list[CutClass] = field(default_factory=list)
     distinct: int = 0
+    torn: int = 0
     class_of: list[int] = field(default_factory=list)  # per operation count 0..len(ops)
 
 
+Tear = Callable[[bytes, FlashOp, int], bytes]  # (old bytes, op, its number) -> torn bytes
+
+
+Visits = Generator[tuple[int, bytes], ReadSet | None, None]
+
+
 def reduce(
-    before: bytes, ops: Sequence[FlashOp], into: Reduction
-) -> Generator[tuple[int, bytes], ReadSet | None, None]:
+    before: bytes, ops: Sequence[FlashOp], into: Reduction, tear: Tear | None = None
+) -> Visits:
     """Yield (operations done, flash) for each state to boot, in order, and be sent what
     its power-on read (None: unknown, so no other state joins it); `into` gets the
     classes. Every distinct state is booted or agrees, on every byte a booted state's
-    power-on read, with that booted state."""
-    walk = Walk(before, ops)
-    reps: list[Rep] = []
-    by_print: dict[int, int] = {}  # fingerprint -> class
+    power-on read, with that booted state. With `tear`, so is the state torn inside each
+    operation that changes the flash (yielded as -k for operation k, from 1)."""
+    return _Reducer(Walk(before, ops), into, tear).run()
 
-    def place(touched: Iterable[int], new: bool) -> int:
-        for rep in reps:
-            rep.update(walk.flash, touched)
-        if not new:
-            return by_print[walk.fingerprint]
-        into.distinct += 1
-        for rep in reversed(reps):  # the latest first: the likeliest
-            if not rep.differs:
-                into.classes[rep.index].states.append(walk.done)
+
+class _Reducer:
+    def __init__(self, walk: Walk, into: Reduction, tear: Tear | None) -> None:
+        self.walk, self.into, self.tear = walk, into, tear
+        self.reps: list[Rep] = []
+        self.by_print: dict[int, int] = {}  # fingerprint -> class
+
+    def run(self) -> Visits:
+        walk, into = self.walk, self.into
+        touched: Iterable[int] = ()
+        new = True
+        while True:
+            for rep in self.reps:
+                rep.update(walk.flash, touched)
+            if new:
+                into.distinct += 1
+                index = self.joins()
+                if index < 0:
+                    index = yield from self.boot(walk.done)
+                else:
+                    into.classes[index].states.append(walk.done)
+                self.by_print.setdefault(walk.fingerprint, index)
+            into.class_of.append(self.by_print[walk.fingerprint])
+            if walk.done == len(walk.ops):
+                return
+            if self.tear is not None:
+                yield from self.torn(self.tear)
+            new, touched = walk.step()
+
+    def joins(self, torn: range | None = None) -> int:
+        """The class of the walk's flash (`torn`: the sectors a torn operation left as
+        they are not in the walk's state), or -1."""
+        for rep in reversed(self.reps):  # the latest first: the likeliest
+            if torn is None and not rep.differs:
+                return rep.index
+            if (
+                torn is not None
+                and not rep.differs - set(torn)
+                and rep.agrees(self.walk.flash, torn)
+            ):
                 return rep.index
         return -1
 
-    touched: Iterable[int] = ()
-    new = True
-    while True:
-        index = place(touched, new)
-        if index < 0:  # agrees with no booted state: boot it
-            reads = yield walk.done, bytes(walk.flash)
-            index = len(into.classes)
-            into.classes.append(CutClass(walk.done, [walk.done], reads.size if reads else -1))
-            if reads is not None:
-                reps.append(Rep.of(walk.done, index, reads, walk.flash))
-        by_print.setdefault(walk.fingerprint, index)
-        into.class_of.append(index)
-        if walk.done == len(ops):
+    def boot(self, point: int) -> Generator[tuple[int, bytes], ReadSet | None, int]:
+        """Have the walk's flash booted: a class of its own."""
+        reads = yield point, bytes(self.walk.flash)
+        index = len(self.into.classes)
+        self.into.classes.append(CutClass(point, [point], reads.size if reads else -1))
+        if reads is not None:
+            self.reps.append(Rep.of(point, index, reads, self.walk.flash))
+        return index
+
+    def torn(self, tear: Tear) -> Visits:
+        """The state torn inside the walk's next operation: placed in a class, or booted."""
+        walk = self.walk
+        op = walk.ops[walk.done]
+        number, end = walk.done + 1, op.offset + op.length
+        old = bytes(walk.flash[op.offset : end])
+        cut = tear(old, op, number)
+        after = bytearray(old)
+        apply(after, FlashOp(op.kind, 0, op.length, op.data))
+        if cut in (old, bytes(after)):  # torn, it is the state before or after: none new
             return
-        new, touched = walk.step()
+        self.into.torn += 1
+        sectors = range(op.offset // SECTOR, (end - 1) // SECTOR + 1)
+        walk.flash[op.offset : end] = cut
+        try:
+            index = self.joins(sectors)
+            if index < 0:
+                yield from self.boot(-number)
+            else:
+                self.into.classes[index].states.append(-number)
+        finally:
+            walk.flash[op.offset : end] = old
+        for rep in self.reps:  # one made of the torn flash: where it differs from the walk's
+            rep.update(walk.flash, sectors)
 
 
 def runs(points: Iterable[int]) -> list[tuple[int, int]]:

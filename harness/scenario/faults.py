@@ -10,10 +10,10 @@ returns its detail, a `Branches`. The runner (harness.scenario.runner) then take
 each point, the flash the fault `flashes` for it, has the fault set the board to
 `power_on_from` it, and runs the steps after the fault from that power-on (they start
 with `boot`). A fault whose points depend on what each power-on read (`reads`: a power
-cut over every distinct state) is sent it, a `ReadSet`, before it names its next point;
-it may then set the points' `covers` and its `coverage` line. Each point's outcome is a
-`FaultOutcome` (harness.scenario.results), the same for every fault: the reports, JUnit
-and `harness repro` know no fault by name.
+cut over every distinct state) is sent it (a `Seen`: what it read, and wrote) before it
+names its next point; it may then set the points' `covers` and its `coverage` line.
+Each point's outcome is a `FaultOutcome` (harness.scenario.results), the same for every
+fault: the reports, JUnit and `harness repro` know no fault by name.
 
 Adding a fault is its format (harness.scenario.stepformats, `FAULT` set) and a module
 with its `Fault` (docs/architecture.md); a plugin's format names its own module.
@@ -32,7 +32,7 @@ from pydantic import Field
 
 from ..errors import HarnessError
 from ..flash import formats
-from ..flash.distinct import ReadSet
+from ..flash.distinct import Seen
 from ..flash.ops import changed_stretches
 from .results import FaultOutcome, FaultPoint
 from .stepformats import Args
@@ -59,7 +59,7 @@ class Branches:
 
 A_contra = TypeVar("A_contra", bound=Args, contravariant=True)
 # the points of a fault, each with its flash; sent what the last power-on read (or None)
-Flashes = Generator[tuple[FaultPoint, bytes], ReadSet | None, None]
+Flashes = Generator[tuple[FaultPoint, bytes], Seen | None, None]
 R = TypeVar("R", bound=Branches)
 
 
@@ -78,7 +78,7 @@ class Fault(Protocol[A_contra, R]):
 
     def flashes(self, recorded: R) -> Flashes:
         """Each point with the flash it leaves, in order; sent what the power-on from the
-        last one read when `reads` says so (else None). The points are
+        last one read and wrote when `reads` says so (else None). The points are
         `recorded.points`, or, for a fault that chooses as it goes, appended to them."""
         ...
 

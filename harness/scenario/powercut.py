@@ -14,14 +14,14 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Annotated, Literal
 
 from pydantic import Field
 
 from ..errors import FlashTraceUnavailable, StepFailed
-from ..flash import distinct, formats
+from ..flash import distinct, formats, torn
 from ..flash.ops import FlashOp, partition_at, states, where
 from .faults import Branches, Fault, Flashes
 from .results import FaultPoint
@@ -41,6 +41,8 @@ class CutClass:
     states: int  # distinct states in the class, the rep's included
     operations: list[tuple[int, int]]  # (first, last) runs of the operation counts it holds
     read: int  # bytes the rep's power-on read (-1: not traced, the class is the rep alone)
+    torn: int = 0  # torn states in the class
+    torn_in: list[tuple[int, int]] = field(default_factory=list)  # their operations, as runs
 
 
 @dataclass(kw_only=True)
@@ -55,6 +57,11 @@ class Recorded(Branches):
     distinct: int = 0  # distinct flash states the operations pass through (0 included)
     every: bool = False  # `sweep: all`: every distinct state, booted or in a booted one's class
     by_reads: bool = False  # ... a state joins a booted one's class by what its power-on read
+    seed: int | None = None  # `torn: true`: the seed torn states are drawn by (None: none)
+    torn: int = 0  # the torn states covered (one inside each operation that changes a bit)
+    depth: int = 1  # 2: the power-ons' own operations cut too
+    second: int = 0  # second-cut states covered (distinct and torn)
+    second_ops: int = 0  # the operations the power-ons made that were cut
     classes: list[CutClass] = field(default_factory=list)
     # the step's operations, and (cut by time) the flash each live cut left by its
     # moment in ms: for the run, kept out of timeline.json
@@ -74,6 +81,7 @@ class Cut:
     next: str = ""  # the operation the cut stopped ("" when all were done)
     offset: int = -1  # where the operation the cut stopped (or the last one) was
     why: str = ""  # cut by time, and why ("" when by operations)
+    torn: bool = False  # the cut came inside operation `after + 1` (`next`), torn by a model
 
     def point(self) -> FaultPoint:
         """The cut as a fault point: its place, in a sentence, and how to rerun it."""
@@ -83,6 +91,12 @@ class Cut:
                      f"by time: {self.why})")  # fmt: skip
             rerun = "a cut by time lands where the host's speed puts it: rerun the sweep"
             return FaultPoint(self.after, short, label, f"by time, {self.why}", rerun=rerun)
+        if self.torn:
+            k = self.after + 1
+            return FaultPoint(-k, f"{k}~/{self.of}", f"inside operation {k} of {self.of} "
+                              f"({self.next}), torn as the {torn.MODEL}", f"torn {self.next}",
+                              self.offset, "a torn state is drawn by the seed: rerun the "
+                              "sweep with the same `seed`")  # fmt: skip
         if self.of == 0:
             label = "now, between steps"
         elif self.after == 0:
@@ -117,12 +131,14 @@ class PowerCut(Fault[PowerCutArgs, Recorded]):
         recorded.distinct = len(distinct.distinct_points(recorded.before, ops))
         if args.sweep in ("all", "distinct"):  # chosen as the power-ons go (`flashes`)
             recorded.every, recorded.by_reads = True, args.sweep == "all"
+            recorded.seed = args.seed if args.torn else None
+            recorded.depth = args.depth
             cut_points(args, ops, table)  # a step with no operations: said now
             return []
         return [_cut(ops, table, n).point() for n in cut_points(args, ops, table)]
 
     def reads(self, recorded: Recorded) -> bool:
-        return recorded.by_reads
+        return recorded.by_reads or recorded.depth == 2
 
     def flashes(self, recorded: Recorded) -> Flashes:
         """Each point's flash: found by a live cut (by time), else rebuilt in one pass;
@@ -148,34 +164,121 @@ def _cut(ops: Sequence[FlashOp], table: formats.PartitionTable, n: int) -> Cut:
                ops[min(n, len(ops) - 1)].offset)  # fmt: skip
 
 
+SECOND = 10**9  # a second cut's point key: from here up, in the order they were booted
+Tear = Callable[[bytes, FlashOp, int], bytes] | None
+
+
+def _tear(seed: int | None, depth: int) -> Tear:
+    """The torn state inside an operation (its number, from 1), drawn by `seed`."""
+    if seed is None:
+        return None
+    return lambda old, op, number: torn.torn(old, op, torn.rng_for(seed, number, depth))
+
+
 def _every_state(recorded: Recorded) -> Flashes:
-    """Every distinct state: boot those no earlier power-on covers, learn what each read,
-    and name each class's states on its point."""
+    """Every distinct state: boot those no earlier power-on covers, learn what each read
+    (and, `depth: 2`, cut what it wrote the same way), and name each class's states on
+    its point."""
     ops = recorded.ops
     table = formats.with_fs_region(formats.parse_table(recorded.before), len(recorded.before))
     reduction = distinct.Reduction()
-    walk = distinct.reduce(recorded.before, ops, reduction)
-    read: distinct.ReadSet | None = None
+    walk = distinct.reduce(recorded.before, ops, reduction, _tear(recorded.seed, 1))
+    covers: dict[int, str] = {}  # second cuts: point key -> what it stands for
+    sent: distinct.ReadSet | None = None
     while True:
         try:
-            n, flash = walk.send(read)
+            n, flash = walk.send(sent)
         except StopIteration:
             break
-        point = _cut(ops, table, n).point()
+        cut = _cut(ops, table, n) if n >= 0 else replace(_cut(ops, table, -n - 1), torn=True)
+        point = cut.point()
         recorded.points.append(point)
-        read = yield point, flash
-    held: dict[int, list[int]] = {}
+        seen = yield point, flash
+        sent = seen.reads if seen is not None and recorded.by_reads else None
+        if recorded.depth == 2 and seen is not None and seen.writes:
+            second = yield from _second_cuts(recorded, point, flash, seen, covers)
+            sent = sent and second  # a state joins only if its second cuts would too
+    held: dict[int, list[int]] = {i: [] for i in range(len(reduction.classes))}
     for n, index in enumerate(reduction.class_of):
-        held.setdefault(index, []).append(n)
-    recorded.classes = [CutClass(c.rep, len(c.states), distinct.runs(held[i]), c.read)
-                        for i, c in enumerate(reduction.classes)]  # fmt: skip
-    recorded.points = [
-        replace(p, covers=f"{c.states:,} state{'s' * (c.states > 1)}, operations "
-                          f"{distinct.runs_text(held[i])}")
-        for i, (p, c) in enumerate(zip(recorded.points, recorded.classes, strict=True))
+        held[index].append(n)
+    recorded.classes = [
+        CutClass(c.rep, sum(n >= 0 for n in c.states), distinct.runs(held[i]), c.read,
+                 sum(n < 0 for n in c.states), distinct.runs(-n for n in c.states if n < 0))
+        for i, c in enumerate(reduction.classes)
     ]  # fmt: skip
-    recorded.distinct = reduction.distinct
+    covers |= {c.rep: _covers(c, held[i]) for i, c in enumerate(recorded.classes)}
+    recorded.points = [replace(p, covers=covers.get(p.key, "")) for p in recorded.points]
+    recorded.distinct, recorded.torn = reduction.distinct, reduction.torn
     recorded.coverage = coverage_line(recorded)
+
+
+Second = Generator[tuple[FaultPoint, bytes], distinct.Seen | None, distinct.ReadSet | None]
+
+
+def _second_cuts(
+    recorded: Recorded, first: FaultPoint, flash: bytes, seen: distinct.Seen, covers: dict[int, str]
+) -> Second:
+    """The power-on from `first` wrote `seen.writes`: cut those too, as the step's own
+    (their distinct and torn states, reduced by what each power-on read). Returns every
+    byte those power-ons read with what `first`'s read: a state of `first`'s class that
+    agrees with it there makes the same writes, and its second cuts agree with these on
+    every byte their power-ons read (None: unknown)."""
+    writes = list(seen.writes)
+    into = distinct.Reduction()
+    walk = distinct.reduce(flash, writes, into, _tear(recorded.seed, 2))
+    table = formats.with_fs_region(formats.parse_table(flash), len(flash))
+    union: distinct.ReadSet | None = seen.reads
+    sent: distinct.ReadSet | None = None
+    keys: dict[int, int] = {}  # the second walk's point -> the point key booted for it
+    while True:
+        try:
+            m, after = walk.send(sent)
+        except StopIteration:
+            break
+        if m == 0:  # the first power-on itself: what it read is known
+            sent = seen.reads if recorded.by_reads else None
+            continue
+        point = _second_point(first, writes, table, m, len(recorded.points))
+        keys[m] = point.key
+        recorded.points.append(point)
+        again = yield point, after
+        sent = again.reads if again is not None and recorded.by_reads else None
+        union = union | sent if union is not None and sent is not None else None
+    recorded.second += into.distinct - 1 + into.torn
+    recorded.second_ops += len(writes)
+    for c in into.classes:
+        if c.rep in keys:
+            held = len(c.states)
+            covers[keys[c.rep]] = (f"{held:,} second-cut state{'s' * (held != 1)} of the "
+                                   f"{len(writes):,} operations the power-on from "
+                                   f"{first.short} made")  # fmt: skip
+    return union
+
+
+def _second_point(first: FaultPoint, writes: Sequence[FlashOp], table: formats.PartitionTable,
+                  m: int, count: int) -> FaultPoint:  # fmt: skip
+    """The second cut after `m` of `writes` (-m: inside operation m, torn)."""
+    k = abs(m)
+    op = writes[k - 1]
+    inside = m < 0
+    short = f"{first.short}+{k}{'~' if inside else ''}/{len(writes)}"
+    how = (f"inside operation {k}, torn as the {torn.MODEL}" if inside
+           else f"after operation {k}")  # fmt: skip
+    label = (f"{how} of the {len(writes)} that the power-on after cut {first.short} made "
+             f"({where(op, table)}): a second cut")  # fmt: skip
+    did = f"second cut {'inside' if inside else 'after'} {where(op, table)}"
+    return FaultPoint(SECOND + count, short, label, did, op.offset,
+                      "a second cut: rerun the sweep (`depth: 2`)")  # fmt: skip
+
+
+def _covers(c: CutClass, held: list[int]) -> str:
+    """`412 states, operations 3-2,301 (and 5 torn states)`: what a class holds."""
+    text = f"{c.states:,} state{'s' * (c.states != 1)}"
+    if held:
+        text += f", operations {distinct.runs_text(held)}"
+    if c.torn:
+        text += f" (and {c.torn:,} torn state{'s' * (c.torn != 1)})"
+    return text
 
 
 def coverage_line(recorded: Recorded) -> str:
@@ -184,9 +287,16 @@ def coverage_line(recorded: Recorded) -> str:
     head = (f"{recorded.of:,} operations, {recorded.distinct:,} distinct states, "
             f"{booted:,} power-on{'s' * (booted != 1)}")  # fmt: skip
     if recorded.every:
-        same = recorded.distinct - booted
+        states = recorded.distinct + recorded.torn + recorded.second
+        same = states - booted
         how = (f" ({booted:,} booted, {same:,} read the same as a booted one by every byte "
                "its power-on read)" if same else "")  # fmt: skip
+        if recorded.seed is not None:
+            head += (f", {recorded.torn:,} torn states (seed {recorded.seed}; the "
+                     f"{torn.MODEL})")  # fmt: skip
+        if recorded.depth == 2:
+            head += (f", second cuts: {recorded.second:,} states of the {recorded.second_ops:,} "
+                     "operations the booted power-ons made")  # fmt: skip
         return f"{head}, every state covered{how}"
     return _sampled(recorded)
 

@@ -35,7 +35,7 @@ from ..emulator.device import BootOptions, Device, boot
 from ..emulator.policy import retryable
 from ..errors import FlashTraceUnavailable, HarnessError, StepFailed, UnexpectedOutput
 from ..flash import formats, images
-from ..flash.distinct import ReadSet
+from ..flash.distinct import ReadSet, Seen
 from ..flash.firmware import sha256_of
 from ..flash.images import BuiltImage
 from ..flash.inputs import read_input
@@ -271,10 +271,10 @@ class CellAttempt:
         rules = list(log.forbidden)  # not_expect from before the fault holds at every point
         points = fault.flashes(branches)
         reading = fault.reads(branches)
-        read: ReadSet | None = None
+        seen: Seen | None = None
         while True:
             try:
-                point, flash = points.send(read)
+                point, flash = points.send(seen)
             except StopIteration:
                 break
             fault.power_on_from(dev, flash)
@@ -285,7 +285,7 @@ class CellAttempt:
             self.booted = None
             failure = self._steps(rest, branch=f"{record.step} {point.short}")
             outcome = self._outcome(record, point, failure, (branches.before, flash), since)
-            read = _what_was_read(dev, rest, flash) if reading else None  # asking it, too
+            seen = _what_was_seen(dev, rest, flash) if reading else None  # asking it, too
             branches.outcomes.append(outcome)
             self.faults.append(outcome)
             dev.board.power_cut()
@@ -450,24 +450,25 @@ def _record_reads(dev: Device, on: bool) -> bool:
     return True
 
 
-def _what_was_read(dev: Device, steps: Sequence[StepPlan], flash: bytes) -> ReadSet | None:
-    """What the power-on from `flash` and the `steps` after it read of the flash: what
+def _what_was_seen(dev: Device, steps: Sequence[StepPlan], flash: bytes) -> Seen | None:
+    """What the power-on from `flash` and the `steps` after it read of the flash (what
     the guest read, as the board traced it, and what the host read for the steps that
-    look at the flash file themselves. None: unknown."""
+    look at the flash file themselves) and the operations the guest made. None: unknown."""
     try:
-        read = dev.board.reads()
+        seen = dev.board.seen()
     except HarnessError:
         return None
+    read = seen.reads
     kinds = {step.kind for step in steps} - GUEST_READS_ONLY
-    if kinds - OTADATA_READS:
-        return ReadSet.of([(0, len(flash))])  # the host read it: every byte counts
+    if kinds - OTADATA_READS:  # the host read it: every byte counts
+        return Seen(ReadSet.of([(0, len(flash))]), seen.writes)
     if kinds:
         table = formats.parse_table(flash)
         where = [(formats.TABLE_OFFSET, formats.TABLE_OFFSET + formats.SECTOR)]
         if table.otadata is not None:
             where.append((table.otadata.offset, table.otadata.offset + table.otadata.size))
         read = read | ReadSet.of(where)
-    return read
+    return Seen(read, seen.writes)
 
 
 def _image_used(name: str, built: BuiltImage) -> ImageUsed:

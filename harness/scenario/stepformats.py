@@ -439,7 +439,11 @@ class PowerCutArgs(Args):
     every point does. Points: `sweep: all` covers every distinct flash state the step
     passes through, booting only those that differ, on a byte an earlier power-on read,
     from every state booted before (docs/architecture.md; `sweep: distinct` boots every
-    distinct state, the brute force that checks it); `sweep: K` spreads K over the
+    distinct state, the brute force that checks it; `torn: true` adds, inside each
+    operation that changes a bit, the state a torn erase or program leaves, by a model
+    drawn by `seed`: harness.flash.torn; `depth: 2` also cuts, the same way, the flash
+    operations each power-on after a cut makes, as the bootloader's otadata update,
+    MicroPython's first-boot filesystem and littlefs's commits); `sweep: K` spreads K over the
     step's operations, plus its
     boundaries (before the first operation, before otadata is touched and after each of
     its operations, after the last); `at:` names operation counts (0: before the first);
@@ -463,6 +467,9 @@ class PowerCutArgs(Args):
     sweep: PositiveInt | Literal["all", "distinct"] | None = None
     at: list[NonNegativeInt] | None = None
     within: str | None = None
+    torn: bool = False
+    seed: int = 0
+    depth: Literal[1, 2] = 1
 
     @model_validator(mode="after")
     def _one_step_one_choice(self) -> PowerCutArgs:
@@ -478,6 +485,10 @@ class PowerCutArgs(Args):
         if len(chosen) != 1:
             raise ValueError("power_cut needs one of `sweep: K`, `at: [N, ...]`, `within: "
                              "PARTITION`")  # fmt: skip
+        if (self.torn or self.depth == 2) and self.sweep not in ("all", "distinct"):
+            what = "torn: true cuts inside" if self.torn else "depth: 2 cuts the power-ons' own"
+            raise ValueError(f"{what} every operation: it takes `sweep: all` (or `sweep: "
+                             "distinct`)")  # fmt: skip
         if self.by == "time" and not isinstance(self.sweep, int):
             raise ValueError("a cut by time takes `sweep: K` (K points spread over the step's "
                              "duration)")  # fmt: skip
