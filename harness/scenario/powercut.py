@@ -128,14 +128,15 @@ class PowerCut(Fault[PowerCutArgs, Recorded]):
             return [Cut(0, 0).point()]
         ops = recorded.ops
         table = formats.with_fs_region(formats.parse_table(recorded.before), len(recorded.before))
-        recorded.distinct = len(distinct.distinct_points(recorded.before, ops))
         if args.sweep in ("all", "distinct"):  # chosen as the power-ons go (`flashes`)
             recorded.every, recorded.by_reads = True, args.sweep == "all"
             recorded.seed = args.seed if args.torn else None
             recorded.depth = args.depth
             cut_points(args, ops, table)  # a step with no operations: said now
             return []
-        return [_cut(ops, table, n).point() for n in cut_points(args, ops, table)]
+        points = cut_points(args, ops, table)
+        recorded.distinct = len(distinct.distinct_points(recorded.before, ops))
+        return [_cut(ops, table, n).point() for n in points]
 
     def reads(self, recorded: Recorded) -> bool:
         return recorded.by_reads or recorded.depth == 2
