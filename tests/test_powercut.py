@@ -167,6 +167,13 @@ def _power_cut(args: str) -> str:
          "need exactly one `boot` step"),
         (BOOT + _power_cut("ota: {payload: app}, by: time, at: [3]") + BOOT,
          "a cut by time takes `sweep: K`"),
+        (BOOT + _power_cut("ota: {payload: app}, by: time, sweep: all") + BOOT,
+         "a cut by time takes `sweep: K`"),
+        (BOOT + _power_cut("ota: {payload: app}, sweep: 4, torn: true") + BOOT,
+         "torn: true cuts inside every operation: it takes `sweep: all`"),
+        (BOOT + _power_cut("ota: {payload: app}, at: [3], depth: 2") + BOOT,
+         "depth: 2 cuts every operation of the power-ons too: it takes `sweep: all`"),
+        (BOOT + _power_cut("ota: {payload: app}, sweep: all, depth: 3") + BOOT, "depth"),
     ],
 )  # fmt: skip
 def test_a_malformed_power_cut_is_one_line_naming_the_problem(

@@ -486,9 +486,9 @@ class PowerCutArgs(Args):
             raise ValueError("power_cut needs one of `sweep: K`, `at: [N, ...]`, `within: "
                              "PARTITION`")  # fmt: skip
         if (self.torn or self.depth == 2) and self.sweep not in ("all", "distinct"):
-            what = "torn: true cuts inside" if self.torn else "depth: 2 cuts the power-ons' own"
-            raise ValueError(f"{what} every operation: it takes `sweep: all` (or `sweep: "
-                             "distinct`)")  # fmt: skip
+            what = ("torn: true cuts inside every operation" if self.torn
+                    else "depth: 2 cuts every operation of the power-ons too")  # fmt: skip
+            raise ValueError(f"{what}: it takes `sweep: all` (or `sweep: distinct`)")
         if self.by == "time" and not isinstance(self.sweep, int):
             raise ValueError("a cut by time takes `sweep: K` (K points spread over the step's "
                              "duration)")  # fmt: skip
