@@ -137,6 +137,8 @@ class QemuBoard:
         machine.start(wired)
 
     def record_reads(self, on: bool) -> None:
+        if not on and self.reading is not None:  # tens of MB a power-on (the SHA engine's
+            self.reading.path.unlink(missing_ok=True)  # MMIO writes): read, not kept
         self.reading = TraceFile(self.trace.path) if on else None
 
     def seen(self) -> Seen:

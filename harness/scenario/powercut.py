@@ -45,6 +45,18 @@ class CutClass:
     torn_in: list[tuple[int, int]] = field(default_factory=list)  # their operations, as runs
 
 
+@dataclass(frozen=True)
+class SecondClass:
+    """Second cuts (`depth: 2`) that a power-on cannot tell apart: of the operations the
+    power-on from the first cut `first` made, the cuts `cuts` (operations done, -k:
+    inside operation k), covered by the power-on of point `booted` (`first` itself when
+    they read the same as it)."""
+
+    first: int  # point keys
+    booted: int
+    cuts: list[int]
+
+
 @dataclass(kw_only=True)
 class Recorded(Branches):
     """The power_cut step's detail: what was recorded, and (from `Branches`) its points
@@ -62,6 +74,7 @@ class Recorded(Branches):
     depth: int = 1  # 2: the power-ons' own operations cut too
     second: int = 0  # second-cut states covered (distinct and torn)
     second_ops: int = 0  # the operations the power-ons made that were cut
+    second_classes: list[SecondClass] = field(default_factory=list)
     classes: list[CutClass] = field(default_factory=list)
     # the step's operations, and (cut by time) the flash each live cut left by its
     # moment in ms: for the run, kept out of timeline.json
@@ -247,6 +260,10 @@ def _second_cuts(
         union = union | sent if union is not None and sent is not None else None
     recorded.second += into.distinct - 1 + into.torn
     recorded.second_ops += len(writes)
+    for index, c in enumerate(into.classes):
+        cuts = [m for m, i in enumerate(into.class_of) if i == index] + [n for n in c.states
+                                                                        if n < 0]  # fmt: skip
+        recorded.second_classes.append(SecondClass(first.key, keys.get(c.rep, first.key), cuts))
     for c in into.classes:
         if c.rep in keys:
             held = len(c.states)
