@@ -196,4 +196,5 @@ def test_repro_power_cut_all_prints_the_coverage_line_and_a_verdict_per_class(
     assert lines[3] == "  class at #0 (22,709 states, operations 0-23,726): passed, booted ota_0"
     result.write(Path(result.artifacts))
     assert line in report.line(load_cell(Path(result.artifacts)))
+    assert f"step 2 `brownout`: {line}" in report.markdown(tmp_path)
     assert f'<p class="coverage">{line}</p>' in write_report(tmp_path).read_text()

@@ -18,7 +18,7 @@ from typing import TextIO
 
 from ..emulator.console import strip_ansi
 from ..scenario.plan import CellPlan
-from ..scenario.results import CellResult, fault_property, fault_summary, iter_cells
+from ..scenario.results import CellResult, by_step, fault_property, fault_summary, iter_cells
 
 MAX_LOG = 2_000_000  # characters of serial log per test case in the XML
 NOT_XML = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")  # XML 1.0 forbids these
@@ -64,8 +64,15 @@ def markdown(artifacts: Path) -> str:
         tries = f" ({len(result.attempts)} attempts)" if len(result.attempts) > 1 else ""
         rows.append(f"| {result.cell.scenario} | {result.cell.id} | {mark}{tries} | "
                     f"{result.booted or ''} | {result.elapsed_s:.1f} s |")  # fmt: skip
-    notes = unpinned_lines(results)
+    notes = coverage_lines(results) + unpinned_lines(results)
     return "\n".join([*rows, *(["", *notes] if notes else [])])
+
+
+def coverage_lines(results: list[CellResult]) -> list[str]:
+    """What each fault step's points cover, one line each (`sweep: all`: every state)."""
+    return [f"{result.name} step {step} `{kind}`: {mine[0].coverage}"
+            for result in results for (step, kind), mine in by_step(result.faults).items()
+            if mine[0].coverage]  # fmt: skip
 
 
 def unpinned_lines(results: list[CellResult]) -> list[str]:
