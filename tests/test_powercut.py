@@ -20,7 +20,8 @@ from harness.flash import formats, torn
 from harness.flash.distinct import ReadSet, Reduction, Seen, distinct_points, reduce
 from harness.flash.ops import FlashOp, apply, states
 from harness.scenario import format as scenario_format
-from harness.scenario.powercut import Cut, PowerCut, Recorded, coverage_line, cut_points
+from harness.scenario.everystate import coverage_line
+from harness.scenario.powercut import Cut, PowerCut, Recorded, cut_points
 from harness.scenario.results import load_cell
 from harness.scenario.stepformats import PowerCutArgs
 

@@ -16,7 +16,8 @@ import pytest
 
 from harness.scenario import format as scenario_format
 from harness.scenario import plan, runner
-from harness.scenario.powercut import SECOND, Recorded
+from harness.scenario.everystate import SECOND
+from harness.scenario.powercut import Recorded
 from harness.scenario.results import CellResult
 
 UPDATE = """title: t
