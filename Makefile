@@ -150,7 +150,7 @@ bench-reset: venv
 	$(BIN)/python bench/reset.py
 
 bench-powercut: venv
-	$(BIN)/python bench/powercut.py
+	$(BIN)/python bench/powercut.py --sweep 20
 
 ## the old builds booted 30 times each through make test's waits: every stall named?
 bench-stalls: venv
