@@ -270,11 +270,12 @@ class CellAttempt:
         first: StepFailed | None = None
         rules = list(log.forbidden)  # not_expect from before the fault holds at every point
         points = fault.flashes(branches)
+        send = getattr(points, "send", None)  # a plugin's plain iterator is taken as one
         reading = fault.reads(branches)
         seen: Seen | None = None
         while True:
             try:
-                point, flash = points.send(seen)
+                point, flash = send(seen) if send is not None else next(points)
             except StopIteration:
                 break
             fault.power_on_from(dev, flash)
