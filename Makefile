@@ -73,7 +73,7 @@ test-upgrades: venv
 ## power cuts swept over updates and file writes (scenarios/power-loss), both sizes
 test-powerloss: venv
 	$(BIN)/harness provision scenarios/power-loss
-	$(RUN) scenarios/power-loss tests/test_verdict.py
+	$(RUN) scenarios/power-loss tests/test_powercut_exact.py tests/test_verdict.py
 
 ## the long runs: 120 kills, 40 repeats of the starting report, host load, the report with
 ## mpremote moving every byte, the user's library on today's release (about 50 min)
@@ -150,7 +150,7 @@ bench-reset: venv
 	$(BIN)/python bench/reset.py
 
 bench-powercut: venv
-	$(BIN)/python bench/powercut.py
+	$(BIN)/python bench/powercut.py --sweep 20
 
 ## the old builds booted 30 times each through make test's waits: every stall named?
 bench-stalls: venv

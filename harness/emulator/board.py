@@ -29,9 +29,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from ..errors import HarnessError, QemuExited
+from ..errors import FlashTraceUnavailable, HarnessError, QemuExited
+from ..flash.distinct import Seen
 from .console import SerialLog
-from .flashtrace import TRACE_FILE, TraceFile
+from .flashtrace import EVENTS, READ_EVENTS, TRACE_FILE, TraceFile
 from .qemu import CpuState, Machine, MachineSetup
 from .serialport import SerialRelay
 
@@ -66,6 +67,14 @@ class Board(Protocol):
     def record_flash(self, on: bool) -> TraceFile:
         """Start (True) or stop reporting the flash chip's operations; the trace since the
         last start (harness.emulator.flashtrace)."""
+
+    def record_reads(self, on: bool) -> None:
+        """From the next power-on, report (True) or not what the guest reads of the flash
+        and the operations it makes on it."""
+
+    def seen(self) -> Seen:
+        """What the guest read of the flash since this power-on, and the operations it
+        made (`record_reads`)."""
 
     def pause(self) -> None:
         """Stop the emulated CPUs; the flash file then holds every write made so far."""
@@ -119,12 +128,33 @@ class QemuBoard:
         self.log = SerialLog(run_dir / "serial.log")
         self.machine: Machine | None = None
         self.trace = TraceFile(run_dir / TRACE_FILE)
+        self.reading: TraceFile | None = None  # what a power-on reads, when recorded
 
     def power_on(self, attach: Attach) -> None:
         if self.machine is not None and self.machine.exit_status() is None:
             raise HarnessError("the board is already powered on: cut the power first")
-        self.machine = Machine(self.setup, self.flash, self.run_dir)
-        self.machine.start(attach)
+        machine = self.machine = Machine(self.setup, self.flash, self.run_dir)
+
+        def wired(sock: socket.socket) -> None:  # before the guest's first instruction
+            attach(sock)
+            if self.reading is not None:
+                self.reading.mark()  # QEMU opened the trace anew: from here
+                machine.trace_flash(True, READ_EVENTS + EVENTS)
+
+        machine.start(wired)
+
+    def record_reads(self, on: bool) -> None:
+        if not on and self.reading is not None:  # tens of MB a power-on (the SHA engine's
+            self.reading.path.unlink(missing_ok=True)  # MMIO writes): read, not kept
+        self.reading = TraceFile(self.trace.path) if on else None
+
+    def seen(self) -> Seen:
+        if self.reading is None:
+            raise HarnessError("the board is not recording what it reads")
+        with contextlib.suppress(HarnessError):  # gone already: its trace is complete
+            self.pause()
+        size = self.flash.stat().st_size
+        return Seen(self.reading.reads(size), tuple(self.reading.ops(size)))
 
     def _running(self) -> Machine:
         if self.machine is None:
@@ -275,6 +305,14 @@ class ServedBoard:
             self._running().trace_flash(on)
             self.recording = on
         return self.trace
+
+    def record_reads(self, on: bool) -> None:
+        if on:
+            raise FlashTraceUnavailable("a served board's power-ons are not traced for what "
+                                        "they read")  # fmt: skip
+
+    def seen(self) -> Seen:
+        raise FlashTraceUnavailable("a served board does not record what it reads")
 
     def pause(self) -> None:
         self._running().pause()

@@ -388,11 +388,12 @@ class Machine:
     def trace_path(self) -> Path:
         return self.run_dir / flashtrace.TRACE_FILE
 
-    def trace_flash(self, on: bool) -> None:
-        """Switch the flash model's operation events on or off (flashtrace.EVENTS)."""
+    def trace_flash(self, on: bool, events: tuple[str, ...] = flashtrace.EVENTS) -> None:
+        """Switch the flash model's operation events (or what it reads,
+        flashtrace.READ_EVENTS) on or off."""
         if not self.setup.trace_flash:
             raise HarnessError("this QEMU was started without a flash trace")
-        for name in flashtrace.EVENTS:
+        for name in events:
             try:
                 self._qmp("trace-event-set-state", name=name, enable=on)
             except HarnessError as exc:

@@ -71,7 +71,7 @@ def markdown(artifacts: Path) -> str:
         tries = f" ({len(result.attempts)} attempts)" if len(result.attempts) > 1 else ""
         rows.append(f"| {result.cell.scenario} | {result.cell.id} | {mark}{tries} | "
                     f"{result.booted or ''} | {result.elapsed_s:.1f} s |")  # fmt: skip
-    notes = unpinned_lines(results)
+    notes = coverage_lines(results) + unpinned_lines(results)
     judged = verdict_lines(results)
     return "\n".join([*rows, *(["", *judged] if judged else []), *(["", *notes] if notes else [])])
 
@@ -87,6 +87,13 @@ def verdict_lines(results: list[CellResult]) -> list[str]:
     ]
     head = "Fault points by verdict (from the flash and the MMU, not asked of the firmware):"
     return [head, *lines] if lines else []
+
+
+def coverage_lines(results: list[CellResult]) -> list[str]:
+    """What each fault step's points cover, one line each (`sweep: all`: every state)."""
+    return [f"{result.name} step {step} `{kind}`: {mine[0].coverage}"
+            for result in results for (step, kind), mine in by_step(result.faults).items()
+            if mine[0].coverage]  # fmt: skip
 
 
 def unpinned_lines(results: list[CellResult]) -> list[str]:

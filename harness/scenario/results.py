@@ -113,6 +113,9 @@ class FaultPoint:
     did: str  # what the fault did to the flash there, in a few words
     offset: int = -1  # where in the flash it did it (-1: nowhere in particular)
     rerun: str = ""  # how to run just this point again
+    # the states this point stands for, when it is one of a class that a power-on
+    # cannot tell apart (harness.flash.distinct): `412 states, operations 3-2,301`
+    covers: str = ""
 
 
 VerdictKind = Literal["new app", "old app", "other app", "nothing", "hung"]
@@ -159,6 +162,7 @@ class FaultOutcome:
     message: str = ""
     stretches: list[tuple[int, int]] = field(default_factory=list)  # (offset, length) changed
     verdict: Verdict | None = None  # what the board held and ran, not asked of it
+    coverage: str = ""  # the fault step's coverage line (the same for each of its points)
 
 
 def fault_property(outcome: FaultOutcome) -> tuple[str, str]:
@@ -179,7 +183,8 @@ def fault_rows(outcomes: list[FaultOutcome]) -> list[tuple[str, ...]]:
     left changed, what booted, the verdict (not asked of the firmware), otadata, what the
     bootloader said first, the outcome."""
     return [
-        (o.point.short, o.point.did or "-",
+        (o.point.short, (o.point.did or "-") + (f"; stands for {o.point.covers}"
+                                                   if o.point.covers else ""),
          ", ".join(f"{name} {n}" for name, n in o.changed.items()) or "nothing",
          o.booted or "-", o.verdict.line() if o.verdict else "-", " ".join(o.otadata) or "-",
          o.bootloader[0] if o.bootloader else "-",
@@ -221,7 +226,8 @@ def fault_summary(outcomes: list[FaultOutcome]) -> str:
     for (step, kind), mine in by_step(outcomes).items():
         passed = sum(o.status == "passed" for o in mine)
         points = "point" if len(mine) == 1 else "points"
-        parts.append(f"step {step} `{kind}`: {passed} of {len(mine)} {points} passed:\n"
+        covered = f"\n  {mine[0].coverage}" if mine[0].coverage else ""
+        parts.append(f"step {step} `{kind}`: {passed} of {len(mine)} {points} passed:{covered}\n"
                      f"{fault_table(mine)}")  # fmt: skip
     return "\n".join(parts)
 
