@@ -161,6 +161,35 @@ def test_a_kept_cut_rebuilds_the_flash_of_any_point(tmp_path: Path) -> None:
         cut.flash(4)
 
 
+def test_a_torn_point_is_rebuilt_as_the_sweep_drew_it(tmp_path: Path) -> None:
+    """-k: the state after k-1 operations with operation k torn by the kept seed; only
+    operation k's bytes differ, some of the erase's old 0 bits still 0."""
+    before = bytearray(cells.flash(4))
+    before[OTA_1 : OTA_1 + 0x1000] = bytes(0x1000)  # all 0 bits: an erase cut keeps some
+    recorded = _recorded(bytes(before))
+    recorded.seed = 7
+    path = cutfile.keep(tmp_path, 3, recorded)
+    assert path is not None
+    cut = cutfile.load(path)
+    assert cut.seed == 7
+    whole, torn_erase = cut.flash(1), cut.flash(-1)
+    assert torn_erase == cutfile.load(path).flash(-1)  # the seed decides it
+    region = torn_erase[OTA_1 : OTA_1 + 0x1000]
+    end = OTA_1 + 0x1000
+    assert torn_erase[:OTA_1] == whole[:OTA_1] and torn_erase[end:] == whole[end:]
+    assert region not in (bytes(0x1000), whole[OTA_1 : OTA_1 + 0x1000])  # half-way
+    with pytest.raises(HarnessError, match=r"--point -4 is out of range: torn states go"):
+        cut.flash(-4)
+    with pytest.raises(HarnessError, match=r"is a second cut"):
+        cut.flash(10**9 + 1)
+    (tmp_path / "plain").mkdir()
+    kept = cutfile.keep(tmp_path / "plain", 3, _recorded(bytes(before)))
+    assert kept is not None
+    plain = cutfile.load(kept)
+    with pytest.raises(HarnessError, match=r"drew none \(`torn: true`"):
+        plain.flash(-1)
+
+
 def test_harness_powercut_export_writes_the_point_and_the_esptool_command(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -180,7 +209,7 @@ def test_harness_powercut_export_writes_the_point_and_the_esptool_command(
         ("missing", 1, "missing: no such artifacts folder"),
         ("empty", 1, "no power cut in it"),
         ("art", 9, "--point 9 is out of range"),
-        ("art", -1, "--point -1 is out of range"),
+        ("art", -1, "--point -1 is a torn state, and the cut at step 3 drew none"),
     ],
 )
 def test_bad_export_input_is_one_line(

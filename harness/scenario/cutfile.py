@@ -19,7 +19,7 @@ from pathlib import Path
 
 from .. import chips
 from ..errors import HarnessError
-from ..flash import formats
+from ..flash import formats, torn
 from ..flash.ops import FlashOp, states
 from .faults import Branches
 from .results import ArtifactsError, CellResult, iter_cells
@@ -42,7 +42,7 @@ def keep(folder: Path, step: int, branches: Branches) -> Path | None:
         return None
     path = path_of(folder, step)
     header = {"format": FORMAT, "step": step, "flash_size": len(branches.before),
-              "ops": len(branches.ops)}  # fmt: skip
+              "ops": len(branches.ops), "seed": branches.seed}  # fmt: skip
     with gzip.open(path, "wb", compresslevel=1) as f:
         f.write(json.dumps(header).encode() + b"\n")
         f.write(branches.before)
@@ -61,9 +61,19 @@ class Cut:
     step: int
     before: bytes
     ops: list[FlashOp]
+    seed: int | None = None  # `torn: true`: the seed its torn states were drawn by
 
     def flash(self, point: int) -> bytes:
-        """The flash as the cut after `point` operations left it (0: none done)."""
+        """The flash as the cut after `point` operations left it (0: none done; -k: the
+        torn state inside operation k, drawn by the run's seed as the sweep drew it)."""
+        if point < 0:
+            return self._torn(-point)
+        from .everystate import SECOND  # second cuts' point keys start there
+
+        if point >= SECOND:
+            raise HarnessError(f"--point {point} is a second cut, inside the power-on after a "
+                               "first one: its writes are not kept; export the first cut's "
+                               "point and power it on")  # fmt: skip
         if not 0 <= point <= len(self.ops):
             raise HarnessError(
                 f"--point {point} is out of range: the cut at step {self.step} recorded "
@@ -71,6 +81,19 @@ class Cut:
                 f"{len(self.ops)}, after the last)"
             )
         return next(flash for _, flash in states(self.before, self.ops, [point]))
+
+    def _torn(self, k: int) -> bytes:
+        if self.seed is None:
+            raise HarnessError(f"--point -{k} is a torn state, and the cut at step {self.step} "
+                               "drew none (`torn: true` draws them)")  # fmt: skip
+        if not 1 <= k <= len(self.ops):
+            raise HarnessError(f"--point -{k} is out of range: torn states go from -1 to "
+                               f"-{len(self.ops)}, inside each recorded operation")  # fmt: skip
+        flash = bytearray(self.flash(k - 1))
+        op = self.ops[k - 1]
+        old = bytes(flash[op.offset : op.offset + op.length])
+        flash[op.offset : op.offset + op.length] = torn.torn(old, op, torn.rng_for(self.seed, k))
+        return bytes(flash)
 
 
 def load(path: Path) -> Cut:
@@ -92,7 +115,8 @@ def load(path: Path) -> Cut:
         raise ArtifactsError(f"{path}: cannot be read: {exc}") from None
     if len(before) != header["flash_size"]:
         raise ArtifactsError(f"{path}: cut short (the flash before is {len(before)} bytes)")
-    return Cut(path, int(header["step"]), before, ops)
+    seed = header.get("seed")
+    return Cut(path, int(header["step"]), before, ops, int(seed) if seed is not None else None)
 
 
 def find(artifacts: Path, step: int | None = None) -> tuple[CellResult, Path]:

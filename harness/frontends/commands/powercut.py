@@ -20,7 +20,8 @@ def register(sub: Subparsers) -> None:
                    "a single cell with a power cut)")  # fmt: skip
     e.add_argument("--point", type=int, required=True, metavar="N",
                    help="flash operations done before the power went (0: none; as the "
-                   "report's point column, `N/TOTAL`)")  # fmt: skip
+                   "report's point column, `N/TOTAL`); -K: the torn state inside operation "
+                   "K (`torn: true`)")  # fmt: skip
     e.add_argument("--step", type=int, metavar="S", help="the power_cut step's number, for a "
                    "cell with several")  # fmt: skip
     e.add_argument("-o", "--output", type=Path, required=True, metavar="STATE.bin")
@@ -37,7 +38,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.output.is_dir():
         raise HarnessError(f"-o {args.output} is a folder: name the file to write")
     args.output.write_bytes(flash)
-    print(f"{args.output}: the flash of {cell.name} after {args.point} of {len(cut.ops)} "
+    where = (f"after {args.point}" if args.point >= 0
+             else f"torn inside operation {-args.point}")  # fmt: skip
+    print(f"{args.output}: the flash of {cell.name} {where} of {len(cut.ops)} "
           f"flash operations of step {cut.step} ({len(flash) // 1024 // 1024}MB)")  # fmt: skip
     ran = next((o for o in cell.faults if o.step == cut.step and o.point.key == args.point), None)
     if ran is not None:
