@@ -74,7 +74,7 @@ test-upgrades: venv
 ## power cuts swept over updates and file writes (scenarios/power-loss), both sizes
 test-powerloss: venv
 	$(BIN)/harness provision scenarios/power-loss
-	$(RUN) scenarios/power-loss
+	$(RUN) scenarios/power-loss tests/test_powercut_exact.py tests/test_verdict.py
 
 ## updates over Wi-Fi from the host's HTTP server (scenarios/network): the Wi-Fi QEMU
 ## (docs/network.md); without it, every cell skips with the reason
@@ -157,7 +157,7 @@ bench-reset: venv
 	$(BIN)/python bench/reset.py
 
 bench-powercut: venv
-	$(BIN)/python bench/powercut.py
+	$(BIN)/python bench/powercut.py --sweep 20
 
 ## the device's download speed over the Wi-Fi QEMU, a network cell against a staged one
 bench-network: venv

@@ -168,3 +168,33 @@ def test_repro_judges_a_sweep_by_its_points_alone(tmp_path: Path) -> None:
     verdict = repro._cut_verdict(req, result, {"steps": []}, None)
     assert verdict.exit_code == repro.REPRODUCED
     assert "survives every cut: yes, 1 cut points, each powered on to ota_0" in verdict.text
+
+
+def test_repro_power_cut_all_prints_the_coverage_line_and_a_verdict_per_class(
+    tmp_path: Path,
+) -> None:
+    """`--power-cut all`: every distinct state, one line per class of states the power-on
+    cannot tell apart; the coverage line reaches the text and HTML reports too."""
+    from dataclasses import replace
+
+    from harness.frontends import repro
+    from harness.frontends.commands.repro import _sweep_points
+
+    assert _sweep_points("all") == "all" and _sweep_points("sweep:all") == "all"
+    result = ran(tmp_path, CELL)
+    line = "23,727 operations, 22,710 distinct states, 2 power-ons, every state covered"
+    result.faults = [_outcome(2, 0, "passed"), _outcome(2, 23727, "passed")]
+    for o, covers in zip(result.faults, ["22,709 states, operations 0-23,726", "1 state, "
+                                         "operations 23,727"], strict=True):  # fmt: skip
+        o.point, o.coverage = replace(o.point, covers=covers), line
+    req = repro.Request(Path("fw.bin"), Path("update.bin"), power_cut="all")
+    verdict = repro._cut_verdict(req, result, {"steps": []}, None)
+    assert verdict.exit_code == repro.REPRODUCED
+    lines = verdict.text.splitlines()
+    assert lines[1] == "survives every cut: yes, 2 classes, each powered on to ota_0"
+    assert lines[2] == f"coverage:  {line}"
+    assert lines[3] == "  class at #0 (22,709 states, operations 0-23,726): passed, booted ota_0"
+    result.write(Path(result.artifacts))
+    assert line in report.line(load_cell(Path(result.artifacts)))
+    assert f"step 2 `brownout`: {line}" in report.markdown(tmp_path)
+    assert f'<p class="coverage">{line}</p>' in write_report(tmp_path).read_text()

@@ -207,3 +207,16 @@ def test_nightly_releases_come_from_the_firmware_manifest() -> None:
 def test_the_dockerfile_ships_the_recipes_and_the_manifest() -> None:
     text = DOCKERFILE.read_text()
     assert "COPY images ./images" in text and "COPY scenarios /scenarios" in text
+
+
+def test_every_package_of_the_tree_ships_in_the_wheel() -> None:
+    """pyproject lists the packages by hand (images/ ships as harness.defaults): a package
+    left off installs fine in editable mode and is missing from the image and the
+    report job's `pip install .` (harness.frontends.commands once was)."""
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+                 ["packages"])  # fmt: skip
+    in_tree = {".".join(p.parent.relative_to(ROOT).parts)
+               for p in (ROOT / "harness").rglob("__init__.py")}  # fmt: skip
+    assert not in_tree - listed, f"add to pyproject.toml's packages: {sorted(in_tree - listed)}"

@@ -4,6 +4,7 @@ rebuilt flash equals what a live cut at the same operation leaves."""
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
 from pathlib import Path
@@ -12,13 +13,15 @@ import pytest
 
 from harness.emulator import device, policy
 from harness.emulator.device import BootOptions
-from harness.emulator.flashtrace import TraceFile, parse
+from harness.emulator.flashtrace import TraceFile, parse, parse_reads
 from harness.emulator.qemu import running_qemus
 from harness.errors import StepFailed
-from harness.flash import formats
+from harness.flash import formats, torn
+from harness.flash.distinct import ReadSet, Reduction, Seen, distinct_points, reduce
 from harness.flash.ops import FlashOp, apply, states
 from harness.scenario import format as scenario_format
-from harness.scenario.powercut import Recorded, cut_points
+from harness.scenario.everystate import coverage_line
+from harness.scenario.powercut import Cut, PowerCut, Recorded, cut_points
 from harness.scenario.results import load_cell
 from harness.scenario.stepformats import PowerCutArgs
 
@@ -165,6 +168,13 @@ def _power_cut(args: str) -> str:
          "need exactly one `boot` step"),
         (BOOT + _power_cut("ota: {payload: app}, by: time, at: [3]") + BOOT,
          "a cut by time takes `sweep: K`"),
+        (BOOT + _power_cut("ota: {payload: app}, by: time, sweep: all") + BOOT,
+         "a cut by time takes `sweep: K`"),
+        (BOOT + _power_cut("ota: {payload: app}, sweep: 4, torn: true") + BOOT,
+         "torn: true cuts inside every operation: it takes `sweep: all`"),
+        (BOOT + _power_cut("ota: {payload: app}, at: [3], depth: 2") + BOOT,
+         "depth: 2 cuts every operation of the power-ons too: it takes `sweep: all`"),
+        (BOOT + _power_cut("ota: {payload: app}, sweep: all, depth: 3") + BOOT, "depth"),
     ],
 )  # fmt: skip
 def test_a_malformed_power_cut_is_one_line_naming_the_problem(
@@ -308,3 +318,175 @@ def test_a_cut_by_time_cuts_live_reruns_and_reports_what_it_found(
     assert whole.key == recorded.of and "cut by time: as asked" in whole.label
     assert result.faults[-1].changed  # the whole rewrite changed the filesystem
     assert not running_qemus(str(tmp_path))
+
+
+# -- distinct states, and the classes a power-on cannot tell apart ----------------------
+
+
+def test_an_operation_that_changes_nothing_or_comes_back_adds_no_state() -> None:
+    before = b"\xff" * 0x3000
+    ops = [
+        FlashOp("program", 0x10, 2, b"\xff\xff"),  # programs no bit: no state
+        FlashOp("program", 0x10, 2, b"\x00\x01"),  # new
+        FlashOp("program", 0x10, 2, b"\x00\x01"),  # the bits are already 0: no state
+        FlashOp("erase", 0x2000, 0x1000),  # erased already: no state
+        FlashOp("erase", 0, 0x1000),  # back to the flash before: the same state as 0
+        FlashOp("program", 0x1000, 1, b"\x7f"),  # new
+    ]
+    assert distinct_points(before, ops) == [0, 2, 6]
+
+
+def test_sectors_are_hashed_by_their_number_so_swapped_contents_differ() -> None:
+    before = b"\xff" * 0x2000
+    ops = [FlashOp("program", 0, 1, b"\x00"), FlashOp("erase", 0, 0x1000),
+           FlashOp("program", 0x1000, 1, b"\x00")]  # fmt: skip
+    assert distinct_points(before, ops) == [0, 1, 3]
+
+
+def _drive(before: bytes, ops: list[FlashOp], reads: dict[int, ReadSet | None]) -> Reduction:
+    """`reduce`, sent for each booted state the read-set `reads` gives its point."""
+    into = Reduction()
+    walk = reduce(before, ops, into)
+    sent: ReadSet | None = None
+    booted = []
+    with contextlib.suppress(StopIteration):
+        while True:
+            n, flash = walk.send(sent)
+            assert flash == dict(states(before, ops, [n]))[n]
+            booted.append(n)
+            sent = reads.get(n)
+    assert booted == [c.rep for c in into.classes]
+    return into
+
+
+def test_a_state_joins_the_class_of_a_booted_one_it_agrees_with_on_every_byte_read() -> None:
+    """The power-on from state 0 read otadata (sector 0) and nothing of the slot (sector
+    2): writing the slot makes states it cannot tell apart; otadata's write does not."""
+    before = b"\x00" * 0x20 + b"\xff" * (0x3000 - 0x20)
+    slot = [FlashOp("program", 0x2000 + 16 * i, 16, bytes([i]) * 16) for i in range(5)]
+    ops = [*slot, FlashOp("erase", 0, 0x1000), FlashOp("program", 0, 4, b"\x01\x00\x00\x00")]
+    otadata = ReadSet.of([(0, 0x20)])
+    into = _drive(before, ops, {0: otadata, 6: otadata | ReadSet.of([(0x2000, 0x2050)]),
+                                7: otadata})  # fmt: skip
+    assert [(c.rep, c.states) for c in into.classes] == [(0, [0, 1, 2, 3, 4, 5]), (6, [6]),
+                                                          (7, [7])]  # fmt: skip
+    assert into.distinct == 8
+    assert into.class_of == [0, 0, 0, 0, 0, 0, 1, 2]
+
+
+def test_a_state_that_differs_on_a_byte_read_is_booted_and_unknown_reads_keep_it_alone() -> None:
+    before = b"\xff" * 0x2000
+    ops = [FlashOp("program", 0x1000 + i, 1, b"\x00") for i in range(4)]
+    into = _drive(before, ops, {0: ReadSet.of([(0x1002, 0x1003)]), 3: None})
+    # 1, 2 join 0 (byte 0x1002 unread by them); 3 programs it: booted; 4 joins nothing
+    assert [c.rep for c in into.classes] == [0, 3, 4]
+    assert into.classes[0].states == [0, 1, 2] and into.classes[1].read == -1
+
+
+def test_a_state_that_changes_back_a_byte_read_rejoins_the_class() -> None:
+    before = b"\xff" * 0x2000
+    ops = [FlashOp("program", 0, 1, b"\x00"), FlashOp("erase", 0, 0x1000),
+           FlashOp("program", 1, 1, b"\x00")]  # fmt: skip
+    into = _drive(before, ops, {0: ReadSet.of([(0, 1)]), 1: ReadSet.of([(0, 1)])})
+    assert [(c.rep, c.states) for c in into.classes] == [(0, [0, 3]), (1, [1])]
+    assert into.class_of == [0, 1, 0, 0]  # 2 is state 0 again
+
+
+def test_what_a_power_on_read_is_read_from_qemus_trace() -> None:
+    text = (
+        "m25p80_read_byte [0x55] Read byte 0x8000=0xaa\n"
+        "m25p80_read_byte [0x55] Read byte 0x8001=0x50\n"
+        "memory_region_ops_write cpu 0 mr 0x5 addr 0x3ff10004 value 0x3 size 4 name "
+        "'misc.esp32.dport'\n"  # PRO DROM0 entry 1 -> page 3
+        "memory_region_ops_write cpu 0 mr 0x5 addr 0x3ff12100 value 0x105 size 4 name "
+        "'misc.esp32.dport'\n"  # APP IRAM0 entry, invalid
+        "memory_region_ops_write cpu 0 mr 0x5 addr 0x3ff00040 value 0x28 size 4 name "
+        "'misc.esp32.dport'\n"  # a DPORT register, not the MMU
+        "memory_region_ops_write cpu 0 mr 0x6 addr 0x3ff03000 value 0x7 size 4 name "
+        "'misc.esp32.sha'\n"
+    )
+    reads = parse_reads(text, 0x400000)
+    assert reads.spans == ((0, 0x10000), (0x30000, 0x40000))  # 0x8000 lies in page 0
+    assert parse_reads("m25p80_read_byte [0x1] Read byte 0x20000=0x1\n", 0x400000).spans == (
+        (0, 0x10000), (0x20000, 0x20001))  # fmt: skip
+
+
+def test_a_coverage_line_says_every_state_or_what_was_sampled() -> None:
+    every = Recorded(of=22752, distinct=310, every=True, by_reads=True,
+                     points=[Cut(n, 22752).point() for n in (0, 5, 9)])  # fmt: skip
+    assert coverage_line(every) == (
+        "22,752 operations, 310 distinct states, 3 power-ons, every state covered (3 booted, "
+        "307 read the same as a booted one by every byte its power-on read)"
+    )
+    sampled = Recorded(of=22752, distinct=310, points=[Cut(n, 22752).point() for n in (0, 5, 6)])
+    assert coverage_line(sampled) == (
+        "22,752 operations, 310 distinct states, 3 power-ons, sampled: the states after "
+        "operations 0, 5-6 (`sweep: all` covers every state)"
+    )
+
+
+def test_a_torn_erase_keeps_some_old_zero_bits_and_a_torn_program_leaves_some_ones() -> None:
+    old = bytes(range(256)) * 16  # a sector of mixed bits
+    erase = FlashOp("erase", 0, 4096)
+    cut = torn.torn(old, erase, torn.rng_for(0, 1))
+    zeros = sum(8 - bin(b).count("1") for b in old)
+    kept = sum(8 - bin(b).count("1") for b in cut)
+    assert all((~c & 0xFF) & o == 0 for c, o in zip(cut, old, strict=True))  # only old 0s
+    assert 0.035 < kept / zeros < 0.055  # 4.5%, the model's figure
+    assert cut == torn.torn(old, erase, torn.rng_for(0, 1))  # the seed decides
+    assert cut != torn.torn(old, erase, torn.rng_for(1, 1))
+    program = FlashOp("program", 0, 64, bytes(64))
+    half = torn.torn(b"\xff" * 64, program, torn.rng_for(0, 2))
+    ones = sum(bin(b).count("1") for b in half)
+    assert 0.35 < ones / 512 < 0.65  # each bit due to go 0 still 1 with p 1/2
+
+
+def test_a_torn_state_joins_a_class_only_by_the_bytes_read() -> None:
+    """A torn program in the unread slot joins state 0's class; torn inside otadata's
+    program, a byte read differs: booted."""
+    before = b"\xff" * 0x3000
+    ops = [FlashOp("program", 0x2000, 16, bytes(16)), FlashOp("program", 0, 4, bytes(4))]
+
+    def tear(old: bytes, op: FlashOp, number: int) -> bytes:
+        return torn.torn(old, op, torn.rng_for(0, number))
+
+    into = Reduction()
+    walk = reduce(before, ops, into, tear)
+    booted, sent = [], None
+    with contextlib.suppress(StopIteration):
+        while True:
+            n, _ = walk.send(sent)
+            booted.append(n)
+            sent = ReadSet.of([(0, 0x10)])
+    assert booted == [0, -2, 2]  # state 0; torn inside op 2 (otadata); after op 2
+    assert into.classes[0].states == [0, -1, 1] and into.torn == 2
+
+
+def test_depth_2_cuts_what_each_booted_power_on_wrote_and_keeps_its_class_exact() -> None:
+    """The power-on from state 0 read otadata (sector 0xd) and wrote it (the bootloader's
+    NEW -> PENDING_VERIFY, say): its two operations are cut too, and a later state joins
+    state 0's class only if it agrees with it on what those second power-ons read."""
+    before = bytearray(b"\xff" * 0x20000)
+    before[0x8000 : 0x8000 + 32] = (
+        formats.PartitionTable(()).to_bytes()[:32] if False else b"\xff" * 32
+    )
+    ops = [FlashOp("program", 0x10000 + 16 * i, 16, bytes(16)) for i in range(3)]
+    recovery = (FlashOp("erase", 0xD000, 0x1000), FlashOp("program", 0xD000, 4, b"\x01\0\0\0"))
+    recorded = Recorded(of=3, before=before, ops=ops, every=True, by_reads=True, depth=2)
+    walk = PowerCut().flashes(recorded)
+    otadata = ReadSet.of([(0xD000, 0xD020)])
+    second_read = otadata | ReadSet.of([(0x10010, 0x10011)])  # a second power-on read op 2's byte
+    booted = []
+    sent = None
+    with contextlib.suppress(StopIteration):
+        while True:
+            point, _ = walk.send(sent)
+            booted.append(point.short)
+            first = point.key == 0
+            sent = Seen(otadata if first else second_read, recovery if first else ())
+    # state 0, its recovery's program (the erase of an erased sector adds no state), then
+    # op 2 changed a byte a second power-on read: booted, with its own second cuts
+    assert booted[:2] == ["0/3", "0/3+2/2"]
+    assert "2/3" in booted
+    assert recorded.second >= 1 and recorded.second_ops >= 2
+    assert "second cuts" in recorded.coverage

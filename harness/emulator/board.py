@@ -29,9 +29,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from ..errors import HarnessError, QemuExited
+from ..errors import FlashTraceUnavailable, HarnessError, QemuExited
+from ..flash.distinct import Seen
 from .console import SerialLog
-from .flashtrace import TRACE_FILE, TraceFile
+from .flashtrace import EVENTS, READ_EVENTS, TRACE_FILE, TraceFile
 from .qemu import CpuState, Machine, MachineSetup
 from .serialport import SerialRelay
 
@@ -67,6 +68,14 @@ class Board(Protocol):
         """Start (True) or stop reporting the flash chip's operations; the trace since the
         last start (harness.emulator.flashtrace)."""
 
+    def record_reads(self, on: bool) -> None:
+        """From the next power-on, report (True) or not what the guest reads of the flash
+        and the operations it makes on it."""
+
+    def seen(self) -> Seen:
+        """What the guest read of the flash since this power-on, and the operations it
+        made (`record_reads`)."""
+
     def pause(self) -> None:
         """Stop the emulated CPUs; the flash file then holds every write made so far."""
 
@@ -78,6 +87,13 @@ class Board(Protocol):
 
     def vm_status(self) -> str | None:
         """QEMU's run state ("running", "paused", ...); None when QEMU cannot say."""
+
+    def read_words(self, address: int, count: int) -> list[int] | None:
+        """32-bit words of the guest's physical memory (device registers through their
+        read ops); None when QEMU cannot say."""
+
+    def guest_resets(self) -> int:
+        """Resets the guest made itself since the last call (or since power-on)."""
 
     @property
     def data(self) -> socket.socket:
@@ -112,12 +128,33 @@ class QemuBoard:
         self.log = SerialLog(run_dir / "serial.log")
         self.machine: Machine | None = None
         self.trace = TraceFile(run_dir / TRACE_FILE)
+        self.reading: TraceFile | None = None  # what a power-on reads, when recorded
 
     def power_on(self, attach: Attach) -> None:
         if self.machine is not None and self.machine.exit_status() is None:
             raise HarnessError("the board is already powered on: cut the power first")
-        self.machine = Machine(self.setup, self.flash, self.run_dir)
-        self.machine.start(attach)
+        machine = self.machine = Machine(self.setup, self.flash, self.run_dir)
+
+        def wired(sock: socket.socket) -> None:  # before the guest's first instruction
+            attach(sock)
+            if self.reading is not None:
+                self.reading.mark()  # QEMU opened the trace anew: from here
+                machine.trace_flash(True, READ_EVENTS + EVENTS)
+
+        machine.start(wired)
+
+    def record_reads(self, on: bool) -> None:
+        if not on and self.reading is not None:  # tens of MB a power-on (the SHA engine's
+            self.reading.path.unlink(missing_ok=True)  # MMIO writes): read, not kept
+        self.reading = TraceFile(self.trace.path) if on else None
+
+    def seen(self) -> Seen:
+        if self.reading is None:
+            raise HarnessError("the board is not recording what it reads")
+        with contextlib.suppress(HarnessError):  # gone already: its trace is complete
+            self.pause()
+        size = self.flash.stat().st_size
+        return Seen(self.reading.reads(size), tuple(self.reading.ops(size)))
 
     def _running(self) -> Machine:
         if self.machine is None:
@@ -151,6 +188,12 @@ class QemuBoard:
 
     def vm_status(self) -> str | None:
         return self.machine.vm_status() if self.machine is not None else None
+
+    def read_words(self, address: int, count: int) -> list[int] | None:
+        return self.machine.read_words(address, count) if self.machine is not None else None
+
+    def guest_resets(self) -> int:
+        return self.machine.guest_resets() if self.machine is not None else 0
 
     @property
     def data(self) -> socket.socket:
@@ -263,6 +306,14 @@ class ServedBoard:
             self.recording = on
         return self.trace
 
+    def record_reads(self, on: bool) -> None:
+        if on:
+            raise FlashTraceUnavailable("a served board's power-ons are not traced for what "
+                                        "they read")  # fmt: skip
+
+    def seen(self) -> Seen:
+        raise FlashTraceUnavailable("a served board does not record what it reads")
+
     def pause(self) -> None:
         self._running().pause()
 
@@ -313,6 +364,16 @@ class ServedBoard:
         with self._lock:
             machine = self.machine
         return machine.vm_status() if machine is not None else None
+
+    def read_words(self, address: int, count: int) -> list[int] | None:
+        with self._lock:
+            machine = self.machine
+        return machine.read_words(address, count) if machine is not None else None
+
+    def guest_resets(self) -> int:
+        with self._lock:
+            machine = self.machine
+        return machine.guest_resets() if machine is not None else 0
 
     @property
     def data(self) -> socket.socket:

@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from ..errors import HarnessError
+from ..flash.distinct import ReadSet
 from ..flash.ops import FlashOp
 
 # switched on and off around a recording; `m25p80_chip_erase` is given on the command line
@@ -33,6 +34,38 @@ _EVENT = re.compile(r"^(?:\d+@[\d.]+:)?(m25p80_\w+) \[[^\]]*\] (.*)$")
 _ERASE = re.compile(r"offset = 0x([0-9a-f]+), len = (\d+)")
 _COLLECTED = re.compile(r"decode cmd: 0x([0-9a-f]+) .*addr 0x([0-9a-f]+)")
 _BYTE = re.compile(r"cur_addr=0x([0-9a-f]+) data=0x([0-9a-f]+)")
+
+# What a power-on reads (harness.flash.distinct): each byte the flash chip sends in its
+# READ state (`m25p80_read_byte`; the ESP32's SPI controllers reach the chip only
+# through it), and each MMIO write, of which those to the cache MMU tables in DPORT
+# (QEMU's hw/misc/esp32_dport.c) say which 64 KB flash page the cache loads next.
+READ_EVENTS = ("m25p80_read_byte", "memory_region_ops_write")
+_READ = re.compile(r"Read byte 0x([0-9a-f]+)=")
+# the cache MMU tables, DR_REG_FLASH_MMU_TABLE_PRO and _APP: 256 entries of 4 bytes each
+# (QEMU models the first 128, DROM0 then IRAM0: more is a harmless over-approximation).
+# QEMU traces an MMIO write at its absolute address (memory_region_to_absolute_addr).
+MMU_TABLES = ((0x3FF10000, 0x3FF10400), (0x3FF12000, 0x3FF12400))
+_MMIO = re.compile(
+    r"addr 0x(3ff1[0-9a-f]{4}) value 0x([0-9a-f]+) size \d+ name 'misc\.esp32\.dport'"
+)
+MMU_PAGE = 0x10000
+MMU_INVALID = 0x100  # the entry's invalid bit (ESP32_CACHE_MMU_INVALID_VAL, SOC_MMU_INVALID)
+MMU_ENTRY = 0x1FF
+
+
+def parse_reads(text: str, flash_size: int) -> ReadSet:
+    """The bytes a power-on read: the chip's byte reads, and every page an MMU entry was
+    set to, with page 0, which QEMU's cache maps at reset (every entry 0)."""
+    spans = [(int(a, 16), int(a, 16) + 1) for a in set(_READ.findall(text))]
+    pages = {0}
+    for addr, value in _MMIO.findall(text):
+        at = int(addr, 16)
+        entry = int(value, 16) & MMU_ENTRY
+        if any(lo <= at < hi for lo, hi in MMU_TABLES) and not entry & MMU_INVALID:
+            pages.add(entry)
+    spans += [(p * MMU_PAGE, min((p + 1) * MMU_PAGE, flash_size)) for p in pages
+              if p * MMU_PAGE < flash_size]  # fmt: skip
+    return ReadSet.of(spans)
 
 
 def parse(lines: Iterable[str], flash_size: int) -> list[FlashOp]:
@@ -108,13 +141,19 @@ class TraceFile:
         self._parts = [*self._parts[:-1], (keep, self._parts[-1][1]), (self.path, 0)]
 
     def ops(self, flash_size: int) -> list[FlashOp]:
+        return parse(self.text().splitlines(), flash_size)
+
+    def reads(self, flash_size: int) -> ReadSet:
+        return parse_reads(self.text(), flash_size)
+
+    def text(self) -> str:
         if not self.path.exists():
             raise HarnessError(f"QEMU wrote no flash trace ({self.path}): it cannot report "
                                "its flash operations")  # fmt: skip
-        lines: list[str] = []
+        parts: list[str] = []
         for path, start in self._parts or [(self.path, 0)]:
             if path.exists():
                 with path.open("r", errors="replace") as f:
                     f.seek(start)
-                    lines.extend(f)
-        return parse(lines, flash_size)
+                    parts.append(f.read())
+        return "".join(parts)

@@ -192,6 +192,7 @@ class CpuState:
 
 
 _CPU_REGS = re.compile(r"CPU#(\d+)\s+PC=([0-9a-f]+).*?\bPS=([0-9a-f]+)", re.S)
+_XP_WORDS = re.compile(r"(?<=\s)0x([0-9a-f]{8})\b")  # `xp /Nwx`: `ADDR: 0xWORD 0xWORD ...`
 
 
 @dataclass(frozen=True)
@@ -409,15 +410,45 @@ class Machine:
         status = reply.get("status") if isinstance(reply, dict) else None
         return status if isinstance(status, str) else None
 
+    def read_words(self, address: int, count: int, timeout: float = 3.0) -> list[int] | None:
+        """`count` 32-bit words of the guest's physical memory from `address`, read as a
+        CPU's load would be (HMP `xp`: a device's registers answer through its read op,
+        so the DPORT's MMU table reads as its entries); None when QEMU cannot say."""
+        if self.qmp is None or self.exit_status() is not None:
+            return None
+        self.qmp.settimeout(timeout)
+        try:
+            text = self.qmp.cmd("human-monitor-command",
+                                **{"command-line": f"xp /{count}wx {address:#x}"})  # fmt: skip
+        except Exception:  # a diagnosis only, as cpu_states
+            return None
+        finally:
+            self.qmp.settimeout(None)
+        words = [int(w, 16) for w in _XP_WORDS.findall(str(text))]
+        return words if len(words) == count else None
+
+    def guest_resets(self) -> int:
+        """How many times the guest reset itself (QMP `RESET` events with `guest: true`:
+        a software, watchdog or panic reset) since the last call, or since start."""
+        if self.qmp is None or self.exit_status() is not None:
+            return 0
+        try:
+            events = self.qmp.get_events(wait=False)
+        except Exception:  # a diagnosis only
+            return 0
+        return sum(e.get("event") == "RESET" and bool(e.get("data", {}).get("guest"))
+                   for e in events)  # fmt: skip
+
     @property
     def trace_path(self) -> Path:
         return self.run_dir / flashtrace.TRACE_FILE
 
-    def trace_flash(self, on: bool) -> None:
-        """Switch the flash model's operation events on or off (flashtrace.EVENTS)."""
+    def trace_flash(self, on: bool, events: tuple[str, ...] = flashtrace.EVENTS) -> None:
+        """Switch the flash model's operation events (or what it reads,
+        flashtrace.READ_EVENTS) on or off."""
         if not self.setup.trace_flash:
             raise HarnessError("this QEMU was started without a flash trace")
-        for name in flashtrace.EVENTS:
+        for name in events:
             try:
                 self._qmp("trace-event-set-state", name=name, enable=on)
             except HarnessError as exc:

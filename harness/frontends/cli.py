@@ -1,4 +1,5 @@
-"""`harness` command line: boot, image build, inspect, run, repro, provision, downloads.
+"""`harness` command line: boot, image build, inspect, run, repro, provision, downloads,
+powercut export.
 
 Each command is a module of harness.frontends.commands, its parser beside its code;
 options several commands take (`--qemu`, `--watchdogs`, the image recipe) are declared
@@ -23,6 +24,7 @@ from .commands import (
     image,
     inspect,
     otadata,
+    powercut,
     qemu,
     report,
     repro,
@@ -43,6 +45,7 @@ COMMANDS = (
     report,
     schema,
     otadata,
+    powercut,
     inspect,
 )
 

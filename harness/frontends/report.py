@@ -18,7 +18,14 @@ from typing import TextIO
 
 from ..emulator.console import strip_ansi
 from ..scenario.plan import CellPlan
-from ..scenario.results import CellResult, fault_property, fault_summary, iter_cells
+from ..scenario.results import (
+    CellResult,
+    by_step,
+    fault_property,
+    fault_summary,
+    iter_cells,
+    verdict_counts,
+)
 
 MAX_LOG = 2_000_000  # characters of serial log per test case in the XML
 NOT_XML = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")  # XML 1.0 forbids these
@@ -64,8 +71,29 @@ def markdown(artifacts: Path) -> str:
         tries = f" ({len(result.attempts)} attempts)" if len(result.attempts) > 1 else ""
         rows.append(f"| {result.cell.scenario} | {result.cell.id} | {mark}{tries} | "
                     f"{result.booted or ''} | {result.elapsed_s:.1f} s |")  # fmt: skip
-    notes = unpinned_lines(results)
-    return "\n".join([*rows, *(["", *notes] if notes else [])])
+    notes = coverage_lines(results) + unpinned_lines(results)
+    judged = verdict_lines(results)
+    return "\n".join([*rows, *(["", *judged] if judged else []), *(["", *notes] if notes else [])])
+
+
+def verdict_lines(results: list[CellResult]) -> list[str]:
+    """Per fault step, its points by what the board ran, judged from its flash and its
+    MMU, not asked of the firmware."""
+    lines = [
+        f"- {result.name} step {step} `{kind}`, {len(mine)} point{'s' * (len(mine) != 1)}: "
+        f"{verdict_counts(mine)}"
+        for result in results
+        for (step, kind), mine in by_step(result.faults).items()
+    ]
+    head = "Fault points by verdict (from the flash and the MMU, not asked of the firmware):"
+    return [head, *lines] if lines else []
+
+
+def coverage_lines(results: list[CellResult]) -> list[str]:
+    """What each fault step's points cover, one line each (`sweep: all`: every state)."""
+    return [f"{result.name} step {step} `{kind}`: {mine[0].coverage}"
+            for result in results for (step, kind), mine in by_step(result.faults).items()
+            if mine[0].coverage]  # fmt: skip
 
 
 def unpinned_lines(results: list[CellResult]) -> list[str]:

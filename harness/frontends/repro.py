@@ -18,7 +18,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
@@ -29,7 +29,7 @@ from ..flash.inputs import read_firmware, read_input
 from ..flash.inspect import FileReport, examine
 from ..flash.size import FlashSize
 from ..scenario import format, plan, runner
-from ..scenario.results import CellResult, StepRecord, fault_table, load_cell
+from ..scenario.results import CellResult, FaultOutcome, StepRecord, fault_table, load_cell
 from ..scenario.stepformats import (
     OTA_DOWNLOAD,
     OTA_HARNESS,
@@ -56,7 +56,8 @@ class Request:
     # without `command`: the update staged into the slot before the boot (what the
     # bootloader judges is the same bytes: tests/test_staged.py), or written by the device
     method: str = OTA_STAGED.name
-    power_cut: int | None = None  # sweep this many cut points over the update's writes
+    # sweep this many cut points over the update's writes, or `all`: every distinct state
+    power_cut: int | Literal["all"] | None = None
     url: bool = False  # served over HTTP; the library's `command` downloads `${url}`
 
 
@@ -167,23 +168,35 @@ def _cut_verdict(
     points = result.faults  # the power_cut's points: the only fault this scenario has
     booted = sorted({p.booted for p in points if p.booted})
     failed = [p for p in points if p.status == "failed"]
+    kind = "classes" if req.power_cut == "all" else "cut points"
     if not points:
         out.append(f"survives every cut: could not run: {result.message.splitlines()[0]}")
         code = COULD_NOT_RUN
     elif failed:
-        out.append(f"survives every cut: no; {len(failed)} of {len(points)} cut points "
+        out.append(f"survives every cut: no; {len(failed)} of {len(points)} {kind} "
                    f"failed, the first {failed[0].point.label}: {failed[0].message}")  # fmt: skip
         code = NOT_REPRODUCED
     else:
-        out.append(f"survives every cut: yes, {len(points)} cut points, each powered on "
+        out.append(f"survives every cut: yes, {len(points)} {kind}, each powered on "
                    f"to {' or '.join(booted)}")  # fmt: skip
         code = REPRODUCED
+    if points and points[0].coverage:
+        out.append(f"coverage:  {points[0].coverage}")
+    if req.power_cut == "all":
+        out += [_class_verdict(o) for o in points]
     out.append(fault_table(points))
     out.append(f"artifacts: {result.artifacts}")
     if save is not None and code == REPRODUCED:
         data["steps"].append({"assert_booted": booted if len(booted) > 1 else booted[0]})
         out.append(_write(save, data).strip())
     return Verdict("\n".join(out), code)
+
+
+def _class_verdict(o: FaultOutcome) -> str:
+    """`class at 0/98 (95 states, operations 0-96): passed, booted ota_0`."""
+    said = f": {o.message}" if o.message else ""
+    return (f"  class at {o.point.short} ({o.point.covers or 'itself'}): {o.status}, "
+            f"booted {o.booted or 'nothing'}{said}")  # fmt: skip
 
 
 def _outcome(result: CellResult, expecting: bool) -> Outcome:

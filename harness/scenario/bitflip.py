@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import random
 import re
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from ..errors import StepFailed
 from ..flash import formats
-from .faults import Branches, Fault
+from .faults import Branches, Fault, Flashes
 from .results import FaultPoint
 from .stepformats import BitFlipArgs
 from .steps import Run
@@ -72,7 +71,7 @@ class BitFlip(Fault[BitFlipArgs, Flipped]):
             for seed, flips in zip(seeds, recorded.trials, strict=True)
         ]
 
-    def flashes(self, recorded: Flipped) -> Iterator[tuple[FaultPoint, bytes]]:
+    def flashes(self, recorded: Flipped) -> Flashes:
         for point, flips in zip(recorded.points, recorded.trials, strict=True):
             flash = bytearray(recorded.before)
             for flip in flips:

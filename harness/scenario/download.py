@@ -11,7 +11,6 @@ a power-on of it. The point's `did` says what the library made of it, in its own
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Annotated
 
@@ -19,7 +18,7 @@ from pydantic import Field
 
 from ..errors import DeviceError, HarnessError, StepFailed
 from ..flash.inputs import read_input
-from .faults import Branches, Fault
+from .faults import Branches, Fault, Flashes
 from .results import FaultPoint
 from .stepformats import DownloadDiesArgs, HttpFault
 from .steps import Run, handlers
@@ -62,7 +61,7 @@ class DownloadDies(Fault[DownloadDiesArgs, Interrupted]):
     def choose(self, args: DownloadDiesArgs, recorded: Interrupted) -> list[FaultPoint]:
         return [_point(n, recorded.length, recorded.said[n]) for n in sorted(recorded.found)]
 
-    def flashes(self, recorded: Interrupted) -> Iterator[tuple[FaultPoint, bytes]]:
+    def flashes(self, recorded: Interrupted) -> Flashes:
         points = {p.key: p for p in recorded.points}
         yield from ((points[n], recorded.found[n]) for n in sorted(recorded.found))
 

@@ -14,16 +14,17 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Annotated, Literal
 
 from pydantic import Field
 
 from ..errors import FlashTraceUnavailable, StepFailed
-from ..flash import formats
+from ..flash import distinct, formats, torn
 from ..flash.ops import FlashOp, partition_at, states, where
-from .faults import Branches, Fault
+from .everystate import CutClass, SecondClass, every_state, sampled
+from .faults import Branches, Fault, Flashes
 from .results import FaultPoint
 from .stepformats import Args, OtaArgs, PowerCutArgs
 from .steps import Run, handlers
@@ -41,6 +42,16 @@ class Recorded(Branches):
     of: int  # the step's flash operations (cut by time: its milliseconds)
     why: str = ""  # why by time
     interrupted: object = None  # the interrupted step's own detail (None: cut between steps)
+    distinct: int = 0  # distinct flash states the operations pass through (0 included)
+    every: bool = False  # `sweep: all`: every distinct state, booted or in a booted one's class
+    by_reads: bool = False  # ... a state joins a booted one's class by what its power-on read
+    seed: int | None = None  # `torn: true`: the seed torn states are drawn by (None: none)
+    torn: int = 0  # the torn states covered (one inside each operation that changes a bit)
+    depth: int = 1  # 2: the power-ons' own operations cut too
+    second: int = 0  # second-cut states covered (distinct and torn)
+    second_ops: int = 0  # the operations the power-ons made that were cut
+    second_classes: list[SecondClass] = field(default_factory=list)
+    classes: list[CutClass] = field(default_factory=list)
     # the step's operations, and (cut by time) the flash each live cut left by its
     # moment in ms: for the run, kept out of timeline.json
     ops: Annotated[list[FlashOp], Field(exclude=True)] = field(default_factory=list, repr=False)
@@ -59,6 +70,7 @@ class Cut:
     next: str = ""  # the operation the cut stopped ("" when all were done)
     offset: int = -1  # where the operation the cut stopped (or the last one) was
     why: str = ""  # cut by time, and why ("" when by operations)
+    torn: bool = False  # the cut came inside operation `after + 1` (`next`), torn by a model
 
     def point(self) -> FaultPoint:
         """The cut as a fault point: its place, in a sentence, and how to rerun it."""
@@ -68,6 +80,12 @@ class Cut:
                      f"by time: {self.why})")  # fmt: skip
             rerun = "a cut by time lands where the host's speed puts it: rerun the sweep"
             return FaultPoint(self.after, short, label, f"by time, {self.why}", rerun=rerun)
+        if self.torn:
+            k = self.after + 1
+            return FaultPoint(-k, f"{k}~/{self.of}", f"inside operation {k} of {self.of} "
+                              f"({self.next}), torn as the {torn.MODEL}", f"torn {self.next}",
+                              self.offset, "a torn state is drawn by the seed: rerun the "
+                              "sweep with the same `seed`")  # fmt: skip
         if self.of == 0:
             label = "now, between steps"
         elif self.after == 0:
@@ -95,22 +113,53 @@ class PowerCut(Fault[PowerCutArgs, Recorded]):
         if recorded.by == "time":
             return [Cut(ms, recorded.of, why=recorded.why).point() for ms in sorted(recorded.found)]
         if args.interrupted is None:  # cut now: one point, after nothing
+            recorded.distinct = 1
             return [Cut(0, 0).point()]
         ops = recorded.ops
         table = formats.with_fs_region(formats.parse_table(recorded.before), len(recorded.before))
-        return [Cut(n, len(ops), where(ops[n - 1], table) if n else "",
-                    where(ops[n], table) if n < len(ops) else "",
-                    ops[min(n, len(ops) - 1)].offset).point()
-                for n in cut_points(args, ops, table)]  # fmt: skip
+        if args.sweep in ("all", "distinct"):  # chosen as the power-ons go (`flashes`)
+            recorded.every, recorded.by_reads = True, args.sweep == "all"
+            recorded.seed = args.seed if args.torn else None
+            recorded.depth = args.depth
+            cut_points(args, ops, table)  # a step with no operations: said now
+            return []
+        points = cut_points(args, ops, table)
+        recorded.distinct = len(distinct.distinct_points(recorded.before, ops))
+        return [_cut(ops, table, n).point() for n in points]
 
-    def flashes(self, recorded: Recorded) -> Iterator[tuple[FaultPoint, bytes]]:
-        """Each point's flash: found by a live cut (by time), else rebuilt in one pass."""
+    def reads(self, recorded: Recorded) -> bool:
+        return recorded.by_reads or recorded.depth == 2
+
+    def flashes(self, recorded: Recorded) -> Flashes:
+        """Each point's flash: found by a live cut (by time), else rebuilt in one pass;
+        for `sweep: all`, each distinct state that agrees with no state booted so far on
+        the bytes its power-on read (harness.flash.distinct)."""
         points = {p.key: p for p in recorded.points}
         if recorded.by == "time":
             yield from ((points[ms], recorded.found[ms]) for ms in sorted(recorded.found))
-        else:
-            built = states(recorded.before, recorded.ops, list(points))
-            yield from ((points[n], flash) for n, flash in built)
+            recorded.coverage = f"cut by time: {len(points)} moments, {len(points)} power-ons"
+            return
+        if recorded.every:
+            yield from every_state(recorded, lambda n: _point(recorded, n))
+            return
+        built = states(recorded.before, recorded.ops, list(points))
+        yield from ((points[n], flash) for n, flash in built)
+        recorded.coverage = sampled(recorded)
+
+
+def _cut(ops: Sequence[FlashOp], table: formats.PartitionTable, n: int) -> Cut:
+    """The cut after `n` of `ops`."""
+    return Cut(n, len(ops), where(ops[n - 1], table) if n else "",
+               where(ops[n], table) if n < len(ops) else "",
+               ops[min(n, len(ops) - 1)].offset)  # fmt: skip
+
+
+def _point(recorded: Recorded, n: int) -> FaultPoint:
+    """The point after `n` of the recorded operations (-k: torn inside operation k)."""
+    ops = recorded.ops
+    table = formats.with_fs_region(formats.parse_table(recorded.before), len(recorded.before))
+    return (_cut(ops, table, n) if n >= 0
+            else replace(_cut(ops, table, -n - 1), torn=True)).point()  # fmt: skip
 
 
 def record(run: Run, args: PowerCutArgs) -> Recorded:
@@ -164,7 +213,7 @@ def _by_time(run: Run, args: PowerCutArgs, step: Args, do: Callable[[Args], obje
     board.pause()
     found = {round(took * 1000): dev.flash.read_bytes()}
     board.power_cut()
-    assert args.sweep is not None  # the format makes `by: time` take a sweep
+    assert isinstance(args.sweep, int)  # the format makes `by: time` take a sweep: K
     for j in range(1, args.sweep + 1):
         at = took * j / (args.sweep + 1)
         dev.flash.write_bytes(before)
@@ -206,7 +255,9 @@ def cut_points(
         return sorted(set(args.at))
     if args.within is not None:
         return _within(args.within, ops, table)
-    assert args.sweep is not None
+    if args.sweep in ("all", "distinct"):  # chosen as the power-ons go (PowerCut.flashes)
+        return []
+    assert isinstance(args.sweep, int)
     spread = {round(j * total / (args.sweep + 1)) for j in range(1, args.sweep + 1)}
     # the boundaries: before the first write, after the last; before otadata is touched
     # and after each of its operations (half-written, then switched)

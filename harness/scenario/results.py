@@ -46,6 +46,7 @@ from ..errors import HarnessError
 from ..flash import formats, ops
 
 SCHEMA = 3  # of result.json, timeline.json, flash-before.json and flash-after.json
+# (a field added with a default, as FaultOutcome.verdict, keeps it: older files read as before)
 RESULT, TIMELINE, HTTP_LOG = "result.json", "timeline.json", "http.json"
 FLASH_FILES = {"before": "flash-before.json", "after": "flash-after.json"}
 When = Literal["before", "after"]
@@ -113,6 +114,37 @@ class FaultPoint:
     did: str  # what the fault did to the flash there, in a few words
     offset: int = -1  # where in the flash it did it (-1: nowhere in particular)
     rerun: str = ""  # how to run just this point again
+    # the states this point stands for, when it is one of a class that a power-on
+    # cannot tell apart (harness.flash.distinct): `412 states, operations 3-2,301`
+    covers: str = ""
+
+
+VerdictKind = Literal["new app", "old app", "other app", "nothing", "hung"]
+
+
+@dataclass
+class Verdict:
+    """What a powered-on board holds and runs, judged from the flash and the emulator."""
+
+    kind: VerdictKind
+    why: str  # one sentence
+    runs: str | None = None  # the partition the MMU maps code from (None: no app mapped)
+    code_at: int = -1  # the flash offset of the first app page mapped
+    pc_in_flash: bool = False  # a CPU's PC was in the mapped flash in some look
+    pcs: list[int] = field(default_factory=list)  # each CPU's PC at the last look
+    installed: dict[str, list[str]] = field(default_factory=dict)  # slot -> images it holds
+    resets: int = 0  # resets the guest made during the looks
+
+    def line(self) -> str:
+        """`new app running (ota_1)`, `nothing running`, `hung`."""
+        if self.kind in ("nothing", "hung"):
+            return "hung" if self.kind == "hung" else "nothing running"
+        return f"{self.kind} running ({self.runs})"
+
+    def holds(self) -> str:
+        """`ota_0 old app, ota_1 new app`: what each app slot holds."""
+        return ", ".join(f"{slot} {' = '.join(held) or 'neither'}"
+                         for slot, held in self.installed.items())  # fmt: skip
 
 
 @dataclass
@@ -130,27 +162,33 @@ class FaultOutcome:
     bootloader: list[str]  # ESP-IDF E/W lines from the power-on on
     message: str = ""
     stretches: list[tuple[int, int]] = field(default_factory=list)  # (offset, length) changed
+    verdict: Verdict | None = None  # what the board held and ran, not asked of it
+    coverage: str = ""  # the fault step's coverage line (the same for each of its points)
 
 
 def fault_property(outcome: FaultOutcome) -> tuple[str, str]:
     """A fault point's outcome as one JUnit property, named for the fault: `power_cut` =
     `after operation 37 of 350 (...): passed, booted ota_0, otadata VALID UNDEFINED`."""
     states = " ".join(outcome.otadata) or "-"
+    judged = f", {outcome.verdict.line()}" if outcome.verdict else ""
     return (outcome.fault, f"{outcome.point.label}: {outcome.status}, booted "
-                           f"{outcome.booted or '-'}, otadata {states}")  # fmt: skip
+                           f"{outcome.booted or '-'}{judged}, otadata {states}")  # fmt: skip
 
 
-FAULT_COLUMNS = ("point", "what the fault did", "left changed (sectors)", "booted", "otadata",
-                 "bootloader", "outcome")  # fmt: skip
+FAULT_COLUMNS = ("point", "what the fault did", "left changed (sectors)", "booted", "verdict",
+                 "otadata", "bootloader", "outcome")  # fmt: skip
 
 
 def fault_rows(outcomes: list[FaultOutcome]) -> list[tuple[str, ...]]:
     """One row per point (FAULT_COLUMNS): the point, what the fault did, the sectors it
-    left changed, what booted, otadata, what the bootloader said first, the outcome."""
+    left changed, what booted, the verdict (not asked of the firmware), otadata, what the
+    bootloader said first, the outcome."""
     return [
-        (o.point.short, o.point.did or "-",
+        (o.point.short, (o.point.did or "-") + (f"; stands for {o.point.covers}"
+                                                   if o.point.covers else ""),
          ", ".join(f"{name} {n}" for name, n in o.changed.items()) or "nothing",
-         o.booted or "-", " ".join(o.otadata) or "-", o.bootloader[0] if o.bootloader else "-",
+         o.booted or "-", o.verdict.line() if o.verdict else "-", " ".join(o.otadata) or "-",
+         o.bootloader[0] if o.bootloader else "-",
          o.status if not o.message else f"{o.status}: {o.message}")
         for o in outcomes
     ]  # fmt: skip
@@ -174,13 +212,23 @@ def by_step(outcomes: list[FaultOutcome]) -> dict[tuple[int, str], list[FaultOut
     return dict(sorted(steps.items()))
 
 
+def verdict_counts(outcomes: list[FaultOutcome]) -> str:
+    """`6 old app running (ota_0), 3 new app running (ota_1)`: the points by verdict."""
+    counts: dict[str, int] = {}
+    for o in outcomes:
+        line = o.verdict.line() if o.verdict else "no verdict"
+        counts[line] = counts.get(line, 0) + 1
+    return ", ".join(f"{n} {line}" for line, n in counts.items())
+
+
 def fault_summary(outcomes: list[FaultOutcome]) -> str:
     """Per fault step, how many of its points passed, and their table."""
     parts = []
     for (step, kind), mine in by_step(outcomes).items():
         passed = sum(o.status == "passed" for o in mine)
         points = "point" if len(mine) == 1 else "points"
-        parts.append(f"step {step} `{kind}`: {passed} of {len(mine)} {points} passed:\n"
+        covered = f"\n  {mine[0].coverage}" if mine[0].coverage else ""
+        parts.append(f"step {step} `{kind}`: {passed} of {len(mine)} {points} passed:{covered}\n"
                      f"{fault_table(mine)}")  # fmt: skip
     return "\n".join(parts)
 

@@ -34,13 +34,14 @@ from ..emulator.console import log_lines
 from ..emulator.device import BootOptions, Device, boot
 from ..emulator.httpserver import HttpServer
 from ..emulator.policy import retryable
-from ..errors import HarnessError, StepFailed, UnexpectedOutput
+from ..errors import FlashTraceUnavailable, HarnessError, StepFailed, UnexpectedOutput
 from ..flash import formats, images
+from ..flash.distinct import ReadSet, Seen
 from ..flash.firmware import sha256_of
 from ..flash.images import BuiltImage
 from ..flash.inputs import read_input
 from ..sources.manifest import Firmware
-from . import faults, serving
+from . import cutfile, faults, serving, verdict
 from .format import payload_var
 from .plan import Cell, CellPlan, Skipped, StepPlan
 from .results import (
@@ -277,19 +278,39 @@ class CellAttempt:
         log = dev.board.log
         first: StepFailed | None = None
         rules = list(log.forbidden)  # not_expect from before the fault holds at every point
-        for point, flash in fault.flashes(branches):
+        update = verdict.update_of([r.detail for r in self.timeline])
+        known = verdict.Known.of(branches.before, update)  # the apps a verdict tells apart
+        cutfile.keep(self.run_dir, record.index, branches)  # for `harness powercut export`
+        points = fault.flashes(branches)
+        send = getattr(points, "send", None)  # a plugin's plain iterator is taken as one
+        reading = fault.reads(branches)
+        seen: Seen | None = None
+        while True:
+            try:
+                point, flash = send(seen) if send is not None else next(points)
+            except StopIteration:
+                break
             fault.power_on_from(dev, flash)
+            reading = reading and _record_reads(dev, True)
             log.note(f"power on after `{record.step}` {point.label}")
             log.forbidden, log.violation = list(rules), None  # each point on its own
             since = self.cursor = len(log.lines)
             self.booted = None
             failure = self._steps(rest, branch=f"{record.step} {point.short}")
             outcome = self._outcome(record, point, failure, (branches.before, flash), since)
+            outcome.verdict = verdict.judge(dev, known, failure and failure.__cause__)
+            seen = _what_was_seen(dev, rest, flash) if reading else None  # asking it, too
             branches.outcomes.append(outcome)
             self.faults.append(outcome)
             dev.board.power_cut()
             if failure is not None and first is None:
                 first = failure
+        if reading:
+            _record_reads(dev, False)
+        chosen = {p.key: p for p in branches.points}  # as the fault named them at the end
+        for outcome in branches.outcomes:
+            outcome.point = chosen.get(outcome.point.key, outcome.point)
+            outcome.coverage = branches.coverage
         self._write_timeline()
         if first is None:
             return None
@@ -433,6 +454,45 @@ class CellAttempt:
 
     def _write_timeline(self) -> None:
         write_timeline(self.run_dir, self.timeline)
+
+
+# steps that read the flash only through the guest (whose reads the board traces); the
+# host reads otadata and the table for the otadata steps, and anything for the others
+GUEST_READS_ONLY = frozenset({"boot", "expect", "not_expect", "repl", "put", "reset",
+                              "assert_booted"})  # fmt: skip
+OTADATA_READS = frozenset({"assert_otadata", "write_otadata"})
+
+
+def _record_reads(dev: Device, on: bool) -> bool:
+    """Have the board trace what its power-ons read; False where it cannot."""
+    try:
+        dev.board.record_reads(on)
+    except FlashTraceUnavailable as exc:
+        dev.board.log.note(f"what the power-ons read is not traced ({exc}): every state is "
+                           "booted")  # fmt: skip
+        return False
+    return True
+
+
+def _what_was_seen(dev: Device, steps: Sequence[StepPlan], flash: bytes) -> Seen | None:
+    """What the power-on from `flash` and the `steps` after it read of the flash (what
+    the guest read, as the board traced it, and what the host read for the steps that
+    look at the flash file themselves) and the operations the guest made. None: unknown."""
+    try:
+        seen = dev.board.seen()
+    except HarnessError:
+        return None
+    read = seen.reads
+    kinds = {step.kind for step in steps} - GUEST_READS_ONLY
+    if kinds - OTADATA_READS:  # the host read it: every byte counts
+        return Seen(ReadSet.of([(0, len(flash))]), seen.writes)
+    if kinds:
+        table = formats.parse_table(flash)
+        where = [(formats.TABLE_OFFSET, formats.TABLE_OFFSET + formats.SECTOR)]
+        if table.otadata is not None:
+            where.append((table.otadata.offset, table.otadata.offset + table.otadata.size))
+        read = read | ReadSet.of(where)
+    return Seen(read, seen.writes)
 
 
 def _image_used(name: str, built: BuiltImage) -> ImageUsed:

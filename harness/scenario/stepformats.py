@@ -27,6 +27,7 @@ from pydantic import (
 from ..chips import names_watchdog_reset
 from ..flash.formats import OtaState, Select
 from ..flash.images import APP_OF
+from .results import VerdictKind
 
 # ota: two OTA slots (made by the OTA recipe where the firmware has none); no-ota: the
 # firmware's own table has none (the plain ESP32_GENERIC layout); spiram: a SPIRAM build;
@@ -480,6 +481,26 @@ class AssertOtadataArgs(Args):
 
 
 @step_format
+class AssertVerdictArgs(Args):
+    """What runs, judged without asking the firmware (docs/scenarios.md, the verdict): the
+    partition the cache MMU maps the code from, and which known image it holds: the `old
+    app` (the one the cell's image boots), the `new app` (`payload`, when given: a payload
+    kind or file), an `other app`, or `nothing` running; one of a list, and from the
+    partition `runs` when given."""
+
+    KIND: ClassVar[str] = "assert_verdict"
+    SHORTHAND: ClassVar[str | None] = "kind"
+
+    kind: VerdictKind | list[VerdictKind]
+    payload: str | None = None
+    runs: str | None = None
+
+    @property
+    def any_of(self) -> list[VerdictKind]:
+        return self.kind if isinstance(self.kind, list) else [self.kind]
+
+
+@step_format
 class AssertInspectArgs(Args):
     """A field of `harness inspect --json` (dotted path) for a payload kind, `image`,
     `flash` (the live flash now), `firmware` or a file."""
@@ -500,7 +521,15 @@ class PowerCutArgs(Args):
     `repl`, `put` or `run`, written under its own name) after chosen flash operations of
     it, counted as the flash chip sees them. The steps after it run once per cut point,
     from a power-on (`boot`) of the flash as the cut left it; the step passes only if
-    every point does. Points: `sweep: K` spreads K over the step's operations, plus its
+    every point does. Points: `sweep: all` covers every distinct flash state the step
+    passes through, booting only those that differ, on a byte an earlier power-on read,
+    from every state booted before (docs/architecture.md; `sweep: distinct` boots every
+    distinct state, the brute force that checks it; `torn: true` adds, inside each
+    operation that changes a bit, the state a torn erase or program leaves, by a model
+    drawn by `seed`: harness.flash.torn; `depth: 2` also cuts, the same way, the flash
+    operations each power-on after a cut makes, as the bootloader's otadata update,
+    MicroPython's first-boot filesystem and littlefs's commits); `sweep: K` spreads K over the
+    step's operations, plus its
     boundaries (before the first operation, before otadata is touched and after each of
     its operations, after the last); `at:` names operation counts (0: before the first);
     `within: PARTITION` (or `partition table`, `bootloader`) cuts while it is
@@ -520,9 +549,12 @@ class PowerCutArgs(Args):
     put: PutArgs | None = None
     run: RunArgs | None = None
     by: Literal["operations", "time"] = "operations"
-    sweep: PositiveInt | None = None
+    sweep: PositiveInt | Literal["all", "distinct"] | None = None
     at: list[NonNegativeInt] | None = None
     within: str | None = None
+    torn: bool = False
+    seed: int = 0
+    depth: Literal[1, 2] = 1
 
     @model_validator(mode="after")
     def _one_step_one_choice(self) -> PowerCutArgs:
@@ -538,7 +570,11 @@ class PowerCutArgs(Args):
         if len(chosen) != 1:
             raise ValueError("power_cut needs one of `sweep: K`, `at: [N, ...]`, `within: "
                              "PARTITION`")  # fmt: skip
-        if self.by == "time" and self.sweep is None:
+        if (self.torn or self.depth == 2) and self.sweep not in ("all", "distinct"):
+            what = ("torn: true cuts inside every operation" if self.torn
+                    else "depth: 2 cuts every operation of the power-ons too")  # fmt: skip
+            raise ValueError(f"{what}: it takes `sweep: all` (or `sweep: distinct`)")
+        if self.by == "time" and not isinstance(self.sweep, int):
             raise ValueError("a cut by time takes `sweep: K` (K points spread over the step's "
                              "duration)")  # fmt: skip
         if self.ota is not None and not self.ota.how.device_writes:
@@ -558,6 +594,10 @@ class PowerCutArgs(Args):
     def cost(self) -> int:
         if self.interrupted is None:
             return 1
+        if self.sweep == "all":  # the power-ons the classes come to: a handful, typically
+            return self.interrupted.cost() + 20
+        if self.sweep == "distinct":  # every distinct state booted: a check of `all`
+            return self.interrupted.cost() + 100
         points = self.sweep + 4 if self.sweep else len(self.at or ()) or 4
         return self.interrupted.cost() + points
 

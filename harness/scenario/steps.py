@@ -29,13 +29,15 @@ from ..emulator.httpserver import HttpServer
 from ..errors import BootLoop, DeviceError, FirmwareCrash, HarnessError, StepFailed
 from ..flash import formats
 from ..flash.inspect import examine
-from . import faults, plugins, serving
+from . import faults, plugins, serving, verdict
+from .results import Verdict
 from .stepformats import (
     STEP_FORMATS,
     Args,
     AssertBootedArgs,
     AssertInspectArgs,
     AssertOtadataArgs,
+    AssertVerdictArgs,
     BootArgs,
     ExpectArgs,
     NotExpectArgs,
@@ -336,6 +338,23 @@ def assert_booted(run: Run, args: AssertBootedArgs) -> Boot:
     if run.booted not in args.any_of:
         raise StepFailed(f"running from {run.booted}, expected {' or '.join(args.any_of)}")
     return Boot(run.booted, [])
+
+
+@handles(AssertVerdictArgs)
+def assert_verdict(run: Run, args: AssertVerdictArgs) -> Verdict:
+    dev = run.device()
+    payload = run.payload(args.payload) if args.payload else None
+    known = verdict.Known.of_image(run.inspect_target("image").read_bytes(), payload)
+    judged = verdict.judge(dev, known)
+    if judged is None:
+        raise StepFailed(
+            f"assert_verdict reads the ESP32's cache MMU; this board is an {dev.chip.name}"
+        )
+    if judged.kind not in args.any_of or (args.runs is not None and judged.runs != args.runs):
+        where = f" from {args.runs}" if args.runs else ""
+        raise StepFailed(f"{judged.line()} ({judged.why}; {judged.holds()}), expected "
+                         f"{' or '.join(args.any_of)}{where}")  # fmt: skip
+    return judged
 
 
 @handles(AssertOtadataArgs)

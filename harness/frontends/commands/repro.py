@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from ...errors import HarnessError
 from ...flash.size import FlashSize
@@ -35,10 +35,11 @@ def register(sub: Subparsers) -> None:
                    "v1.21-v1.23)")  # fmt: skip
     p.add_argument("--device-lib", type=Path, help="their device library folder (-> /lib)")
     p.add_argument("--expect", action="append", default=[], help="text that shows the bug")
-    p.add_argument("--power-cut", metavar="sweep:N",
-                   help="cut the power at N points of the update's flash writes (the "
-                        "device writes it); verdict: survives every cut, or the first "
-                        "point that bricks")  # fmt: skip
+    p.add_argument("--power-cut", metavar="all|sweep:N",
+                   help="cut the power in every distinct flash state of the update's "
+                        "writes (all: a power-on per class of states that power-on cannot "
+                        "tell apart), or at N points of them (the device writes it); "
+                        "verdict: survives every cut, or the first that bricks")  # fmt: skip
     p.add_argument("--save", type=Path, help="write the reproduction as a scenario file")
     p.add_argument("--artifacts", type=Path, default=Path("artifacts"))
     p.set_defaults(func=cmd_repro)
@@ -64,9 +65,13 @@ def cmd_repro(args: argparse.Namespace) -> int:
     return result.exit_code
 
 
-def _sweep_points(text: str) -> int:
-    """`sweep:20` (or `20`): how many cut points to spread over the update."""
+def _sweep_points(text: str) -> int | Literal["all"]:
+    """`all` (every distinct state), or `sweep:20` (or `20`): how many cut points to
+    spread over the update."""
     value = text.removeprefix("sweep:")
+    if value == "all":
+        return "all"
     if not value.isdigit() or int(value) < 1:
-        raise HarnessError(f"--power-cut {text}: give sweep:N, N cut points (e.g. sweep:20)")
+        raise HarnessError(f"--power-cut {text}: give all (every distinct flash state) or "
+                           "sweep:N, N cut points (e.g. sweep:20)")  # fmt: skip
     return int(value)
