@@ -253,8 +253,8 @@ def test_a_networked_cell_shows_the_servers_requests_beside_its_serial_log(tmp_p
     requests (a cut one marked) just before the serial log."""
     from cells import ran
 
-    from harness.emulator.httpserver import Served
     from harness.scenario.results import CellId, HttpLog
+    from harness.served import Served
 
     cell = CellId(scenario="download-dies", flash_size="4MB", firmware="v1.22.0")
     result = ran(tmp_path / "artifacts", cell)

@@ -22,6 +22,8 @@ from dataclasses import dataclass, field, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from ..served import Served
+
 CHUNK = 1024  # body bytes per write: fine enough for close_after, stalls and the rate
 NOT_FOUND_PAGE = (b"<!DOCTYPE html>\n<html><head><title>404 Not Found</title></head>\n"
                   b"<body><h1>Not Found</h1><p>The requested URL was not found on this "
@@ -56,23 +58,6 @@ class Misbehaviour:
         if self.rate is not None:
             said.append(f"{self.rate} B/s")
         return ", ".join(said)
-
-
-@dataclass(frozen=True)
-class Served:
-    """One request, as the server saw it: the board's side of a download."""
-
-    method: str
-    path: str
-    status: int
-    length: int  # the file's (or page's) real length
-    declared: int | None  # the Content-Length header sent
-    sent: int  # body bytes that went out
-    outcome: str  # complete, closed after N bytes (asked), the client went away, ...
-    start_s: float  # since the server started (or the serial log, harness.scenario.serving)
-    elapsed_s: float
-    client: str = ""
-    fault: str = ""  # Misbehaviour.describe()
 
 
 @dataclass

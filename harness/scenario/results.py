@@ -41,9 +41,9 @@ from pydantic import (
     model_serializer,
 )
 
-from ..emulator.httpserver import Served
 from ..errors import HarnessError
 from ..flash import formats, ops
+from ..served import Served
 
 SCHEMA = 3  # of result.json, timeline.json, flash-before.json and flash-after.json
 # (a field added with a default, as FaultOutcome.verdict, keeps it: older files read as before)

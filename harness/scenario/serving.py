@@ -14,9 +14,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..emulator.httpserver import HttpServer, Misbehaviour, Served
+from ..emulator.httpserver import HttpServer, Misbehaviour
 from ..errors import HarnessError
 from ..flash.inputs import read_input
+from ..served import Served
 from .results import HttpLog
 from .stepformats import HttpFault
 

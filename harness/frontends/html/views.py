@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 from ...emulator.console import strip_ansi
-from ...emulator.httpserver import Served
 from ...emulator.ota import OtaReport
 from ...scenario.results import (
     FAULT_COLUMNS,
@@ -34,6 +33,7 @@ from ...scenario.results import (
     iter_cells,
     load_cell,
 )
+from ...served import Served
 from . import partmap
 
 STATUSES = ("passed", "failed", "skipped", "retried")
