@@ -253,6 +253,20 @@ def test_download_dies_points_spread_over_the_payload_and_its_ends() -> None:
         DownloadDiesArgs(ota={**ota, "method": "library"}, sweep=2)
 
 
+def _served_cell(tmp_path: Path, fw: Callable[[str], Path], files: str) -> object:
+    """The one cell (v1.22.0, 4MB, a boot) of a scenario serving `files` (YAML flow map)."""
+    from harness.scenario import format as scenario_format
+    from harness.scenario import plan
+    from harness.sources.manifest import FirmwareSelector
+
+    path = tmp_path / "s.yaml"
+    matrix = f"matrix: {{flash_size: [4MB], firmware: [{fw('v1.22.0')}]}}\n"
+    path.write_text(f"title: t\n{matrix}serve: {{files: {files}}}\nsteps:\n  - boot: prompt\n")
+    [cell] = plan.cells(scenario_format.load(path), FirmwareSelector(download=False),
+                        plan.RunOptions())  # fmt: skip
+    return cell
+
+
 def test_a_cells_server_serves_its_files_and_is_gone_when_the_attempt_fails(
     wifi_qemu: Path, fw: Callable[[str], Path], tmp_path: Path
 ) -> None:
@@ -260,18 +274,11 @@ def test_a_cells_server_serves_its_files_and_is_gone_when_the_attempt_fails(
     http.json; an error inside the attempt still stops the server."""
     import urllib.request
 
-    from harness.scenario import format as scenario_format
     from harness.scenario import plan, serving
     from harness.scenario.results import HttpLog
-    from harness.sources.manifest import FirmwareSelector
 
     (tmp_path / "hello.txt").write_text("hello")
-    path = tmp_path / "s.yaml"
-    matrix = f"matrix: {{flash_size: [4MB], firmware: [{fw('v1.22.0')}]}}\n"
-    path.write_text(f"title: t\n{matrix}serve: {{files: {{/hello.txt: hello.txt}}}}\n"
-                    "steps:\n  - boot: prompt\n")  # fmt: skip
-    [cell] = plan.cells(scenario_format.load(path), FirmwareSelector(download=False),
-                        plan.RunOptions())  # fmt: skip
+    cell = _served_cell(tmp_path, fw, "{/hello.txt: hello.txt}")
     assert isinstance(cell, plan.CellPlan) and cell.policy.network
     with (
         pytest.raises(RuntimeError),
@@ -290,16 +297,10 @@ def test_a_cells_server_serves_its_files_and_is_gone_when_the_attempt_fails(
 def test_a_served_file_that_cannot_be_read_fails_the_cell_in_one_line(
     wifi_qemu: Path, fw: Callable[[str], Path], tmp_path: Path
 ) -> None:
-    from harness.scenario import format as scenario_format
     from harness.scenario import plan, runner
-    from harness.sources.manifest import FirmwareSelector
 
-    path = tmp_path / "s.yaml"
-    matrix = f"matrix: {{flash_size: [4MB], firmware: [{fw('v1.22.0')}]}}\n"
-    path.write_text(f"title: t\n{matrix}serve: {{files: {{/a.bin: missing.bin}}}}\n"
-                    "steps:\n  - boot: prompt\n")  # fmt: skip
-    [cell] = plan.cells(scenario_format.load(path), FirmwareSelector(download=False),
-                        plan.RunOptions())  # fmt: skip
+    cell = _served_cell(tmp_path, fw, "{/a.bin: missing.bin}")
+    assert isinstance(cell, plan.CellPlan)
     result = runner.run_cell(cell, runner.Setup(tmp_path / "artifacts", "/nonexistent"))
     assert result.status == "failed"
     assert result.message.startswith(f"{cell.name}: the HTTP server cannot start: ")
