@@ -24,7 +24,7 @@ RUN = $(PYTEST) -q -n $(WORKERS) --retries $(RETRIES)
 PROVISION := $(BIN)/harness provision scenarios
 
 .PHONY: venv test test-4mb test-16mb test-matrix test-upgrades test-reliability test-docker \
-	test-powerloss test-network lint test-nightly test-ci-workflow \
+	test-powerloss test-network test-qemu-install lint test-nightly test-ci-workflow \
 	docs bench-boot \
 	bench-ota \
 	bench-suite bench-memory bench-reset bench-powercut bench-stalls bench-network clean docker-build docker-test-4mb docker-test-16mb
@@ -39,7 +39,7 @@ venv: $(STAMP)
 
 ## the project's tests and the scenario library (emulation skips with a reason without QEMU)
 test: venv
-	$(RUN) --timeout 600 -m "not slow and not docker" --ignore=scenarios/power-loss \
+	$(RUN) --timeout 600 -m "not slow and not docker and not build" --ignore=scenarios/power-loss \
 	  --ignore=scenarios/network
 
 ## the main job: the scenario library on 16MB images (-f 16M --resize vfs=0 where there is a vfs line)
@@ -81,6 +81,13 @@ test-powerloss: venv
 test-network: venv
 	$(BIN)/harness provision scenarios/network
 	$(RUN) scenarios/network
+
+## `harness qemu install --wifi` for real: the Wi-Fi QEMU built from its source archive (made
+## from QEMU_WIFI_GIT and KEYCODEMAPDB_GIT, git directories of github:esp32-open-mac/qemu and
+## github:qemu/keycodemapdb, served on loopback) into a fresh tools folder, then a network
+## cell on it; minutes of compiling, so nothing else should run meanwhile
+test-qemu-install: venv
+	$(PYTEST) -q -s -m build tests/test_qemu_install.py
 
 ## the long runs: 120 kills, 40 repeats of the starting report, host load, the report with
 ## mpremote moving every byte, the user's library on today's release (about 50 min)

@@ -25,10 +25,13 @@ from typing import Any
 from harness.emulator import device, launch
 from harness.emulator.httpserver import HttpServer
 from harness.flash import images, recipes
+from harness.flash.size import FlashSize
 from harness.scenario import format, plan, runner
 from harness.sources import manifest
 
 FIRMWARE = "ESP32_GENERIC-OTA@v1.22.0"
+# the starting report's size; a 4MB filesystem cannot hold the library cell's /fw.bin
+FLASH = FlashSize.parse("16MB")
 LIB = Path(__file__).resolve().parent.parent / "scenarios" / "files" / "device_lib"
 READ = """import requests, time
 t = time.ticks_ms()
@@ -69,7 +72,7 @@ CELLS: dict[str, list[dict[str, Any]]] = {
 
 def download(firmware: Path, app: bytes, qemu: str | None) -> dict[str, float]:
     """Seconds to fetch the app: through requests and a raw socket (device clock)."""
-    ready = launch.prepare(firmware, launch.Choices(network=True),
+    ready = launch.prepare(firmware, launch.Choices(flash_size=FLASH, network=True),
                            recipes.search_path(Path.cwd()))  # fmt: skip
     image = ready.build()
     out: dict[str, float] = {}
@@ -92,7 +95,7 @@ def download(firmware: Path, app: bytes, qemu: str | None) -> dict[str, float]:
 
 def cell(name: str, steps: list[dict[str, Any]], folder: Path, firmware: Path) -> float:
     data = {"title": f"bench {name}", "source": "bench/network.py", "requires": ["ota"],
-            "matrix": {"flash_size": ["4MB"], "firmware": [str(firmware)]},
+            "matrix": {"flash_size": [str(FLASH)], "firmware": [str(firmware)]},
             "steps": [{"boot": "prompt"}, *steps, {"assert_booted": "ota_1"}]}  # fmt: skip
     scenario = format.from_data(data, folder / f"{name}.yaml")
     [planned] = plan.cells(scenario, manifest.selector(), plan.RunOptions())
@@ -110,7 +113,7 @@ def main() -> int:
     firmware = manifest.selector().entry(FIRMWARE).path
     with tempfile.TemporaryDirectory() as tmp:
         app = images.convert(firmware.read_bytes(), ["-x"])
-        print(f"{FIRMWARE}: the app, {len(app)} bytes, 4MB image, {time.strftime('%F')}")
+        print(f"{FIRMWARE}: the app, {len(app)} bytes, {FLASH} image, {time.strftime('%F')}")
         fetched = download(firmware, app, args.qemu)
         for name in ("requests", "socket"):
             rate = len(app) / fetched[name] / 1024

@@ -34,7 +34,10 @@ class Wifi:
     DHCP and reaches the host's 127.0.0.1 at `host`. Its MAC model answers the register
     reads of ESP-IDF 5.0's Wi-Fi driver only: from 5.2 on, QEMU stops at
     `w.active(True)` (`unmapped peripheral read for 3ff5103c`), so it serves the builds
-    whose ESP-IDF is in `serves` (MicroPython v1.21.0 to v1.23.0).
+    whose ESP-IDF is in `serves` (MicroPython v1.21.0 to v1.23.0). Beside the guest's
+    PSRAM (`-m 4M`) v1.21.0 SPIRAM panics on core 1 at its first request (Load- or
+    StoreProhibited, every boot of 4); without it that build downloads as the others do,
+    so a board on the network runs without PSRAM unless told otherwise (`psram`).
     """
 
     tool: str  # its folder under ~/.espressif/tools: qemu-xtensa-wifi
@@ -45,6 +48,7 @@ class Wifi:
     ssid: str = "Open Wifi"  # the access point it emulates (open: no password)
     host: str = "10.0.2.2"  # the host's 127.0.0.1, as the guest reaches it (QEMU user net)
     guest: str = "10.0.2.15"  # the guest's address (QEMU's DHCP)
+    psram: bool = False  # its model works beside the guest's PSRAM (-m 4M)
 
     def nic(self) -> list[str]:
         """The command line that gives the guest its Wi-Fi (replacing `-nic none`)."""

@@ -8,6 +8,11 @@ Each stand-in is named when it is used (the docker test prints them):
   `qemu/share/qemu`) made from the QEMU on this machine, with the shared libraries it
   needs beyond the Dockerfile's packages, served over loopback HTTP, so the Dockerfile's
   own download, checksum, unpack and `-machine help` check all run;
+- esp32-open-mac's QEMU source at the pinned commit (the Wi-Fi QEMU's build stage, and
+  `harness qemu install --wifi`): an archive of the tree with ui/keycodemapdb filled in,
+  made with `git archive` from git directories holding both (QEMU_WIFI_GIT,
+  KEYCODEMAPDB_GIT: the `fetch` of github:esp32-open-mac/qemu and github:qemu/keycodemapdb),
+  served over loopback like the release;
 - running inside: `ENGINE run` where the engine may run containers (podman, where its
   defaults are refused, with tools/containers.conf: runc and explicit ulimits), else a
   build stage `FROM` the image whose `RUN` is the command.
@@ -171,6 +176,41 @@ def qemu_release_tarball(qemu: Path) -> bytes:
             add(lib.resolve().read_bytes(), f"qemu/lib/{lib.name}", 0o644)
         tar.add(str(top / "share" / "qemu"), arcname="qemu/share/qemu")
     return buf.getvalue()
+
+
+def qemu_wifi_source() -> tuple[bytes, str]:
+    """(archive, what it is): the Wi-Fi QEMU's source at its pinned commit, as a .tar.gz
+    with one top folder and its submodule filled in, from the git directories that
+    QEMU_WIFI_GIT and KEYCODEMAPDB_GIT name (the test fails saying so without them)."""
+    from harness.sources.qemubuild import WIFI
+
+    gits = {name: os.environ.get(name, "") for name in ("QEMU_WIFI_GIT", "KEYCODEMAPDB_GIT")}
+    if not all(gits.values()):
+        raise RuntimeError("set QEMU_WIFI_GIT and KEYCODEMAPDB_GIT to git directories of "
+                           "github:esp32-open-mac/qemu and github:qemu/keycodemapdb")  # fmt: skip
+    qemu_git, keys_git = gits["QEMU_WIFI_GIT"], gits["KEYCODEMAPDB_GIT"]
+    [path] = WIFI.submodules
+    listed = subprocess.run(["git", "-C", qemu_git, "ls-tree", WIFI.commit, path],
+                            capture_output=True, text=True, check=True).stdout  # fmt: skip
+    gitlink = listed.split()[2]
+    top = f"qemu-{WIFI.commit[:10]}"
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz", compresslevel=1) as out:
+        for git, commit, prefix in ((qemu_git, WIFI.commit, f"{top}/"),
+                                    (keys_git, gitlink, f"{top}/{path}/")):  # fmt: skip
+            tree = subprocess.run(["git", "-C", git, "archive", "--format=tar",
+                                   f"--prefix={prefix}", commit], capture_output=True,
+                                  check=True).stdout  # fmt: skip
+            with tarfile.open(fileobj=io.BytesIO(tree)) as part:
+                for member in part.getmembers():
+                    if member.name.rstrip("/") == f"{top}/{path}" and member.isdir():
+                        continue  # the submodule's empty folder comes with its own tree
+                    out.addfile(member, part.extractfile(member) if member.isfile() else None)
+    return buf.getvalue(), (
+        f"esp32-open-mac's QEMU source at {WIFI.commit[:10]} with {path} at {gitlink[:10]}, "
+        f"packed with `git archive` from {qemu_git} and {keys_git}, standing in for the "
+        f"tree GitHub serves"
+    )
 
 
 class _Quiet(http.server.SimpleHTTPRequestHandler):

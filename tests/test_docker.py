@@ -21,6 +21,7 @@ from containers import (
     base_image,
     engine,
     qemu_release_tarball,
+    qemu_wifi_source,
     served,
     sha256,
     timed,
@@ -44,6 +45,7 @@ class Built:
     url: str
     sha256: str
     version: str
+    wifi: list[str]  # the Wi-Fi QEMU's source build args
     cold_s: float
     warm_s: float
 
@@ -53,6 +55,18 @@ def _build(eng: Engine, base: str, url: str, sha: str, version: str, tag: str,
     return [*eng.build_args(), *extra, "--build-arg", f"BASE={base}", "-f", "docker/Dockerfile",
             "--build-arg", f"QEMU_VERSION={version}", "--build-arg", f"QEMU_URL_AMD64={url}",
             "--build-arg", f"QEMU_SHA256_AMD64={sha}", "-t", tag, "."]  # fmt: skip
+
+
+def _wifi_source(www: Path) -> tuple[str, str]:
+    """(file name, sha256) of the Wi-Fi QEMU's source stand-in, written into `www`."""
+    try:
+        archive, what = qemu_wifi_source()
+    except RuntimeError as exc:
+        pytest.fail(f"the image's Wi-Fi QEMU stage needs its source: {exc}")
+    (www / "qemu-wifi-src.tar.gz").write_bytes(archive)
+    print(f"stand-in for the Wi-Fi QEMU's git source: {what} ({len(archive)} bytes), "
+          "served on loopback")  # fmt: skip
+    return "qemu-wifi-src.tar.gz", sha256(archive)
 
 
 @pytest.fixture(scope="module")
@@ -73,13 +87,17 @@ def built(qemu: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Buil
     version = qemu.parent.parent.parent.name
     print(f"stand-in for Espressif's QEMU release: {qemu} packed in the release's layout "
           f"({len(tarball)} bytes, sha256 {sha256(tarball)}), served on loopback")  # fmt: skip
+    source, source_sha = _wifi_source(release)
     with served(release) as base_url:
         url = f"{base_url}/qemu.tar.xz"
-        cold = timed(_build(eng, base, url, sha256(tarball), version, TAG, "--no-cache"), ROOT)
+        wifi = ["--build-arg", f"QEMU_WIFI_SRC_URL={base_url}/{source}",
+                "--build-arg", f"QEMU_WIFI_SRC_SHA256={source_sha}"]  # fmt: skip
+        cold = timed(_build(eng, base, url, sha256(tarball), version, TAG, "--no-cache", *wifi),
+                     ROOT)  # fmt: skip
         assert cold.result.returncode == 0, cold.result.stdout[-3000:] + cold.result.stderr[-3000:]
-        warm = timed(_build(eng, base, url, sha256(tarball), version, TAG), ROOT)
+        warm = timed(_build(eng, base, url, sha256(tarball), version, TAG, *wifi), ROOT)
         assert warm.result.returncode == 0, warm.result.stderr[-3000:]
-        yield Built(eng, base, url, sha256(tarball), version, cold.seconds, warm.seconds)
+        yield Built(eng, base, url, sha256(tarball), version, wifi, cold.seconds, warm.seconds)
 
 
 def test_the_image_builds_with_its_own_download_checksum_and_qemu_check(built: Built) -> None:
@@ -101,11 +119,12 @@ def _runner(built: Built) -> tuple[Engine, str | None, str]:
     return built.engine, refused, f"{built.engine.name} run"
 
 
-def _inside(built: Built, firmware: Path, artifacts: Path, work: Path) -> tuple[float, str]:
+def _inside(built: Built, firmware: Path, artifacts: Path, work: Path,
+            scenarios: str = "/scenarios") -> tuple[float, str]:  # fmt: skip
     """The library at 16MB inside the image: `run` where the engine may, else a build stage.
     The host's emulation lock is mounted in, so a cell that must have the host to itself
     (harness.emulator.hostlock) waits for emulations outside the container too."""
-    command = ["run", "/scenarios", "--flash-size", "16MB", *RETRIES, "--artifacts",
+    command = ["run", scenarios, "--flash-size", "16MB", *RETRIES, "--artifacts",
                "/artifacts", "--junit", "/artifacts/junit-16mb.xml"]  # fmt: skip
     locks = paths.user_cache("HARNESS_LOCKS", "locks")
     locks.mkdir(parents=True, exist_ok=True)
@@ -162,10 +181,31 @@ def test_the_16mb_library_passes_inside_the_image(
 
 def test_a_wrong_qemu_checksum_fails_the_build_and_tags_nothing(built: Built) -> None:
     wrong = "0" * 64
-    result = timed(_build(built.engine, built.base, built.url, wrong, built.version, BAD_TAG),
-                   ROOT).result  # fmt: skip
+    result = timed(_build(built.engine, built.base, built.url, wrong, built.version, BAD_TAG,
+                          *built.wifi), ROOT).result  # fmt: skip
     output = result.stdout + result.stderr
     assert result.returncode != 0
     assert "/tmp/qemu.tar.xz: FAILED" in output, output[-3000:]
     assert "sha256sum: WARNING: 1 computed checksum did NOT match" in output
     assert not built.engine.has_image(BAD_TAG)
+
+
+def test_the_image_has_both_qemus_and_a_board_downloads_its_update_inside(
+    built: Built, firmware_dir: Path, tmp_path: Path
+) -> None:
+    """Espressif's release for every cell, the Wi-Fi QEMU for the network's: the starting
+    report over HTTP, served and downloaded inside the container (QEMU's user networking
+    reaches the container's own 127.0.0.1)."""
+    artifacts = tmp_path / "inside"
+    artifacts.mkdir()
+    artifacts.chmod(0o777)
+    scenario = "/scenarios/network/ota-full-image-over-http.yaml"
+    seconds, how = _inside(built, firmware_dir, artifacts, tmp_path, scenario)
+    print(f"running inside: {how}")
+    tests, failures, skipped = _junit(artifacts / "junit-16mb.xml")
+    assert failures == 0 and tests - skipped >= 1, (tests, failures, skipped)
+    lines = {p.parent.name: p.read_text() for p in artifacts.glob("*/qemu-cmdline.txt")}
+    network = [name for name, line in lines.items() if "model=misc.esp32_wifi" in line]
+    assert network and all("/tools/qemu-xtensa-wifi/" in lines[n] for n in network), lines
+    print(f"the network cells inside: {tests} cells, {skipped} skipped, {seconds} s; "
+          f"on the Wi-Fi QEMU: {', '.join(sorted(network))}")  # fmt: skip

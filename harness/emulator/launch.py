@@ -69,6 +69,9 @@ def prepare(firmware: Path, choices: Choices, search: list[Path]) -> Launch:
     facts = FirmwareFacts.read(firmware)
     named = find_recipe(firmware, choices, search)
     psram = choices.psram if choices.psram is not None else policy.auto(named.spec.psram)
+    wifi = facts.chip.qemu.wifi if facts.chip.qemu is not None else None
+    if choices.network and psram is None and wifi is not None and not wifi.psram:
+        psram = False  # the Wi-Fi model and the guest's PSRAM do not mix (harness.chips.Wifi)
     decided = policy.decide(facts, watchdogs=choices.watchdogs, psram=psram,
                             alone=choices.alone, retries=choices.retries)  # fmt: skip
     return Launch(firmware, facts, named, dataclasses.replace(decided, network=choices.network))

@@ -8,7 +8,9 @@ below (`Machine`, `boot()`) have no defaults of their own for any of it.
 - Watchdogs: off unless a scenario or an option turns them on. The guest's clock follows
   the host's, so a busy host fires the emulated timer-group watchdogs on firmware that is
   fine; Espressif's `idf.py qemu` turns them off too (bench/watchdog.py measured it).
-- PSRAM: exactly when the firmware is a SPIRAM build (it bails out without it).
+- PSRAM: exactly when the firmware is a SPIRAM build (without it, it bails out of PSRAM
+  and runs on its internal heap), except on the network (harness.emulator.launch: the
+  Wi-Fi model and PSRAM do not mix).
 - The host alone: when a step needs it (device-side writes, the user's own tools), or
   when the firmware is a build measured to stall on a shared host (ESP-IDF before v5.0.4).
 - Retries: none unless asked; only errors that are the emulator's, never a firmware's
