@@ -16,6 +16,7 @@ from harness import chips
 from harness.emulator import launch
 from harness.emulator import qemu as machine
 from harness.errors import QemuNotFound
+from harness.flash import recipes
 from harness.flash.firmware import FirmwareFacts
 from harness.frontends import repro
 
@@ -40,6 +41,23 @@ def test_the_profile_serves_esp_idf_5_0_and_says_why_not_in_one_line() -> None:
         "this QEMU emulates Wi-Fi for ESP-IDF 5.0 builds only; v1.27.0 is 5.5.1"
     )
     assert WIFI.why_not("v1.20.0", None).endswith("v1.20.0 does not say its ESP-IDF")
+
+
+def test_a_psram_build_on_the_network_runs_without_psram_unless_told(
+    firmware_dir: Path,
+) -> None:
+    """Beside the guest's PSRAM, v1.21.0 SPIRAM's Wi-Fi panics (harness.chips.Wifi)."""
+    path = firmware_dir / "ESP32_GENERIC-SPIRAM-20231005-v1.21.0.bin"
+    if not path.is_file():
+        pytest.skip(f"{path.name} is not in {firmware_dir}")
+    search = recipes.search_path(Path.cwd())
+
+    def psram(network: bool, chosen: bool | None = None) -> bool:
+        choices = launch.Choices(psram=chosen, network=network)
+        return launch.prepare(path, choices, search).policy.psram
+
+    assert psram(network=False) is True and psram(network=True) is False
+    assert psram(network=True, chosen=True) is True
 
 
 @pytest.mark.parametrize(
