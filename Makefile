@@ -116,7 +116,8 @@ docker-test-16mb docker-test-4mb: docker-test-%:
 	  --artifacts /artifacts --junit /artifacts/junit-$*.xml
 
 ## the real docker/Dockerfile built with docker or podman and the 16MB library run inside it;
-## offline, stand-ins for the base image and the QEMU release (named in the output)
+## offline, stand-ins for the base image, the QEMU release and the Wi-Fi QEMU's source (made
+## from QEMU_WIFI_GIT and KEYCODEMAPDB_GIT, as for test-qemu-install; named in the output)
 test-docker: venv
 	DOCKER=$(DOCKER) $(PYTEST) -q -s -m docker tests/test_docker.py
 
