@@ -99,6 +99,30 @@ def test_a_source_archive_is_checked_before_anything_is_unpacked(tmp_path: Path)
     assert not (tmp_path / "c" / "source.tar").exists()
 
 
+@pytest.mark.parametrize("filtered", [True, False], ids=["data-filter", "before-3.11.4"])
+def test_an_archive_member_outside_its_folder_is_refused(
+    filtered: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With tarfile's data filter, and without it (Debian 12's Python 3.11.2)."""
+    if not filtered:
+        monkeypatch.delattr(tarfile, "data_filter", raising=False)
+    for name, linkname in (("../evil", ""), ("qemu/link", "/etc/passwd")):
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w") as tar:
+            info = tarfile.TarInfo(name)
+            if linkname:
+                info.type, info.linkname = tarfile.SYMTYPE, linkname
+            tar.addfile(info, io.BytesIO(b""))
+        buf.seek(0)
+        with tarfile.open(fileobj=buf) as tar, pytest.raises(tarfile.TarError):
+            qemubuild.extract(tar, tmp_path / "out")
+    assert not (tmp_path / "evil").exists()
+    buf = io.BytesIO(_archive(["qemu"]))
+    with tarfile.open(fileobj=buf) as tar:
+        qemubuild.extract(tar, tmp_path / "ok")
+    assert (tmp_path / "ok" / "qemu" / "configure").is_file()
+
+
 def test_a_tree_that_is_not_the_pinned_one_is_refused(tmp_path: Path) -> None:
     (tmp_path / "accel/tcg").mkdir(parents=True)
     (tmp_path / "accel/tcg/tcg-accel-ops-mttcg.c").write_text("int main(void) { return 0; }\n")

@@ -29,6 +29,7 @@ from ..chips import Chip
 from ..errors import HarnessError
 from ..flash import formats
 from ..paths import idf_tools_dir
+from . import qemubuild
 
 RELEASES_URL = "https://github.com/espressif/qemu/releases/download"
 MICROPYTHON_URL = "https://micropython.org"
@@ -143,7 +144,7 @@ def install_qemu(
         unpacked = Path(tmp) / "unpacked"
         try:
             with tarfile.open(archive, "r:xz") as tar:
-                tar.extractall(unpacked, filter="data")
+                qemubuild.extract(tar, unpacked)
         except (tarfile.TarError, OSError, EOFError) as exc:
             raise HarnessError(
                 f"the QEMU archive from {url or asset.url} is broken: {exc}"
