@@ -105,7 +105,6 @@ def test_the_image_builds_with_its_own_download_checksum_and_qemu_check(built: B
     print(f"image {TAG}: {int(size) / 1e6:.0f} MB; build cold {built.cold_s} s, "
           f"warm {built.warm_s} s")  # fmt: skip
     assert built.engine.has_image(TAG)
-    assert built.warm_s < built.cold_s
 
 
 def _runner(built: Built) -> tuple[Engine, str | None, str]:
