@@ -195,6 +195,7 @@ def test_no_workflow_or_recipe_builds_qemu() -> None:
     assert "python /build/qemubuild.py --tools /out" in wifi[0]
     wifi_profile = chips.DEFAULT.qemu.wifi if chips.DEFAULT.qemu else None
     assert wifi_profile is not None and qemubuild.WIFI.commit.startswith(wifi_profile.commit)
+    assert qemubuild.WIFI.device == wifi_profile.device  # the recipe is standalone: checked here
     for text in [*stages, *(w.read_text() for w in [*WORKFLOWS, ROOT / "Makefile"])]:
         assert "--target-list" not in text and "ninja -j" not in text
 

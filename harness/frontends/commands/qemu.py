@@ -41,8 +41,7 @@ def cmd_qemu_install(args: argparse.Namespace) -> int:
 
 def _install_wifi(url: str | None, sha256: str | None) -> int:
     from ...chips import DEFAULT
-    from ...emulator.qemu import find_wifi_qemu
-    from ...errors import QemuNotFound
+    from ...emulator.qemu import has_device
     from ...paths import idf_tools_dir
     from ...sources import qemubuild
 
@@ -51,12 +50,9 @@ def _install_wifi(url: str | None, sha256: str | None) -> int:
     wifi, source = profile.wifi, qemubuild.WIFI
     prefix = idf_tools_dir() / wifi.tool / source.folder / "qemu"
     binary = prefix / "bin" / profile.binary
-    try:
-        if find_wifi_qemu(chip=DEFAULT) == binary:
-            print(f"already installed: {binary}")
-            return 0
-    except QemuNotFound:
-        pass
+    if binary.is_file() and has_device(binary, wifi.device):
+        print(f"already installed: {binary}")
+        return 0
     if prefix.exists():
         raise HarnessError(f"{prefix} is there but has no working {binary.name} with the "
                            f"{wifi.device} model: remove it and run this again")  # fmt: skip
