@@ -26,7 +26,15 @@ from ..emulator import hostcommand, ota
 from ..emulator.console import Forbidden
 from ..emulator.device import Boot, Device
 from ..emulator.httpserver import HttpServer
-from ..errors import BootLoop, DeviceError, FirmwareCrash, HarnessError, StepFailed
+from ..errors import (
+    BootLoop,
+    DeviceError,
+    DeviceTimeout,
+    FirmwareCrash,
+    GuestStalled,
+    HarnessError,
+    StepFailed,
+)
 from ..flash import formats
 from ..flash.inspect import examine
 from . import faults, plugins, serving, verdict
@@ -160,9 +168,14 @@ def expect(run: Run, args: ExpectArgs) -> Matched:
             remaining = deadline - time.monotonic()
             if at is None and remaining <= 0:
                 what = "in order " if args.ordered and len(args.pattern) > 1 else ""
-                raise StepFailed(
+                said = (
                     f"serial output did not show {pattern.pattern!r} {what}within {args.timeout:g}s"
                 )
+                # asked of QEMU, as every console wait is: a stuck guest is the emulator's
+                diagnosed = console.timed_out(DeviceTimeout(said))
+                if isinstance(diagnosed, GuestStalled):
+                    raise diagnosed
+                raise StepFailed(str(diagnosed))
             if at is None:
                 console.pump(min(0.2, remaining), during="expect")
         found.append(console.log.lines[at].strip())
