@@ -37,9 +37,11 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-## the project's tests and the scenario library (emulation skips with a reason without QEMU)
+## the project's tests and the scenario library (emulation skips with a reason without QEMU);
+## the 15 slowest are listed at the end, for keeping it within its 15 minutes on 2 cores
 test: venv
-	$(RUN) --timeout 600 -m "not slow and not docker and not build" --ignore=scenarios/power-loss \
+	$(RUN) --timeout 600 --durations 15 -m "not slow and not docker and not build" \
+	  --ignore=scenarios/power-loss \
 	  --ignore=scenarios/network
 
 ## the main job: the scenario library on 16MB images (-f 16M --resize vfs=0 where there is a vfs line)
