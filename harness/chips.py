@@ -102,6 +102,11 @@ class Chip:
     qemu: Qemu | None = None
 
     @property
+    def wifi(self) -> Wifi | None:
+        """The build of its QEMU that emulates its Wi-Fi, if any."""
+        return self.qemu.wifi if self.qemu is not None else None
+
+    @property
     def boots(self) -> bool:
         """The harness can boot this chip's images in Espressif's QEMU."""
         return self.qemu is not None and not self.qemu.cannot_boot

@@ -20,7 +20,7 @@ from harness.flash import recipes
 from harness.flash.firmware import FirmwareFacts
 from harness.frontends import repro
 
-WIFI = chips.ESP32.qemu.wifi if chips.ESP32.qemu else None
+WIFI = chips.ESP32.wifi
 V122 = "ESP32_GENERIC-OTA-20231227-v1.22.0.bin"
 V127 = "ESP32_GENERIC-20251209-v1.27.0.bin"
 

@@ -193,7 +193,7 @@ def test_no_workflow_or_recipe_builds_qemu() -> None:
     assert len(wifi) == 1
     assert "COPY harness/sources/qemubuild.py /build/qemubuild.py" in wifi[0]
     assert "python /build/qemubuild.py --tools /out" in wifi[0]
-    wifi_profile = chips.DEFAULT.qemu.wifi if chips.DEFAULT.qemu else None
+    wifi_profile = chips.DEFAULT.wifi
     assert wifi_profile is not None and qemubuild.WIFI.commit.startswith(wifi_profile.commit)
     assert qemubuild.WIFI.device == wifi_profile.device  # the recipe is standalone: checked here
     for text in [*stages, *(w.read_text() for w in [*WORKFLOWS, ROOT / "Makefile"])]:

@@ -139,7 +139,7 @@ class Device:
         """Join the access point the chip's Wi-Fi QEMU emulates and wait for an address
         (a board without the network fails here with MicroPython's own error); its
         ifconfig(): address, netmask, gateway, DNS."""
-        wifi = self.chip.qemu.wifi if self.chip.qemu is not None else None
+        wifi = self.chip.wifi
         if wifi is None:
             raise HarnessError(f"no QEMU emulates the Wi-Fi of {self.chip.name}")
         code = WIFI_CONNECT % (wifi.ssid, int(timeout * 1000), wifi.ssid, timeout)

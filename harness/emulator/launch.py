@@ -69,7 +69,7 @@ def prepare(firmware: Path, choices: Choices, search: list[Path]) -> Launch:
     facts = FirmwareFacts.read(firmware)
     named = find_recipe(firmware, choices, search)
     psram = choices.psram if choices.psram is not None else policy.auto(named.spec.psram)
-    wifi = facts.chip.qemu.wifi if facts.chip.qemu is not None else None
+    wifi = facts.chip.wifi
     if choices.network and psram is None and wifi is not None and not wifi.psram:
         psram = False  # the Wi-Fi model and the guest's PSRAM do not mix (harness.chips.Wifi)
     decided = policy.decide(facts, watchdogs=choices.watchdogs, psram=psram,
@@ -81,7 +81,7 @@ def why_no_network(facts: FirmwareFacts, qemu: str | Path | None = None) -> str:
     """Why a firmware gets no network here, in one line ("" when it does): its chip's
     Wi-Fi QEMU (harness.chips.Wifi) must serve the release's ESP-IDF, read from its app
     description, and be found, probed for the model (harness.emulator.qemu)."""
-    wifi = facts.chip.qemu.wifi if facts.chip.qemu is not None else None
+    wifi = facts.chip.wifi
     if wifi is None:
         return f"no QEMU emulates the Wi-Fi of {facts.chip.name}"
     reason = wifi.why_not(facts.version or facts.name, facts.idf_version)

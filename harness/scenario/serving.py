@@ -41,7 +41,7 @@ def misbehaviour(fault: HttpFault | None) -> Misbehaviour:
 
 def host(plan: CellPlan) -> str:
     """The host's address as the board sees it (the chip's Wi-Fi profile)."""
-    wifi = plan.policy.chip.qemu.wifi if plan.policy.chip.qemu is not None else None
+    wifi = plan.policy.chip.wifi
     if wifi is None:
         raise HarnessError(f"no QEMU emulates the Wi-Fi of {plan.policy.chip.name}")
     return wifi.host
