@@ -178,17 +178,22 @@ def qemu_release_tarball(qemu: Path) -> bytes:
     return buf.getvalue()
 
 
-def qemu_wifi_source() -> tuple[bytes, str]:
-    """(archive, what it is): the Wi-Fi QEMU's source at its pinned commit, as a .tar.gz
-    with one top folder and its submodule filled in, from the git directories that
-    QEMU_WIFI_GIT and KEYCODEMAPDB_GIT name (the test fails saying so without them)."""
-    from harness.sources.qemubuild import WIFI
-
-    gits = {name: os.environ.get(name, "") for name in ("QEMU_WIFI_GIT", "KEYCODEMAPDB_GIT")}
-    if not all(gits.values()):
+def wifi_source_gits() -> tuple[str, str]:
+    """The git directories of the Wi-Fi QEMU's tree and of its submodule, from
+    QEMU_WIFI_GIT and KEYCODEMAPDB_GIT; RuntimeError saying so without them."""
+    gits = os.environ.get("QEMU_WIFI_GIT", ""), os.environ.get("KEYCODEMAPDB_GIT", "")
+    if not all(gits):
         raise RuntimeError("set QEMU_WIFI_GIT and KEYCODEMAPDB_GIT to git directories of "
                            "github:esp32-open-mac/qemu and github:qemu/keycodemapdb")  # fmt: skip
-    qemu_git, keys_git = gits["QEMU_WIFI_GIT"], gits["KEYCODEMAPDB_GIT"]
+    return gits
+
+
+def qemu_wifi_source() -> tuple[bytes, str]:
+    """(archive, what it is): the Wi-Fi QEMU's source at its pinned commit, as a .tar.gz
+    with one top folder and its submodule filled in, from wifi_source_gits()."""
+    from harness.sources.qemubuild import WIFI
+
+    qemu_git, keys_git = wifi_source_gits()
     [path] = WIFI.submodules
     listed = subprocess.run(["git", "-C", qemu_git, "ls-tree", WIFI.commit, path],
                             capture_output=True, text=True, check=True).stdout  # fmt: skip

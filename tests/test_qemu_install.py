@@ -16,7 +16,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from containers import qemu_wifi_source, served, sha256, timed
+from containers import qemu_wifi_source, served, sha256, timed, wifi_source_gits
 
 from harness.emulator.qemu import find_wifi_qemu
 from harness.errors import QemuNotFound
@@ -131,11 +131,11 @@ def test_a_tree_that_is_not_the_pinned_one_is_refused(tmp_path: Path) -> None:
 
 
 def _gits() -> tuple[str, str]:
-    gits = os.environ.get("QEMU_WIFI_GIT", ""), os.environ.get("KEYCODEMAPDB_GIT", "")
-    if not all(gits):
-        pytest.fail("set QEMU_WIFI_GIT and KEYCODEMAPDB_GIT to git directories of "
-                    "github:esp32-open-mac/qemu and github:qemu/keycodemapdb")  # fmt: skip
-    return gits
+    try:
+        return wifi_source_gits()
+    except RuntimeError as exc:
+        why = str(exc)
+    pytest.fail(why)
 
 
 @pytest.mark.build
