@@ -45,7 +45,6 @@ from ..errors import (
     QemuNotFound,
 )
 from ..paths import idf_tools_dir
-from ..sources import qemubuild
 from . import flashtrace, janitor
 
 _PR_SET_PDEATHSIG = 1
@@ -91,8 +90,16 @@ def has_machine(qemu: Path, machine: str) -> bool:
     return any(line.split()[:1] == [machine] for line in out.splitlines())
 
 
-# asked once per binary: the probe itself is the standalone build recipe's
-has_device = functools.cache(qemubuild.has_device)
+@functools.cache
+def has_device(qemu: Path, device: str) -> bool:
+    """The QEMU build has the device model `device` (`-device NAME,help` lists its
+    options; a build without it says `Device 'NAME' not found`)."""
+    try:
+        out = subprocess.run([str(qemu), "-device", f"{device},help"], capture_output=True,
+                             text=True, timeout=20)  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return f"{device} options" in out.stdout + out.stderr
 
 
 def wifi_hint(wifi: chips.Wifi) -> str:

@@ -224,7 +224,7 @@ def build(source: Source, prefix: Path, origin: Origin = Origin()) -> float:
             _run(["ninja", f"-j{os.cpu_count() or 1}"], out, "the build (ninja)", log)
             _run(["ninja", "install"], out, "ninja install", log)
             built = staged / "bin" / BINARY
-            if source.device and not has_device(built, source.device):
+            if source.device and not _has_device(built, source.device):
                 raise BuildError(f"the build has no {source.device} model: not the pinned "
                                  f"tree? (output: {log})")  # fmt: skip
             os.replace(staged, prefix)  # QEMU's install is relocatable: whole or absent
@@ -234,9 +234,7 @@ def build(source: Source, prefix: Path, origin: Origin = Origin()) -> float:
     return time.monotonic() - start
 
 
-def has_device(qemu: Path, device: str) -> bool:
-    """The QEMU build has the device model `device` (`-device NAME,help` lists its
-    options; a build without it says `Device 'NAME' not found`)."""
+def _has_device(qemu: Path, device: str) -> bool:
     try:
         out = subprocess.run([str(qemu), "-device", f"{device},help"], capture_output=True,
                              text=True, timeout=20)  # fmt: skip
