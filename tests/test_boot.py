@@ -36,10 +36,6 @@ SIXTEEN = [
 ]
 RUNNING = "import esp32; print(esp32.Partition(esp32.Partition.RUNNING).info()[4])"
 FLASH_SIZE = "import esp; print(esp.flash_size())"
-PSRAM_ERRORS = [
-    "quad_psram: PSRAM ID read error: 0x00000000, PSRAM chip not found or not supported",
-    "esp_psram: PSRAM enabled but initialization failed. Bailing out.",
-]
 
 
 def _version(name: str) -> str:
@@ -73,33 +69,6 @@ def test_boots_on_16mb_as_users_convert_it(name, layout, qemu, fw, build_image, 
         P = "esp32.Partition"
         vfs = f"import esp32; print({P}.find({P}.TYPE_DATA, label='vfs')[0].info()[3])"
         assert int(dev.repl.exec(vfs)) > 11 * MB  # --resize vfs=0 grew it
-
-
-@MB4
-@OLD_BUILD
-def test_spiram_build_without_psram_names_the_psram_error(qemu, fw, build_image, tmp_path):
-    """ESP-IDF 5.0 prints the PSRAM errors, bails out of PSRAM and still starts."""
-    image = build_image(fw("SPIRAM"), "4MB")
-    with device.boot(
-        image, BootOptions(policy.for_image(image, psram=False), qemu=qemu, artifacts=tmp_path)
-    ) as dev:
-        for line in PSRAM_ERRORS:
-            dev.console.expect(re.escape(line), 30, during="PSRAM init")
-        dev.wait_prompt(30)
-        assert "-m 4M" not in (dev.run_dir / "qemu-cmdline.txt").read_text()
-
-
-@MB4
-@OLD_BUILD
-def test_spiram_build_with_psram_boots_clean(qemu, fw, build_image, tmp_path) -> None:
-    image = build_image(fw("SPIRAM"), "4MB")
-    with device.boot(
-        image, BootOptions(policy.for_image(image), qemu=qemu, artifacts=tmp_path)
-    ) as dev:  # psram auto-detected
-        dev.wait_prompt(30)
-        assert "-m 4M" in (dev.run_dir / "qemu-cmdline.txt").read_text()
-        assert "PSRAM" not in (dev.run_dir / "serial.log").read_text()
-        assert dev.repl.exec("print('with SPIRAM' in __import__('os').uname().machine)") == "True\n"
 
 
 @MB4
