@@ -12,6 +12,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -218,3 +219,33 @@ def test_a_guest_that_runs_but_never_answers_is_a_device_timeout(qemu, image, tm
         assert error.type is DeviceTimeout, error.value
         assert "the emulated CPUs are running" in str(error.value)
         assert not policy.retryable(error.value)
+
+
+DEEP_CALLS = """\
+def f(n):
+    return 0 if n == 0 else 1 + f(n - 1)
+t = 0
+for i in range(6000):
+    t += f(20)
+print('sum', t)
+"""  # about 2 s of calls ten deep and more, under QEMU
+
+
+@MB4
+def test_looking_at_the_cpus_while_the_guest_makes_calls_leaves_it_intact(
+    qemu, image, tmp_path
+) -> None:
+    """QEMU's xtensa register dump writes the register file from the monitor's thread: read
+    while the CPU runs, it broke a guest making windowed calls (a panic or a hang within
+    seconds, in every one of 4 tries). Every look stops the machine first: the guest computes
+    on."""
+    with _boot(image, qemu, tmp_path) as dev:
+        dev.wait_prompt(30)
+        dev.repl.exec_start(DEEP_CALLS)
+        looks, until = [], time.monotonic() + 2
+        while time.monotonic() < until:
+            looks.append(dev.board.cpu_states())
+        assert all(len(cpus) == 2 for cpus in looks), looks[-1]
+        assert dev.board.vm_status() == "running"  # every look resumed it
+        out, err = dev.repl.exec_finish(60)
+        assert (out.strip(), err) == ("sum 120000", "")

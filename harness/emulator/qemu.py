@@ -357,12 +357,26 @@ class Machine:
     def cpu_states(self, timeout: float = 3.0) -> list[CpuState]:
         """Each emulated CPU's PC and interrupt level (HMP `info registers -a`): where a
         guest that stopped answering is stuck. Empty when QEMU cannot say within `timeout`
-        (a starved host can keep QEMU's monitor from answering too)."""
+        (a starved host can keep QEMU's monitor from answering too).
+
+        A running machine is stopped for the look and resumed after it: QEMU's xtensa
+        register dump writes the CPU's physical register file from its window
+        (`xtensa_sync_phys_from_window`), from the monitor's thread, so dumping a CPU
+        that runs corrupts its registers (a guest looked at this way while it made calls
+        panicked within seconds; docs/known-behaviour.md)."""
         if self.qmp is None or self.exit_status() is not None:
             return []
+        running = self.vm_status(timeout) == "running"
+        dump = {"command-line": "info registers -a"}
         self.qmp.settimeout(timeout)
         try:
-            text = self.qmp.cmd("human-monitor-command", **{"command-line": "info registers -a"})
+            if running:
+                self.qmp.cmd("stop")  # returns once every vCPU has left its translated code
+            try:
+                text = self.qmp.cmd("human-monitor-command", **dump)
+            finally:
+                if running:
+                    self.qmp.cmd("cont")
         except Exception:  # a diagnosis only: QMP errors, timeouts, a socket gone
             return []
         finally:
