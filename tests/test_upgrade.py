@@ -179,6 +179,17 @@ def test_the_library_upgrade_scenarios_plan(firmware_dir: Path) -> None:
             assert isinstance(cell, plan.CellPlan) or cell.reason
 
 
+def test_the_grid_has_every_pair_at_both_sizes(firmware_dir: Path) -> None:
+    """`make test-upgrades` gives upgrade.yaml every release as both axes; `--flash-size`
+    only narrows a matrix, so the scenario's own sizes are the grid's (a 16MB-only matrix
+    once took the grid's 4MB half away)."""
+    releases = tuple(str(next(firmware_dir.glob(f"*-{v}.bin"))) for v in ("v1.22.0", "v1.25.0"))
+    loaded = scenario.load(ROOT / "scenarios" / "upgrade" / "upgrade.yaml")
+    chooser = FirmwareSelector(local=firmware_dir, download=False)
+    grid = plan.cells(loaded, chooser, plan.RunOptions(firmware=releases, updates=releases))
+    assert sorted(c.id for c in grid) == ["16mb-v1.22.0->v1.25.0", "4mb-v1.22.0->v1.25.0"]
+
+
 # -- the report's from x to view --------------------------------------------------------
 
 
