@@ -366,7 +366,10 @@ class Machine:
         panicked within seconds; docs/known-behaviour.md)."""
         if self.qmp is None or self.exit_status() is not None:
             return []
-        running = self.vm_status(timeout) == "running"
+        status = self.vm_status(timeout)
+        if status is None:  # not even its run state: a dump now could hit a running CPU
+            return []
+        running = status == "running"
         dump = {"command-line": "info registers -a"}
         self.qmp.settimeout(timeout)
         try:
