@@ -93,8 +93,9 @@ def served_with_ota_1(qemu, fw, build_image, tmp_path, default_signals) -> Itera
     """A whole 4MB flash image whose ota_1 already holds the v1.25.0 app: esptool need
     only select it (writing the app itself over RFC2217 is a minute of the host alone,
     which ota-full-image-via-esptool.yaml already spends)."""
-    image = bytearray(build_image(fw("OTA-20250415-v1.25.0"), "4MB").read_bytes())
-    app = images.convert(fw("OTA-20250415-v1.25.0").read_bytes(), ["-x"])  # its app
+    firmware = fw("OTA-20250415-v1.25.0")
+    image = bytearray(build_image(firmware, "4MB").read_bytes())
+    app = images.convert(firmware.read_bytes(), ["-x"])  # its app
     image[OTA_1 : OTA_1 + len(app)] = app
     flash = tmp_path / "flash.bin"
     flash.write_bytes(image)

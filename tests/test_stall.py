@@ -228,7 +228,7 @@ t = 0
 for i in range(6000):
     t += f(20)
 print('sum', t)
-"""  # about 2 s of calls ten deep and more, under QEMU
+"""  # about 2 s of calls twenty deep, under QEMU
 
 
 @MB4
